@@ -1,0 +1,212 @@
+//! The compiled config: immutable, validated, ready to serve. Only
+//! [`crate::config::compile`] makes one, so holding a `CompiledConfig` is
+//! proof that the set passed validation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::config::raw::{Balance, HashKey};
+use crate::features::FeatureSet;
+use crate::route_table::RouteTable;
+
+/// Index of a route in [`CompiledConfig::routes`].
+pub type RouteId = usize;
+/// Index of an upstream in [`CompiledConfig::upstreams`].
+pub type UpstreamId = usize;
+
+/// A validated config set.
+#[derive(Debug)]
+pub struct CompiledConfig {
+    /// Content hash of the set (12 hex digits).
+    pub version: String,
+    pub routes: Vec<CompiledRoute>,
+    pub table: RouteTable,
+    pub upstreams: Vec<UpstreamPool>,
+    pub upstream_index: HashMap<String, UpstreamId>,
+    pub certificates: Vec<Certificate>,
+    pub rate_limits: Vec<RateLimitSpec>,
+    pub features: FeatureSet,
+    pub scoring: Scoring,
+    /// The hot files the set was built from, in order.
+    pub files: Vec<String>,
+}
+
+impl CompiledConfig {
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamPool> {
+        self.upstream_index
+            .get(name)
+            .and_then(|i| self.upstreams.get(*i))
+    }
+
+    /// A one-line summary: version and counts.
+    pub fn summary(&self) -> String {
+        let endpoints: usize = self.upstreams.iter().map(|u| u.endpoints.len()).sum();
+        format!(
+            "version {}: {} routes, {} upstreams ({} endpoints), {} features, {} certificates, {} rate limits, {} files",
+            self.version,
+            self.routes.len(),
+            self.upstreams.len(),
+            endpoints,
+            self.features.len(),
+            self.certificates.len(),
+            self.rate_limits.len(),
+            self.files.len()
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: String,
+    /// Where the route was defined (`routes.yaml:12:5`), for logs.
+    pub origin: String,
+    pub methods: Option<Vec<http::Method>>,
+    pub headers: Vec<HeaderCondition>,
+    pub action: RouteAction,
+    pub request_edits: HeaderEditList,
+    pub response_edits: HeaderEditList,
+    pub rate_limit: Option<usize>,
+    pub max_request_body: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum HeaderCondition {
+    Equals(HeaderName, String),
+    Present(HeaderName),
+    Absent(HeaderName),
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(ForwardAction),
+    Redirect {
+        status: StatusCode,
+        location: LocationTemplate,
+    },
+    Respond {
+        status: StatusCode,
+        body: Arc<str>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+}
+
+#[derive(Debug)]
+pub struct ForwardAction {
+    pub upstream: UpstreamId,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+}
+
+/// `$scheme://$host$request_uri`-style redirect targets, split at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationTemplate(pub Vec<LocationPart>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationPart {
+    Literal(String),
+    Scheme,
+    Host,
+    RequestUri,
+    Uri,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderEditList {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEditList {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the edits: remove, then set (replacing), then add (appending).
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct UpstreamPool {
+    pub name: String,
+    pub endpoints: Vec<EndpointSpec>,
+    pub balance: Balance,
+    pub hash_header: Option<HeaderName>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub health_check: Option<HealthCheckSpec>,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+impl UpstreamPool {
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.balance {
+            Balance::Hash(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// `host:port` as written.
+    pub address: String,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// A certificate and its key, parsed and checked against its names.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub server_names: Vec<String>,
+    pub key: Arc<rustls::sign::CertifiedKey>,
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSpec {
+    pub name: String,
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    pub block_at: Option<f64>,
+    pub header: HeaderName,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Self {
+            block_at: None,
+            header: HeaderName::from_static("x-aegis-score"),
+        }
+    }
+}

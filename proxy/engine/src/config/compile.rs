@@ -1,0 +1,1168 @@
+//! Raw config → compiled config: parse every file, merge, check every
+//! reference and limit, and compile matchers. Every problem found is
+//! reported, located, and nothing is compiled unless there are none.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use regex::{Regex, RegexBuilder};
+use serde_saphyr::{Location, Spanned};
+
+use super::diagnostic::{Diagnostic, Diagnostics};
+use super::raw::{self, Balance, HashKey, HotFile};
+use super::settings::{Limits, Settings};
+use super::source::{ConfigSource, ContentHasher, SourceFile};
+use crate::compiled::{
+    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ForwardAction, HeaderCondition,
+    HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate, RateLimitSpec, RouteAction,
+    Scoring, UpstreamPool,
+};
+use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
+use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
+
+/// Parses `aegis.yaml` (defaults when absent).
+pub fn parse_settings(source: &ConfigSource) -> Result<Settings, Diagnostics> {
+    match &source.settings {
+        None => Ok(Settings::default()),
+        Some(file) => parse_yaml::<Settings>(file).map_err(|d| Diagnostics(vec![d])),
+    }
+}
+
+fn parse_yaml<T: for<'de> serde::Deserialize<'de> + Default>(
+    file: &SourceFile,
+) -> Result<T, Diagnostic> {
+    if file.text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_saphyr::from_str::<T>(&file.text).map_err(|e| {
+        let at = e.location().unwrap_or(Location::UNKNOWN);
+        let message = e.without_snippet().to_string();
+        let message = strip_location_suffix(&message);
+        Diagnostic::new(&file.name, at, "", message)
+    })
+}
+
+/// serde-saphyr appends " at line L, column C" to some messages; the
+/// diagnostic already carries the position.
+fn strip_location_suffix(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message);
+    match first.rfind(" at line ") {
+        Some(i) => first.get(..i).unwrap_or(first).to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// Compiles the hot content of a config set under the given limits.
+pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig, Diagnostics> {
+    let mut cx = Cx {
+        diags: Diagnostics::default(),
+        limits,
+        dir: &source.dir,
+        hasher: ContentHasher::default(),
+    };
+    let mut parsed: Vec<(&SourceFile, HotFile)> = Vec::new();
+    for file in &source.files {
+        cx.hasher.add(&file.name, file.text.as_bytes());
+        match parse_yaml::<HotFile>(file) {
+            Ok(hot) => parsed.push((file, hot)),
+            Err(d) => cx.diags.push(d),
+        }
+    }
+
+    // Upstreams first: routes refer to them.
+    let mut upstreams = Vec::new();
+    let mut upstream_index: HashMap<String, usize> = HashMap::new();
+    let mut upstream_origin: HashMap<String, String> = HashMap::new();
+    let mut endpoint_count: usize = 0;
+    for (file, hot) in &parsed {
+        for (i, u) in hot.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if let Some(first) = upstream_origin.get(&u.value.name) {
+                cx.err(
+                    file,
+                    u.referenced,
+                    &path,
+                    format!("upstream `{}` is already defined at {first}", u.value.name),
+                );
+                continue;
+            }
+            upstream_origin.insert(u.value.name.clone(), origin(file, u.referenced));
+            endpoint_count = endpoint_count.saturating_add(u.value.endpoints.len());
+            if let Some(pool) = cx.upstream(file, &path, u) {
+                upstream_index.insert(pool.name.clone(), upstreams.len());
+                upstreams.push(pool);
+            }
+        }
+    }
+    if endpoint_count > limits.max_endpoints {
+        cx.diags.push(Diagnostic {
+            file: first_file(&parsed),
+            line: 0,
+            column: 0,
+            path: "upstreams".into(),
+            message: format!(
+                "{endpoint_count} endpoints, over the limit of {} (limits.max_endpoints)",
+                limits.max_endpoints
+            ),
+        });
+    }
+
+    let mut rate_limits = Vec::new();
+    let mut rate_index: HashMap<String, usize> = HashMap::new();
+    let mut rate_origin: HashMap<String, String> = HashMap::new();
+    for (file, hot) in &parsed {
+        for (i, r) in hot.rate_limits.iter().enumerate() {
+            let path = format!("rate_limits[{i}]");
+            if let Some(first) = rate_origin.get(&r.value.name) {
+                cx.err(
+                    file,
+                    r.referenced,
+                    &path,
+                    format!(
+                        "rate limit `{}` is already defined at {first}",
+                        r.value.name
+                    ),
+                );
+                continue;
+            }
+            rate_origin.insert(r.value.name.clone(), origin(file, r.referenced));
+            let rps = r.value.requests_per_second;
+            if !(rps.is_finite() && rps > 0.0) {
+                cx.err(
+                    file,
+                    r.referenced,
+                    &format!("{path}.requests_per_second"),
+                    "must be a number above 0",
+                );
+                continue;
+            }
+            let burst = r
+                .value
+                .burst
+                .unwrap_or_else(|| rps.ceil().clamp(1.0, u32::MAX as f64) as u32);
+            rate_index.insert(r.value.name.clone(), rate_limits.len());
+            rate_limits.push(RateLimitSpec {
+                name: r.value.name.clone(),
+                requests_per_second: rps,
+                burst,
+            });
+        }
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut table = RouteTableBuilder::default();
+    let mut route_origin: HashMap<String, String> = HashMap::new();
+    let route_total: usize = parsed.iter().map(|(_, h)| h.routes.len()).sum();
+    if route_total > limits.max_routes {
+        cx.diags.push(Diagnostic {
+            file: first_file(&parsed),
+            line: 0,
+            column: 0,
+            path: "routes".into(),
+            message: format!(
+                "{route_total} routes, over the limit of {} (limits.max_routes)",
+                limits.max_routes
+            ),
+        });
+    } else {
+        for (file, hot) in &parsed {
+            for (i, r) in hot.routes.iter().enumerate() {
+                let path = format!("routes[{i}]");
+                if let Some(first) = route_origin.get(&r.value.name) {
+                    cx.err(
+                        file,
+                        r.referenced,
+                        &path,
+                        format!("route `{}` is already defined at {first}", r.value.name),
+                    );
+                    continue;
+                }
+                route_origin.insert(r.value.name.clone(), origin(file, r.referenced));
+                if let Some((route, hosts, key)) =
+                    cx.route(file, &path, r, &upstream_index, &rate_index)
+                {
+                    let id = routes.len();
+                    if hosts.is_empty() {
+                        table.add(HostKey::Any, &key, id);
+                    }
+                    for h in &hosts {
+                        match h.strip_prefix('*') {
+                            Some(suffix) => table.add(HostKey::Wildcard(suffix), &key, id),
+                            None => table.add(HostKey::Exact(h), &key, id),
+                        }
+                    }
+                    routes.push(route);
+                }
+            }
+        }
+    }
+
+    // Certificates.
+    let mut certificates = Vec::new();
+    for (file, hot) in &parsed {
+        for (i, t) in hot.tls.iter().enumerate() {
+            if let Some(c) = cx.certificate(file, &format!("tls[{i}]"), t) {
+                certificates.push(c);
+            }
+        }
+    }
+
+    // Features.
+    let feature_total: usize = parsed.iter().map(|(_, h)| h.features.len()).sum();
+    let mut features = Vec::new();
+    let mut feature_origin: HashMap<String, String> = HashMap::new();
+    if feature_total > limits.max_features {
+        // Name the file (and entry) where the limit is crossed.
+        let mut seen: usize = 0;
+        let mut reported = false;
+        for (file, hot) in &parsed {
+            for (i, f) in hot.features.iter().enumerate() {
+                seen = seen.saturating_add(1);
+                if seen > limits.max_features && !reported {
+                    reported = true;
+                    cx.err(
+                        file,
+                        f.referenced,
+                        &format!("features[{i}]"),
+                        format!(
+                            "{feature_total} features, limit max_features {} (feature `{}` is number {seen}); \
+                             raise limits.max_features in aegis.yaml or remove features",
+                            limits.max_features, f.value.name
+                        ),
+                    );
+                }
+            }
+        }
+    } else {
+        for (file, hot) in &parsed {
+            for (i, f) in hot.features.iter().enumerate() {
+                let path = format!("features[{i}]");
+                if let Some(first) = feature_origin.get(&f.value.name) {
+                    cx.err(
+                        file,
+                        f.referenced,
+                        &path,
+                        format!("feature `{}` is already defined at {first}", f.value.name),
+                    );
+                    continue;
+                }
+                feature_origin.insert(f.value.name.clone(), origin(file, f.referenced));
+                if let Some(feature) = cx.feature(file, &path, f) {
+                    features.push(feature);
+                }
+            }
+        }
+    }
+
+    // Scoring.
+    let mut scoring = Scoring::default();
+    let mut scoring_origin: Option<String> = None;
+    for (file, hot) in &parsed {
+        let Some(s) = &hot.scoring else { continue };
+        if let Some(first) = &scoring_origin {
+            cx.err(
+                file,
+                s.referenced,
+                "scoring",
+                format!("scoring is already defined at {first}"),
+            );
+            continue;
+        }
+        scoring_origin = Some(origin(file, s.referenced));
+        if let Some(at) = s.value.block_at {
+            if !at.is_finite() {
+                cx.err(
+                    file,
+                    s.referenced,
+                    "scoring.block_at",
+                    "must be a finite number",
+                );
+            }
+            scoring.block_at = Some(at);
+        }
+        if let Some(h) = &s.value.header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => scoring.header = name,
+                Err(_) => cx.err(
+                    file,
+                    s.referenced,
+                    "scoring.header",
+                    format!("`{h}` is not a valid header name"),
+                ),
+            }
+        }
+    }
+
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    let features = match FeatureSet::new(features, limits.max_features) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(Diagnostics(vec![Diagnostic {
+                file: first_file(&parsed),
+                line: 0,
+                column: 0,
+                path: "features".into(),
+                message: e.to_string(),
+            }]));
+        }
+    };
+    let regex_set_limit = usize::try_from(limits.max_regex_size.0)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(8);
+    Ok(CompiledConfig {
+        version: cx.hasher.finish(),
+        routes,
+        table: table.build(regex_set_limit),
+        upstreams,
+        upstream_index,
+        certificates,
+        rate_limits,
+        features,
+        scoring,
+        files: source.files.iter().map(|f| f.name.clone()).collect(),
+    })
+}
+
+fn origin(file: &SourceFile, at: Location) -> String {
+    format!("{}:{}:{}", file.name, at.line(), at.column())
+}
+
+fn first_file(parsed: &[(&SourceFile, HotFile)]) -> String {
+    parsed
+        .first()
+        .map(|(f, _)| f.name.clone())
+        .unwrap_or_default()
+}
+
+struct Cx<'a> {
+    diags: Diagnostics,
+    limits: &'a Limits,
+    dir: &'a Path,
+    hasher: ContentHasher,
+}
+
+impl Cx<'_> {
+    fn err(&mut self, file: &SourceFile, at: Location, path: &str, message: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::new(&file.name, at, path, message));
+    }
+
+    fn regex(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        pattern: &str,
+    ) -> Option<Regex> {
+        let limit = usize::try_from(self.limits.max_regex_size.0).unwrap_or(usize::MAX);
+        match RegexBuilder::new(pattern).size_limit(limit).build() {
+            Ok(re) => Some(re),
+            Err(regex::Error::CompiledTooBig(_)) => {
+                self.err(
+                    file,
+                    at,
+                    path,
+                    format!(
+                        "compiled regex exceeds size limit ({})",
+                        human_size(self.limits.max_regex_size.0)
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or(&msg).trim().to_string();
+                self.err(file, at, path, format!("invalid regex: {last}"));
+                None
+            }
+        }
+    }
+
+    fn upstream(
+        &mut self,
+        file: &SourceFile,
+        path: &str,
+        u: &Spanned<raw::Upstream>,
+    ) -> Option<UpstreamPool> {
+        let at = u.referenced;
+        let raw = &u.value;
+        let before = self.diags.len();
+        if raw.name.is_empty() {
+            self.err(file, at, &format!("{path}.name"), "must not be empty");
+        }
+        if raw.endpoints.is_empty() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.endpoints"),
+                "an upstream needs at least one endpoint",
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in raw.endpoints.iter().enumerate() {
+            let spec = &e.value.0;
+            let epath = format!("{path}.endpoints[{i}]");
+            if let Err(why) = check_address(&spec.address) {
+                self.err(file, e.referenced, &epath, why);
+            }
+            if spec.weight == 0 {
+                self.err(
+                    file,
+                    e.referenced,
+                    &format!("{epath}.weight"),
+                    "must be 1 or more",
+                );
+            }
+            endpoints.push(EndpointSpec {
+                address: spec.address.clone(),
+                weight: spec.weight,
+                backup: spec.backup,
+            });
+        }
+        if !endpoints.is_empty() && endpoints.iter().all(|e| e.backup) {
+            self.err(
+                file,
+                at,
+                &format!("{path}.endpoints"),
+                "every endpoint is a backup; at least one must not be",
+            );
+        }
+        let hash_header = match &raw.balance {
+            Balance::Hash(HashKey::Header(h)) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.balance.hash.header"),
+                        format!("`{h}` is not a valid header name"),
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let health_check = raw.health_check.as_ref().map(|h| HealthCheckSpec {
+            path: h.path.clone(),
+            interval: h.interval.map_or(Duration::from_secs(5), |d| d.0),
+            timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            rise: h.rise.unwrap_or(2),
+            fall: h.fall.unwrap_or(3),
+        });
+        if let Some(h) = &health_check {
+            if !h.path.starts_with('/') {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.health_check.path"),
+                    "must start with /",
+                );
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() || h.rise == 0 || h.fall == 0 {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.health_check"),
+                    "interval, timeout, rise and fall must be above 0",
+                );
+            }
+        }
+        let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
+        let response_timeout = raw
+            .response_timeout
+            .map_or(Duration::from_secs(60), |d| d.0);
+        if connect_timeout.is_zero() || response_timeout.is_zero() {
+            self.err(file, at, path, "timeouts must be above 0");
+        }
+        if self.diags.len() != before {
+            return None;
+        }
+        Some(UpstreamPool {
+            name: raw.name.clone(),
+            endpoints,
+            balance: raw.balance.clone(),
+            hash_header,
+            connect_timeout,
+            response_timeout,
+            health_check,
+            max_fails: raw.passive.as_ref().and_then(|p| p.max_fails).unwrap_or(1),
+            fail_timeout: raw
+                .passive
+                .as_ref()
+                .and_then(|p| p.fail_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
+        })
+    }
+
+    fn route(
+        &mut self,
+        file: &SourceFile,
+        path: &str,
+        r: &Spanned<raw::Route>,
+        upstreams: &HashMap<String, usize>,
+        rate_limits: &HashMap<String, usize>,
+    ) -> Option<(CompiledRoute, Vec<String>, PathKey)> {
+        let at = r.referenced;
+        let raw = &r.value;
+        let before = self.diags.len();
+        if raw.name.is_empty() {
+            self.err(file, at, &format!("{path}.name"), "must not be empty");
+        }
+        let m = &raw.matcher;
+
+        // Hosts.
+        let mut hosts = Vec::new();
+        for (i, h) in m.host.iter().chain(m.hosts.iter()).enumerate() {
+            let hpath = if m.host.is_some() && i == 0 {
+                format!("{path}.match.host")
+            } else {
+                format!("{path}.match.hosts")
+            };
+            match check_host(&h.value) {
+                Ok(()) => hosts.push(h.value.to_ascii_lowercase()),
+                Err(why) => self.err(file, h.referenced, &hpath, why),
+            }
+        }
+
+        // Path.
+        let given = [
+            m.path.is_some(),
+            m.path_prefix.is_some(),
+            m.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given > 1 {
+            self.err(
+                file,
+                at,
+                &format!("{path}.match"),
+                "give one of path, path_prefix and path_regex",
+            );
+        }
+        if m.stop_regex && m.path_prefix.is_none() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.match.stop_regex"),
+                "only applies to path_prefix",
+            );
+        }
+        let key = if let Some(p) = &m.path {
+            if !p.starts_with('/') {
+                self.err(file, at, &format!("{path}.match.path"), "must start with /");
+            }
+            PathKey::Exact(p.clone())
+        } else if let Some(re) = &m.path_regex {
+            match self.regex(
+                file,
+                re.referenced,
+                &format!("{path}.match.path_regex"),
+                &re.value,
+            ) {
+                Some(re) => PathKey::Regex(re),
+                None => PathKey::Exact(String::new()),
+            }
+        } else {
+            let prefix = m.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+            if !prefix.starts_with('/') {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.match.path_prefix"),
+                    "must start with /",
+                );
+            }
+            PathKey::Prefix {
+                prefix,
+                stop_regex: m.stop_regex,
+            }
+        };
+
+        // Methods and headers.
+        let methods = if m.methods.is_empty() {
+            None
+        } else {
+            let mut out = Vec::new();
+            for meth in &m.methods {
+                match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+                    Ok(x) => out.push(x),
+                    Err(_) => self.err(
+                        file,
+                        at,
+                        &format!("{path}.match.methods"),
+                        format!("`{meth}` is not a method"),
+                    ),
+                }
+            }
+            Some(out)
+        };
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            let hpath = format!("{path}.match.headers[{i}]");
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                self.err(
+                    file,
+                    at,
+                    &hpath,
+                    format!("`{}` is not a valid header name", h.name),
+                );
+                continue;
+            };
+            match (&h.equals, h.present) {
+                (Some(v), None) => headers.push(HeaderCondition::Equals(name, v.clone())),
+                (None, Some(true)) => headers.push(HeaderCondition::Present(name)),
+                (None, Some(false)) => headers.push(HeaderCondition::Absent(name)),
+                _ => self.err(file, at, &hpath, "give exactly one of equals and present"),
+            }
+        }
+
+        // Action.
+        let actions = [
+            raw.upstream.is_some(),
+            raw.redirect.is_some(),
+            raw.respond.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if actions != 1 {
+            self.err(
+                file,
+                at,
+                path,
+                "a route needs exactly one action: upstream, redirect or respond",
+            );
+        }
+        let upstream_only = raw.strip_prefix.is_some()
+            || raw.add_prefix.is_some()
+            || raw.host_rewrite.is_some()
+            || raw.timeout.is_some()
+            || raw.retries.is_some();
+        if upstream_only && raw.upstream.is_none() {
+            self.err(file, at, path, "strip_prefix, add_prefix, host_rewrite, timeout and retries apply only to upstream routes");
+        }
+        let action = if let Some(u) = &raw.upstream {
+            match upstreams.get(&u.value) {
+                Some(id) => {
+                    let host_rewrite =
+                        raw.host_rewrite
+                            .as_ref()
+                            .and_then(|h| match HeaderValue::from_str(h) {
+                                Ok(v) => Some(v),
+                                Err(_) => {
+                                    self.err(
+                                        file,
+                                        at,
+                                        &format!("{path}.host_rewrite"),
+                                        "not a valid Host value",
+                                    );
+                                    None
+                                }
+                            });
+                    for (field, v) in [
+                        ("strip_prefix", &raw.strip_prefix),
+                        ("add_prefix", &raw.add_prefix),
+                    ] {
+                        if let Some(v) = v {
+                            if !v.starts_with('/') {
+                                self.err(file, at, &format!("{path}.{field}"), "must start with /");
+                            }
+                        }
+                    }
+                    RouteAction::Forward(ForwardAction {
+                        upstream: *id,
+                        strip_prefix: raw.strip_prefix.clone(),
+                        add_prefix: raw.add_prefix.clone(),
+                        host_rewrite,
+                        timeout: raw.timeout.map(|d| d.0),
+                        retries: raw.retries.unwrap_or(1),
+                    })
+                }
+                None => {
+                    self.err(
+                        file,
+                        u.referenced,
+                        &format!("{path}.upstream"),
+                        format!("no upstream named `{}`", u.value),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(rd) = &raw.redirect {
+            let status = match StatusCode::from_u16(rd.status) {
+                Ok(s) if s.is_redirection() => s,
+                _ => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.redirect.status"),
+                        format!("{} is not a 3xx status", rd.status),
+                    );
+                    StatusCode::FOUND
+                }
+            };
+            let location = match parse_location(&rd.location) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.err(file, at, &format!("{path}.redirect.location"), why);
+                    LocationTemplate(Vec::new())
+                }
+            };
+            RouteAction::Redirect { status, location }
+        } else if let Some(rs) = &raw.respond {
+            let status = match StatusCode::from_u16(rs.status) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.respond.status"),
+                        format!("{} is not a status", rs.status),
+                    );
+                    StatusCode::OK
+                }
+            };
+            let mut hs = Vec::new();
+            for (k, v) in &rs.headers {
+                match (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    (Ok(k), Ok(v)) => hs.push((k, v)),
+                    _ => self.err(
+                        file,
+                        at,
+                        &format!("{path}.respond.headers.{k}"),
+                        "not a valid header",
+                    ),
+                }
+            }
+            RouteAction::Respond {
+                status,
+                body: Arc::from(rs.body.as_str()),
+                headers: hs,
+            }
+        } else {
+            return None;
+        };
+
+        let request_edits = self.edits(
+            file,
+            at,
+            &format!("{path}.request_headers"),
+            &raw.request_headers,
+        );
+        let response_edits = self.edits(
+            file,
+            at,
+            &format!("{path}.response_headers"),
+            &raw.response_headers,
+        );
+        let rate_limit = match &raw.rate_limit {
+            None => None,
+            Some(name) => match rate_limits.get(&name.value) {
+                Some(i) => Some(*i),
+                None => {
+                    self.err(
+                        file,
+                        name.referenced,
+                        &format!("{path}.rate_limit"),
+                        format!("no rate limit named `{}`", name.value),
+                    );
+                    None
+                }
+            },
+        };
+        if self.diags.len() != before {
+            return None;
+        }
+        let route = CompiledRoute {
+            name: raw.name.clone(),
+            origin: origin(file, at),
+            methods,
+            headers,
+            action,
+            request_edits,
+            response_edits,
+            rate_limit,
+            max_request_body: raw.max_request_body.map(|s| s.0),
+        };
+        Some((route, hosts, key))
+    }
+
+    fn edits(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &raw::HeaderEdits,
+    ) -> HeaderEditList {
+        let mut out = HeaderEditList::default();
+        for (list, target, field) in [
+            (&raw.set, &mut out.set, "set"),
+            (&raw.add, &mut out.add, "add"),
+        ] {
+            for (k, v) in list {
+                match (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    (Ok(k), Ok(v)) => target.push((k, v)),
+                    _ => self.diags.push(Diagnostic::new(
+                        &file.name,
+                        at,
+                        format!("{path}.{field}.{k}"),
+                        "not a valid header",
+                    )),
+                }
+            }
+        }
+        for k in &raw.remove {
+            match HeaderName::from_bytes(k.as_bytes()) {
+                Ok(k) => out.remove.push(k),
+                Err(_) => self.err(
+                    file,
+                    at,
+                    &format!("{path}.remove"),
+                    format!("`{k}` is not a valid header name"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn certificate(
+        &mut self,
+        file: &SourceFile,
+        path: &str,
+        t: &Spanned<raw::TlsCert>,
+    ) -> Option<Certificate> {
+        let at = t.referenced;
+        let raw = &t.value;
+        if raw.server_names.is_empty() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.server_names"),
+                "name at least one server name",
+            );
+            return None;
+        }
+        let read = |name: &str| -> Result<Vec<u8>, String> {
+            let p = self.dir.join(name);
+            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let cert_pem = match read(&raw.certificate) {
+            Ok(b) => b,
+            Err(why) => {
+                self.err(file, at, &format!("{path}.certificate"), why);
+                return None;
+            }
+        };
+        let key_pem = match read(&raw.key) {
+            Ok(b) => b,
+            Err(why) => {
+                self.err(file, at, &format!("{path}.key"), why);
+                return None;
+            }
+        };
+        self.hasher.add(&raw.certificate, &cert_pem);
+        self.hasher.add(&raw.key, &key_pem);
+        match crate::tls::load_certified_key(&cert_pem, &key_pem, &raw.server_names) {
+            Ok(key) => Some(Certificate {
+                server_names: raw
+                    .server_names
+                    .iter()
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect(),
+                key: Arc::new(key),
+                default: raw.default,
+            }),
+            Err(why) => {
+                self.err(file, at, path, why.to_string());
+                None
+            }
+        }
+    }
+
+    fn feature(
+        &mut self,
+        file: &SourceFile,
+        path: &str,
+        f: &Spanned<raw::Feature>,
+    ) -> Option<Feature> {
+        let at = f.referenced;
+        let raw = &f.value;
+        let before = self.diags.len();
+        if !raw.weight.is_finite() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.weight"),
+                "must be a finite number",
+            );
+        }
+        let w = &raw.when;
+        let wpath = format!("{path}.when");
+        let subjects = [
+            w.header.is_some(),
+            w.query.is_some(),
+            w.path_regex.is_some(),
+            !w.method.is_empty(),
+            !w.client_ip.is_empty(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if subjects != 1 {
+            self.err(
+                file,
+                at,
+                &wpath,
+                "give exactly one of header, query, path_regex, method and client_ip",
+            );
+            return None;
+        }
+        let tests = [
+            w.equals.is_some(),
+            w.contains.is_some(),
+            w.regex.is_some(),
+            w.present.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        let value_test = if w.header.is_some() || w.query.is_some() {
+            if tests != 1 {
+                self.err(
+                    file,
+                    at,
+                    &wpath,
+                    "give exactly one of equals, contains, regex and present",
+                );
+                return None;
+            }
+            Some(if let Some(v) = &w.equals {
+                ValueTest::Equals(v.clone())
+            } else if let Some(v) = &w.contains {
+                ValueTest::Contains(v.clone())
+            } else if let Some(v) = &w.regex {
+                ValueTest::Regex(self.regex(file, at, &format!("{wpath}.regex"), v)?)
+            } else {
+                ValueTest::Present(w.present.unwrap_or(true))
+            })
+        } else {
+            if tests != 0 {
+                self.err(
+                    file,
+                    at,
+                    &wpath,
+                    "equals, contains, regex and present apply only to header and query",
+                );
+            }
+            None
+        };
+        let predicate = if let Some(h) = &w.header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => value_test.map(|test| Predicate::Header { name, test }),
+                Err(_) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{wpath}.header"),
+                        format!("`{h}` is not a valid header name"),
+                    );
+                    None
+                }
+            }
+        } else if let Some(q) = &w.query {
+            value_test.map(|test| Predicate::Query {
+                name: q.clone(),
+                test,
+            })
+        } else if let Some(re) = &w.path_regex {
+            self.regex(file, at, &format!("{wpath}.path_regex"), re)
+                .map(Predicate::PathRegex)
+        } else if !w.method.is_empty() {
+            let mut ms = Vec::new();
+            for m in &w.method {
+                match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(x) => ms.push(x),
+                    Err(_) => self.err(
+                        file,
+                        at,
+                        &format!("{wpath}.method"),
+                        format!("`{m}` is not a method"),
+                    ),
+                }
+            }
+            Some(Predicate::Method(ms))
+        } else {
+            let mut nets = Vec::new();
+            for c in &w.client_ip {
+                match parse_cidr(c) {
+                    Some(n) => nets.push(n),
+                    None => self.err(
+                        file,
+                        at,
+                        &format!("{wpath}.client_ip"),
+                        format!("`{c}` is not an address or CIDR"),
+                    ),
+                }
+            }
+            Some(Predicate::ClientIp(nets))
+        };
+        if self.diags.len() != before {
+            return None;
+        }
+        predicate.map(|predicate| Feature {
+            name: raw.name.clone(),
+            weight: raw.weight,
+            predicate,
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// `host:port` with a port, host a name, IPv4 or `[IPv6]`.
+fn check_address(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("`{addr}` is not host:port"));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("`{addr}`: `{port}` is not a port"));
+    }
+    if host.is_empty() {
+        return Err(format!("`{addr}`: missing host"));
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("`{addr}`: bad IPv6 address"));
+    }
+    check_host(host).map_err(|why| format!("`{addr}`: {why}"))
+}
+
+/// A host name, an IP address, or `*.suffix`.
+fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if host.contains('*') && !host.starts_with("*.") || name.contains('*') {
+        return Err(format!(
+            "`{host}`: only a leading `*.` wildcard is supported"
+        ));
+    }
+    let ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name"))
+    }
+}
+
+/// Splits `https://$host$request_uri` into literal and variable parts.
+fn parse_location(text: &str) -> Result<LocationTemplate, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        let (lit, var) = rest.split_at(i);
+        if !lit.is_empty() {
+            parts.push(LocationPart::Literal(lit.to_string()));
+        }
+        let name_len = var
+            .bytes()
+            .skip(1)
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        let name = var.get(1..name_len.saturating_add(1)).unwrap_or("");
+        parts.push(match name {
+            "scheme" => LocationPart::Scheme,
+            "host" => LocationPart::Host,
+            "request_uri" => LocationPart::RequestUri,
+            "uri" => LocationPart::Uri,
+            other => {
+                return Err(format!(
+                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri)"
+                ));
+            }
+        });
+        rest = var.get(name_len.saturating_add(1)..).unwrap_or("");
+    }
+    if !rest.is_empty() {
+        parts.push(LocationPart::Literal(rest.to_string()));
+    }
+    if HeaderValue::from_str(&text.replace('$', "")).is_err() {
+        return Err("not a valid Location header value".into());
+    }
+    Ok(LocationTemplate(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_hosts() {
+        assert!(check_address("127.0.0.1:9001").is_ok());
+        assert!(check_address("backend.internal:80").is_ok());
+        assert!(check_address("[::1]:80").is_ok());
+        assert!(check_address("127.0.0.1").is_err());
+        assert!(check_address("x:0").is_err());
+        assert!(check_address(":80").is_err());
+        assert!(check_host("*.example.com").is_ok());
+        assert!(check_host("a.*.com").is_err());
+        assert!(check_host("exa mple.com").is_err());
+    }
+
+    #[test]
+    fn location_templates() {
+        let t = parse_location("https://$host$request_uri").unwrap();
+        assert_eq!(
+            t.0,
+            vec![
+                LocationPart::Literal("https://".into()),
+                LocationPart::Host,
+                LocationPart::RequestUri
+            ]
+        );
+        assert!(parse_location("/x/$nope").is_err());
+        assert!(parse_location("").is_err());
+    }
+}

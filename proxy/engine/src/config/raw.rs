@@ -1,0 +1,325 @@
+//! The config files as written: serde structs with `deny_unknown_fields`
+//! everywhere, so a typo is an error instead of a silently dropped rule.
+//!
+//! Nothing here is trusted. [`super::compile`] turns these into the compiled,
+//! immutable config; only that can be served.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use super::units::{Dur, Size};
+
+/// One hot-content file. Every key is optional; files are merged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotFile {
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<Upstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<Route>>,
+    #[serde(default)]
+    pub tls: Vec<Spanned<TlsCert>>,
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<RateLimit>>,
+    #[serde(default)]
+    pub features: Vec<Spanned<Feature>>,
+    #[serde(default)]
+    pub scoring: Option<Spanned<Scoring>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Spanned<Endpoint>>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Default 5s (Envoy's default; nginx waits 60s, which hides dead hosts).
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// Time to the response head. Default 60s, as nginx's proxy_read_timeout.
+    #[serde(default)]
+    pub response_timeout: Option<Dur>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub passive: Option<PassiveHealth>,
+}
+
+/// An endpoint: `"127.0.0.1:9001"` or `{ address: "...", weight: 3 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Used only when every non-backup endpoint is down (nginx `backup`).
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint(pub EndpointSpec);
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { address, weight, backup }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
+                Ok(Endpoint(EndpointSpec {
+                    address: v.to_string(),
+                    weight: 1,
+                    backup: false,
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
+                EndpointSpec::deserialize(de::value::MapAccessDeserializer::new(map)).map(Endpoint)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a pool picks an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Random,
+    /// Consistent hashing: `balance: { hash: client_ip }` or
+    /// `balance: { hash: { header: x-user } }`.
+    Hash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashKey {
+    ClientIp,
+    Header(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub rise: Option<u32>,
+    #[serde(default)]
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    #[serde(default)]
+    pub max_fails: Option<u32>,
+    #[serde(default)]
+    pub fail_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: Match,
+    // -- exactly one action --
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub respond: Option<Respond>,
+    // -- upstream options --
+    /// Remove this prefix from the path sent upstream.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Put this in front of the (possibly stripped) path sent upstream.
+    #[serde(default)]
+    pub add_prefix: Option<String>,
+    /// Replace the Host header sent upstream (default: the client's Host).
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+    #[serde(default)]
+    pub request_headers: HeaderEdits,
+    #[serde(default)]
+    pub response_headers: HeaderEdits,
+    /// Overrides the upstream's response timeout for this route.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Tries on another endpoint after a connect failure, idempotent methods only.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<String>>,
+    /// Overrides `limits.max_request_body` for this route (nginx
+    /// `client_max_body_size` in a location).
+    #[serde(default)]
+    pub max_request_body: Option<Size>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// One host: exact (`api.example.com`) or wildcard (`*.example.com`).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Several hosts (nginx `server_name a b c`).
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Exact path (nginx `location = /x`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Path prefix (nginx `location /x`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// With `path_prefix`: when this is the longest matching prefix, regex
+    /// routes are not tried (nginx `location ^~ /x`).
+    #[serde(default)]
+    pub stop_regex: bool,
+    /// Path regex, tried in declaration order (nginx `location ~ re`;
+    /// write `(?i)` for `~*`).
+    #[serde(default)]
+    pub path_regex: Option<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// May use `$scheme`, `$host`, `$request_uri` (path and query) and `$uri` (path).
+    pub location: String,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCert {
+    pub server_names: Vec<String>,
+    /// PEM certificate chain, relative to the config directory.
+    pub certificate: String,
+    /// PEM private key, relative to the config directory.
+    pub key: String,
+    /// Served to clients whose SNI matches no certificate (when
+    /// `tls_unknown_sni: default_certificate`).
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub name: String,
+    /// Sustained rate per client IP.
+    pub requests_per_second: f64,
+    /// Requests allowed above the rate in a burst (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    pub name: String,
+    pub weight: f64,
+    pub when: Predicate,
+}
+
+/// What a feature looks at (exactly one subject) and how it compares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predicate {
+    // subjects
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub method: Vec<String>,
+    #[serde(default)]
+    pub client_ip: Vec<String>,
+    // comparisons (header and query)
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scoring {
+    /// Requests scoring at or above this are answered 403. Absent: never block.
+    #[serde(default)]
+    pub block_at: Option<f64>,
+    /// The request header that carries the score to the upstream.
+    #[serde(default)]
+    pub header: Option<String>,
+}

@@ -1,0 +1,322 @@
+//! `aegis.yaml`: process settings, read once at start. Every field has a
+//! default (stated on the field), so a config directory without the file
+//! works.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Dur, Size};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Plain HTTP listeners (HTTP/1.1, and h2c with prior knowledge).
+    /// Default `["127.0.0.1:8080"]`.
+    pub listen: Vec<String>,
+    /// TLS listeners (ALPN h2 and http/1.1), certificates from `tls` in the
+    /// config set. Default none.
+    pub listen_tls: Vec<String>,
+    /// What a TLS client whose SNI matches no certificate gets. Default `reject`.
+    pub tls_unknown_sni: UnknownSni,
+    /// The admin listener (`/healthz`, `/metrics`, `/admin/*`); `off` disables
+    /// it. Default `127.0.0.1:9901`. Off loopback it requires a token.
+    pub admin: String,
+    /// Environment variable holding the admin bearer token. Default `AEGIS_ADMIN_TOKEN`.
+    pub admin_token_env: String,
+    /// File holding the admin bearer token (takes precedence over the variable).
+    pub admin_token_file: Option<PathBuf>,
+    /// Worker processes: a number, or `auto` for one per core. Default `auto`.
+    pub workers: Workers,
+    /// Where versions, verdicts and the traffic sample are kept.
+    /// Default `./aegis-state` (relative to the working directory).
+    pub state_dir: Option<PathBuf>,
+    /// `stdout`, `off`, or a file path. Default `stdout`.
+    pub access_log: String,
+    pub limits: Limits,
+    pub features_module: FeaturesModule,
+    pub health: Health,
+    pub gate: Gate,
+    pub sample: SampleSettings,
+    /// How long SIGTERM waits for requests in flight. Default 10s.
+    pub drain_timeout: Dur,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".to_string()],
+            listen_tls: Vec::new(),
+            tls_unknown_sni: UnknownSni::Reject,
+            admin: "127.0.0.1:9901".to_string(),
+            admin_token_env: "AEGIS_ADMIN_TOKEN".to_string(),
+            admin_token_file: None,
+            workers: Workers::Auto,
+            state_dir: None,
+            access_log: "stdout".to_string(),
+            limits: Limits::default(),
+            features_module: FeaturesModule::default(),
+            health: Health::default(),
+            gate: Gate::default(),
+            sample: SampleSettings::default(),
+            drain_timeout: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    /// Fail the handshake.
+    Reject,
+    /// Serve the certificate marked `default: true` (or the first one).
+    DefaultCertificate,
+}
+
+/// `workers: 2` or `workers: auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Count(u32),
+    Auto,
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Count(n) => s.serialize_u32(*n),
+            Workers::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of workers or `auto`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Workers, E> {
+                u32::try_from(v)
+                    .map(Workers::Count)
+                    .map_err(|_| E::custom("too many workers"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Workers, E> {
+                u32::try_from(v)
+                    .map(Workers::Count)
+                    .map_err(|_| E::custom("workers must be 0 or more"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom("expected a number of workers or `auto`"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Workers {
+    /// The number of worker processes to run on a machine with `cores` cores.
+    pub fn resolve(self, cores: usize) -> usize {
+        match self {
+            Workers::Count(n) => usize::try_from(n).unwrap_or(1),
+            Workers::Auto => cores.max(1),
+        }
+    }
+}
+
+/// Hard limits of the engine and the data plane. A config over a limit is a
+/// config error, never a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Features the scoring module holds. Default 200 (the number the
+    /// Cloudflare bot module had room for on 18 Nov 2025).
+    pub max_features: usize,
+    /// Routes in one config set. Default 100 000.
+    pub max_routes: usize,
+    /// Upstream endpoints across all pools. Default 10 000.
+    pub max_endpoints: usize,
+    /// Compiled size of one regex. Default 1 MiB.
+    pub max_regex_size: Size,
+    /// Bytes of one config file. Default 16 MiB.
+    pub max_file_size: Size,
+    /// Request body size; larger gets 413. Default 1 MiB, as nginx's
+    /// client_max_body_size.
+    pub max_request_body: Size,
+    /// Total request header bytes; larger gets 431. Default 64 KiB.
+    pub max_header_bytes: Size,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_features: 200,
+            max_routes: 100_000,
+            max_endpoints: 10_000,
+            max_regex_size: Size(1 << 20),
+            max_file_size: Size(16 << 20),
+            max_request_body: Size(1 << 20),
+            max_header_bytes: Size(64 << 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesModule {
+    /// The kill switch's initial position. Default on.
+    pub enabled: bool,
+    /// What a request gets when scoring fails at run time: `open` (served
+    /// unscored, the default) or `closed` (403).
+    pub on_error: FailMode,
+}
+
+impl Default for FeaturesModule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_error: FailMode::Open,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+/// How the supervisor watches its workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    /// Probe interval. Default 1s.
+    pub interval: Dur,
+    /// Probe timeout. Default 1s.
+    pub timeout: Dur,
+    /// Failed probes in a row before a worker is replaced. Default 3.
+    pub fall: u32,
+    /// A worker over this RSS is replaced. Default 1 GiB.
+    pub max_rss: Size,
+    /// Time between SIGTERM and SIGKILL for a worker being replaced. Default 5s.
+    pub grace: Dur,
+    /// Deaths within `crash_window` that make a crash loop. Default 5.
+    pub crash_loop_deaths: u32,
+    /// Default 60s.
+    pub crash_window: Dur,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            interval: Dur::secs(1),
+            timeout: Dur::secs(1),
+            fall: 3,
+            max_rss: Size(1 << 30),
+            grace: Dur::secs(5),
+            crash_loop_deaths: 5,
+            crash_window: Dur::secs(60),
+        }
+    }
+}
+
+/// The config gate: what a candidate must survive to be promoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gate {
+    /// Quiet time after the last change before a candidate is taken. Default 300ms.
+    pub debounce: Dur,
+    pub policy: GatePolicy,
+    pub sandbox: SandboxLimits,
+    /// Time a promoted version runs on one canary worker first. Default 10s.
+    pub canary_seconds: u64,
+    /// Time after full promotion during which a regression rolls back. Default 30s.
+    pub bake_seconds: u64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            debounce: Dur::ms(300),
+            policy: GatePolicy::default(),
+            sandbox: SandboxLimits::default(),
+            canary_seconds: 10,
+            bake_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatePolicy {
+    /// Share of sampled requests whose status class gets worse. Default 0.01.
+    pub max_status_worsened: f64,
+    /// Share newly blocked by features. Default 0.01.
+    pub max_newly_blocked: f64,
+    /// Share whose route changes; reported always, limited only when set.
+    pub max_route_changed: Option<f64>,
+    /// p99 of the per-request pipeline time in the sandbox. Default 50ms.
+    pub max_p99: Dur,
+    /// Peak RSS of the sandbox runner. Default 512 MiB.
+    pub max_peak_rss: Size,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        Self {
+            max_status_worsened: 0.01,
+            max_newly_blocked: 0.01,
+            max_route_changed: None,
+            max_p99: Dur::ms(50),
+            max_peak_rss: Size(512 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// Address-space / memory limit of the runner. Default 1 GiB.
+    pub memory: Size,
+    /// CPU seconds. Default 30.
+    pub cpu_seconds: u64,
+    /// Wall-clock deadline enforced by the parent. Default 30s.
+    pub deadline: Dur,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory: Size(1 << 30),
+            cpu_seconds: 30,
+            deadline: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleSettings {
+    /// Request heads kept in the reservoir. Default 10 000.
+    pub capacity: usize,
+    /// How often the reservoir is written to the state dir. Default 10s.
+    pub flush_interval: Dur,
+    /// Header values redacted besides Authorization, Cookie and Set-Cookie.
+    pub secret_headers: Vec<String>,
+}
+
+impl Default for SampleSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            flush_interval: Dur::secs(10),
+            secret_headers: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! `decide`: what Aegis does with one request head under one config.
+//!
+//! A pure, deterministic function of the compiled config, the request head
+//! and the module switches. It picks the route and action, scores the
+//! request, and says whether it is blocked. It does not pick an endpoint
+//! (load balancing is the data plane's, and depends on live state), so the
+//! sandbox can diff the decisions of two configs request by request.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::compiled::{
+    CompiledConfig, CompiledRoute, HeaderCondition, LocationPart, LocationTemplate, RouteAction,
+    RouteId, UpstreamPool,
+};
+use crate::features::{FeatureInput, Score, ScoreError};
+
+/// The parts of a request the engine looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The Host header or `:authority`, as sent (port included).
+    pub host: Option<&'a str>,
+    /// The path as sent, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+/// Run-time switches of the modules (the kill switch), passed in so that
+/// `decide` stays a pure function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecideOptions {
+    pub features_enabled: bool,
+    /// When scoring fails: block (`true`) or serve unscored (`false`, the default).
+    pub fail_closed: bool,
+}
+
+impl Default for DecideOptions {
+    fn default() -> Self {
+        Self {
+            features_enabled: true,
+            fail_closed: false,
+        }
+    }
+}
+
+/// How scoring went for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scored {
+    Scored(Score),
+    /// The module is switched off.
+    Disabled,
+    /// Scoring failed; see [`DecideOptions::fail_closed`].
+    Failed(ScoreError),
+}
+
+/// What happens to the request.
+#[derive(Debug, Clone)]
+pub enum Outcome<'c> {
+    /// Forward to this upstream pool.
+    Forward {
+        upstream: &'c UpstreamPool,
+    },
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
+    Respond {
+        status: StatusCode,
+    },
+    /// Blocked by the feature score (403).
+    Blocked,
+    /// No route matched (404).
+    NoRoute,
+    /// The path cannot be normalized (it climbs above the root): 400.
+    BadPath,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone)]
+pub struct Decision<'c, 'r> {
+    pub route_id: Option<RouteId>,
+    pub route: Option<&'c CompiledRoute>,
+    pub outcome: Outcome<'c>,
+    pub scored: Scored,
+    /// The normalized path the route was matched on.
+    pub path: Cow<'r, str>,
+}
+
+impl<'c> Decision<'c, '_> {
+    /// The score to send upstream, when there is one.
+    pub fn score(&self) -> Option<f64> {
+        match &self.scored {
+            Scored::Scored(s) => Some(s.value),
+            _ => None,
+        }
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        matches!(self.outcome, Outcome::Blocked)
+    }
+
+    /// The path (without query) to send upstream: the normalized path with the
+    /// route's `strip_prefix` removed and `add_prefix` put in front.
+    pub fn upstream_path(&self) -> Cow<'_, str> {
+        let Some(RouteAction::Forward(fwd)) = self.route.map(|r| &r.action) else {
+            return Cow::Borrowed(&self.path);
+        };
+        let mut path: &str = &self.path;
+        if let Some(strip) = &fwd.strip_prefix {
+            if let Some(rest) = path.strip_prefix(strip.as_str()) {
+                path = rest;
+            }
+        }
+        match &fwd.add_prefix {
+            Some(add) => {
+                let mut out = String::with_capacity(add.len().saturating_add(path.len()));
+                out.push_str(add.trim_end_matches('/'));
+                if !path.starts_with('/') {
+                    out.push('/');
+                }
+                out.push_str(path);
+                Cow::Owned(out)
+            }
+            None if path.is_empty() => Cow::Borrowed("/"),
+            None if !path.starts_with('/') => Cow::Owned(format!("/{path}")),
+            None => Cow::Owned(path.to_string()),
+        }
+    }
+
+    /// An owned, comparable summary for the sandbox report.
+    pub fn summary(&self) -> DecisionSummary {
+        let (action, upstream, status) = match &self.outcome {
+            Outcome::Forward { upstream } => ("forward", Some(upstream.name.clone()), None),
+            Outcome::Redirect { status, .. } => ("redirect", None, Some(status.as_u16())),
+            Outcome::Respond { status } => ("respond", None, Some(status.as_u16())),
+            Outcome::Blocked => ("block", None, Some(403)),
+            Outcome::NoRoute => ("no_route", None, Some(404)),
+            Outcome::BadPath => ("bad_path", None, Some(400)),
+        };
+        let location = match &self.outcome {
+            Outcome::Redirect { location, .. } => Some(location.clone()),
+            _ => None,
+        };
+        let upstream_path = upstream.as_ref().map(|_| self.upstream_path().into_owned());
+        DecisionSummary {
+            route: self.route.map(|r| r.name.clone()),
+            action: action.to_string(),
+            upstream,
+            upstream_path,
+            location,
+            status,
+            score: self.score(),
+            blocked: self.is_blocked(),
+            scoring_failed: matches!(self.scored, Scored::Failed(_)),
+        }
+    }
+}
+
+/// A decision with owned fields: what the sandbox compares between configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionSummary {
+    pub route: Option<String>,
+    /// `forward`, `redirect`, `respond`, `block`, `no_route` or `bad_path`.
+    pub action: String,
+    pub upstream: Option<String>,
+    pub upstream_path: Option<String>,
+    pub location: Option<String>,
+    /// The status the proxy itself answers with (none when forwarded).
+    pub status: Option<u16>,
+    pub score: Option<f64>,
+    pub blocked: bool,
+    pub scoring_failed: bool,
+}
+
+/// Decides what to do with a request.
+pub fn decide<'c, 'r>(
+    config: &'c CompiledConfig,
+    req: &RequestHead<'r>,
+    opts: DecideOptions,
+) -> Decision<'c, 'r> {
+    let scored = if !opts.features_enabled {
+        Scored::Disabled
+    } else if config.features.is_empty() {
+        Scored::Scored(Score::default())
+    } else {
+        let input = FeatureInput {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            client_ip: req.client_ip,
+        };
+        match config.features.score(&input) {
+            Ok(s) => Scored::Scored(s),
+            Err(e) => Scored::Failed(e),
+        }
+    };
+    let blocked = match (&scored, config.scoring.block_at) {
+        (Scored::Scored(s), Some(at)) => s.value >= at,
+        (Scored::Failed(_), _) => opts.fail_closed,
+        _ => false,
+    };
+
+    let Some(path) = normalize_path(req.path) else {
+        return Decision {
+            route_id: None,
+            route: None,
+            outcome: Outcome::BadPath,
+            scored,
+            path: Cow::Borrowed(req.path),
+        };
+    };
+    let host = normalize_host(req.host.unwrap_or(""));
+    let route_id = config.table.lookup(&host, &path, |id| {
+        config
+            .routes
+            .get(id)
+            .is_some_and(|r| conditions_hold(r, req))
+    });
+    let route = route_id.and_then(|id| config.routes.get(id));
+    let outcome = if blocked {
+        Outcome::Blocked
+    } else {
+        match route.map(|r| &r.action) {
+            None => Outcome::NoRoute,
+            Some(RouteAction::Forward(f)) => match config.upstreams.get(f.upstream) {
+                Some(upstream) => Outcome::Forward { upstream },
+                None => Outcome::NoRoute,
+            },
+            Some(RouteAction::Redirect { status, location }) => Outcome::Redirect {
+                status: *status,
+                location: render_location(location, req, &host, &path),
+            },
+            Some(RouteAction::Respond { status, .. }) => Outcome::Respond { status: *status },
+        }
+    };
+    Decision {
+        route_id,
+        route,
+        outcome,
+        scored,
+        path,
+    }
+}
+
+fn conditions_hold(route: &CompiledRoute, req: &RequestHead<'_>) -> bool {
+    if let Some(methods) = &route.methods {
+        // HEAD is served by GET routes, as in nginx.
+        let ok = methods.contains(req.method)
+            || (req.method == Method::HEAD && methods.contains(&Method::GET));
+        if !ok {
+            return false;
+        }
+    }
+    route.headers.iter().all(|c| match c {
+        HeaderCondition::Equals(name, value) => req
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes()),
+        HeaderCondition::Present(name) => req.headers.contains_key(name),
+        HeaderCondition::Absent(name) => !req.headers.contains_key(name),
+    })
+}
+
+/// Lower-cases the host and drops the port and a trailing dot.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = if host.starts_with('[') {
+        // IPv6 literal: keep up to the closing bracket.
+        host.find(']').and_then(|i| host.get(..=i)).unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// Resolves `.` and `..` segments (also written `%2e`) and merges repeated
+/// slashes, as nginx does before matching locations, so `/public/../admin`
+/// cannot dodge the `/admin` route. `None` when the path climbs above the
+/// root or does not start with `/`.
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    if !path.starts_with('/') {
+        return if path == "*" {
+            Some(Cow::Borrowed("*"))
+        } else {
+            None
+        };
+    }
+    let suspicious = path.contains("//") || path.contains("/.") || path.contains('%');
+    if !suspicious {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let decoded_dots = is_dot_segment(seg);
+        match decoded_dots {
+            Some(1) => trailing_slash = i == last,
+            Some(2) => {
+                out.pop()?;
+                trailing_slash = i == last;
+            }
+            _ if seg.is_empty() => trailing_slash = i == last,
+            _ => {
+                out.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for seg in &out {
+        normalized.push('/');
+        normalized.push_str(seg);
+    }
+    if trailing_slash || normalized.is_empty() {
+        normalized.push('/');
+    }
+    Some(Cow::Owned(normalized))
+}
+
+/// `Some(1)` for `.`, `Some(2)` for `..` (either possibly percent-encoded).
+fn is_dot_segment(seg: &str) -> Option<u8> {
+    let lower = seg.to_ascii_lowercase();
+    match lower.as_str() {
+        "." | "%2e" => Some(1),
+        ".." | "%2e." | ".%2e" | "%2e%2e" => Some(2),
+        _ => None,
+    }
+}
+
+fn render_location(t: &LocationTemplate, req: &RequestHead<'_>, host: &str, path: &str) -> String {
+    let mut out = String::new();
+    for part in &t.0 {
+        match part {
+            LocationPart::Literal(s) => out.push_str(s),
+            LocationPart::Scheme => out.push_str(req.scheme),
+            LocationPart::Host => out.push_str(host),
+            LocationPart::Uri => out.push_str(path),
+            LocationPart::RequestUri => {
+                out.push_str(req.path);
+                if let Some(q) = req.query {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_paths() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(n("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(n("/public/../admin").as_deref(), Some("/admin"));
+        assert_eq!(n("/public/%2E%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(n("//a//b/").as_deref(), Some("/a/b/"));
+        assert_eq!(n("/a/..").as_deref(), Some("/"));
+        assert_eq!(n("/..").as_deref(), None);
+        assert_eq!(n("relative").as_deref(), None);
+        assert_eq!(n("/%41").as_deref(), Some("/%41"));
+    }
+
+    #[test]
+    fn normalizes_hosts() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:443"), "[::1]");
+        assert_eq!(normalize_host(""), "");
+    }
+}

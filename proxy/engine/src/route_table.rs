@@ -1,0 +1,299 @@
+//! Route lookup that does not grow with the number of routes.
+//!
+//! Precedence follows nginx, so that an nginx config maps onto it:
+//!
+//! 1. **Host** picks one group of routes, like nginx picks a `server`: an
+//!    exact host first, then the longest matching `*.suffix` wildcard, then
+//!    the routes that name no host. A request is matched only against the
+//!    routes of that group; there is no fall-through to another group.
+//! 2. Inside the group, an **exact path** (`match.path`) wins at once.
+//! 3. Otherwise the **longest matching prefix** is remembered. If it has
+//!    `stop_regex` (nginx `^~`), it wins.
+//! 4. Otherwise **regex** routes are tried in the order they were declared;
+//!    the first that matches wins.
+//! 5. Otherwise the longest prefix from step 3 wins, if any.
+//!
+//! Several routes may share one path key and differ by `methods` or
+//! `headers`; at a key they are tried in declaration order and the first
+//! whose conditions hold is the candidate of that key (for prefixes, a
+//! shorter prefix is tried when no route of a longer one qualifies).
+//!
+//! Data structures: a hash map for exact hosts, a hash map of suffixes for
+//! wildcards (one probe per label of the request's host), a hash map for
+//! exact paths, a byte trie for prefixes (one step per byte of the path) and a
+//! `RegexSet` per group for regexes (one pass over the path for all of them).
+
+use std::collections::HashMap;
+
+use regex::{Regex, RegexSet};
+
+use crate::compiled::RouteId;
+
+/// Builds a [`RouteTable`].
+#[derive(Debug, Default)]
+pub struct RouteTableBuilder {
+    groups: Vec<GroupBuilder>,
+    exact_hosts: HashMap<String, usize>,
+    wildcard_hosts: HashMap<String, usize>,
+    any_host: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct GroupBuilder {
+    exact: HashMap<String, Vec<RouteId>>,
+    prefixes: Vec<(String, bool, RouteId)>,
+    regexes: Vec<(Regex, RouteId)>,
+}
+
+/// Where a route sits in the table.
+#[derive(Debug, Clone)]
+pub enum PathKey {
+    Exact(String),
+    Prefix { prefix: String, stop_regex: bool },
+    Regex(Regex),
+}
+
+/// A host pattern: `None` for any host.
+pub enum HostKey<'a> {
+    Any,
+    Exact(&'a str),
+    /// The suffix after `*`, including the leading dot: `.example.com`.
+    Wildcard(&'a str),
+}
+
+impl RouteTableBuilder {
+    fn group_for(&mut self, host: HostKey<'_>) -> usize {
+        let next = self.groups.len();
+        let slot = match host {
+            HostKey::Any => {
+                let g = *self.any_host.get_or_insert(next);
+                return self.ensure(g);
+            }
+            HostKey::Exact(h) => self
+                .exact_hosts
+                .entry(h.to_ascii_lowercase())
+                .or_insert(next),
+            HostKey::Wildcard(s) => self
+                .wildcard_hosts
+                .entry(s.to_ascii_lowercase())
+                .or_insert(next),
+        };
+        let g = *slot;
+        self.ensure(g)
+    }
+
+    fn ensure(&mut self, g: usize) -> usize {
+        while self.groups.len() <= g {
+            self.groups.push(GroupBuilder::default());
+        }
+        g
+    }
+
+    /// Adds a route under one host pattern. Routes must be added in
+    /// declaration order (it decides regex order and ties).
+    pub fn add(&mut self, host: HostKey<'_>, key: &PathKey, route: RouteId) {
+        let g = self.group_for(host);
+        let Some(group) = self.groups.get_mut(g) else {
+            return;
+        };
+        match key {
+            PathKey::Exact(p) => group.exact.entry(p.clone()).or_default().push(route),
+            PathKey::Prefix { prefix, stop_regex } => {
+                group.prefixes.push((prefix.clone(), *stop_regex, route));
+            }
+            PathKey::Regex(re) => group.regexes.push((re.clone(), route)),
+        }
+    }
+
+    /// Compiles the table. `regex_set_limit` bounds the size of each group's
+    /// combined `RegexSet`; a group whose set would be larger falls back to
+    /// trying its regexes one by one (slower, still correct).
+    pub fn build(self, regex_set_limit: usize) -> RouteTable {
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|g| {
+                let mut trie = PrefixTrie::default();
+                for (prefix, stop, route) in &g.prefixes {
+                    trie.insert(prefix.as_bytes(), *route, *stop);
+                }
+                let set = if g.regexes.is_empty() {
+                    None
+                } else {
+                    regex::RegexSetBuilder::new(g.regexes.iter().map(|(r, _)| r.as_str()))
+                        .size_limit(regex_set_limit)
+                        .build()
+                        .ok()
+                };
+                PathTable {
+                    exact: g.exact,
+                    trie,
+                    regex_set: set,
+                    regexes: g.regexes,
+                }
+            })
+            .collect();
+        RouteTable {
+            groups,
+            exact_hosts: self.exact_hosts,
+            wildcard_hosts: self.wildcard_hosts,
+            any_host: self.any_host,
+        }
+    }
+}
+
+/// The compiled lookup structure of a config.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    groups: Vec<PathTable>,
+    exact_hosts: HashMap<String, usize>,
+    wildcard_hosts: HashMap<String, usize>,
+    any_host: Option<usize>,
+}
+
+#[derive(Debug)]
+struct PathTable {
+    exact: HashMap<String, Vec<RouteId>>,
+    trie: PrefixTrie,
+    regex_set: Option<RegexSet>,
+    regexes: Vec<(Regex, RouteId)>,
+}
+
+impl RouteTable {
+    /// The group for a normalized (lower-case, port-less) host.
+    fn group(&self, host: &str) -> Option<&PathTable> {
+        let g = self.exact_hosts.get(host).copied().or_else(|| {
+            // Longest wildcard first: try suffixes starting at each dot, left to right.
+            host.char_indices()
+                .filter(|(_, c)| *c == '.')
+                .find_map(|(i, _)| {
+                    host.get(i..)
+                        .and_then(|s| self.wildcard_hosts.get(s))
+                        .copied()
+                })
+        });
+        g.or(self.any_host).and_then(|g| self.groups.get(g))
+    }
+
+    /// The route for `host` and `path`, given a predicate that checks a
+    /// route's method and header conditions.
+    pub fn lookup(
+        &self,
+        host: &str,
+        path: &str,
+        qualifies: impl Fn(RouteId) -> bool,
+    ) -> Option<RouteId> {
+        let table = self.group(host)?;
+        if let Some(routes) = table.exact.get(path) {
+            if let Some(r) = routes.iter().copied().find(|r| qualifies(*r)) {
+                return Some(r);
+            }
+        }
+        let best_prefix = table.trie.longest(path.as_bytes(), &qualifies);
+        if let Some((route, true)) = best_prefix {
+            return Some(route);
+        }
+        if !table.regexes.is_empty() {
+            let found = match &table.regex_set {
+                Some(set) => set
+                    .matches(path)
+                    .iter()
+                    .filter_map(|i| table.regexes.get(i))
+                    .map(|(_, r)| *r)
+                    .find(|r| qualifies(*r)),
+                None => table
+                    .regexes
+                    .iter()
+                    .find(|(re, r)| re.is_match(path) && qualifies(*r))
+                    .map(|(_, r)| *r),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        best_prefix.map(|(r, _)| r)
+    }
+
+    /// Number of host groups (for summaries and tests).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// A byte trie over route prefixes. Children are kept sorted by byte and
+/// found by binary search; nodes live in one vector.
+#[derive(Debug)]
+struct PrefixTrie {
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    /// Routes whose prefix ends here, in declaration order, with `stop_regex`.
+    routes: Vec<(RouteId, bool)>,
+}
+
+impl Default for PrefixTrie {
+    fn default() -> Self {
+        Self {
+            nodes: vec![TrieNode::default()],
+        }
+    }
+}
+
+impl PrefixTrie {
+    fn insert(&mut self, key: &[u8], route: RouteId, stop: bool) {
+        let mut at: usize = 0;
+        for b in key {
+            let next_id = self.nodes.len();
+            let Some(node) = self.nodes.get_mut(at) else {
+                return;
+            };
+            at = match node.children.binary_search_by_key(b, |(c, _)| *c) {
+                Ok(i) => node.children.get(i).map(|(_, n)| *n as usize).unwrap_or(0),
+                Err(i) => {
+                    let Ok(id) = u32::try_from(next_id) else {
+                        return;
+                    };
+                    node.children.insert(i, (*b, id));
+                    self.nodes.push(TrieNode::default());
+                    next_id
+                }
+            };
+        }
+        if let Some(node) = self.nodes.get_mut(at) {
+            node.routes.push((route, stop));
+        }
+    }
+
+    /// The longest prefix of `path` with a qualifying route.
+    fn longest(
+        &self,
+        path: &[u8],
+        qualifies: &impl Fn(RouteId) -> bool,
+    ) -> Option<(RouteId, bool)> {
+        let mut best = None;
+        let mut at: usize = 0;
+        let pick = |node: &TrieNode| node.routes.iter().copied().find(|(r, _)| qualifies(*r));
+        if let Some(node) = self.nodes.first() {
+            best = pick(node).or(best);
+        }
+        for b in path {
+            let Some(node) = self.nodes.get(at) else {
+                break;
+            };
+            match node.children.binary_search_by_key(b, |(c, _)| *c) {
+                Ok(i) => match node.children.get(i) {
+                    Some((_, n)) => at = *n as usize,
+                    None => break,
+                },
+                Err(_) => break,
+            }
+            if let Some(node) = self.nodes.get(at) {
+                best = pick(node).or(best);
+            }
+        }
+        best
+    }
+}

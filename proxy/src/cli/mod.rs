@@ -1,0 +1,5 @@
+//! Subcommands of the `aegis` binary: each one's arguments and entry point.
+
+pub mod check;
+pub mod import_nginx;
+pub mod run;

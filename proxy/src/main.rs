@@ -1,0 +1,45 @@
+//! `aegis`: the command line. Each subcommand's arguments and entry point
+//! live in the module that implements it; this file only dispatches, so
+//! errors get their context at the edge and the modules stay testable.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Aegis: an edge reverse proxy that never trusts a configuration file.
+#[derive(Parser)]
+#[command(name = "aegis", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config directory (supervisor, workers, gate).
+    Run(aegis_proxy::cli::run::RunArgs),
+    /// Check a config set: exit 0 and a summary when it is valid, exit 1 and
+    /// every error as `file:line:col: path: message` when not, 2 on usage errors.
+    Check(aegis_proxy::cli::check::CheckArgs),
+    /// Convert an nginx configuration into an Aegis config set.
+    ImportNginx(aegis_proxy::cli::import_nginx::ImportArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Run(args) => aegis_proxy::cli::run::main(args),
+        Command::Check(args) => aegis_proxy::cli::check::main(args),
+        Command::ImportNginx(args) => aegis_proxy::cli::import_nginx::main(args),
+    }
+}
