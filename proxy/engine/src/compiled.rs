@@ -70,6 +70,19 @@ pub struct CompiledRoute {
     pub response_edits: HeaderEditList,
     pub rate_limit: Option<usize>,
     pub max_request_body: Option<u64>,
+    /// Requests that this route matches, one per host it serves (none for a
+    /// pure regex route). The gate replays them when the recorded sample is
+    /// thin, so a route nobody visited lately is still exercised.
+    pub examples: Vec<ExampleRequest>,
+}
+
+/// A request head made up to hit one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExampleRequest {
+    pub method: http::Method,
+    pub host: Option<String>,
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Debug)]

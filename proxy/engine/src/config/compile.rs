@@ -16,7 +16,7 @@ use super::raw::{self, Balance, HashKey, HotFile};
 use super::settings::{Limits, Settings};
 use super::source::{ConfigSource, ContentHasher, SourceFile};
 use crate::compiled::{
-    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ForwardAction, HeaderCondition,
+    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction, HeaderCondition,
     HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate, RateLimitSpec, RouteAction,
     Scoring, UpstreamPool,
 };
@@ -784,6 +784,7 @@ impl Cx<'_> {
         if self.diags.len() != before {
             return None;
         }
+        let examples = example_requests(&hosts, &key, methods.as_deref(), &headers);
         let route = CompiledRoute {
             name: raw.name.clone(),
             origin: origin(file, at),
@@ -794,6 +795,7 @@ impl Cx<'_> {
             response_edits,
             rate_limit,
             max_request_body: raw.max_request_body.map(|s| s.0),
+            examples,
         };
         Some((route, hosts, key))
     }
@@ -1029,6 +1031,42 @@ impl Cx<'_> {
             predicate,
         })
     }
+}
+
+/// One request per host that the route matches. Wildcards get a made-up
+/// label; regex routes get none (no general way to invent a match).
+fn example_requests(
+    hosts: &[String],
+    key: &PathKey,
+    methods: Option<&[Method]>,
+    conditions: &[HeaderCondition],
+) -> Vec<ExampleRequest> {
+    let path = match key {
+        PathKey::Exact(p) => p.clone(),
+        PathKey::Prefix { prefix, .. } => prefix.clone(),
+        PathKey::Regex(_) => return Vec::new(),
+    };
+    let method = methods.and_then(|m| m.first()).cloned().unwrap_or(Method::GET);
+    let headers: Vec<(HeaderName, HeaderValue)> = conditions
+        .iter()
+        .filter_map(|c| match c {
+            HeaderCondition::Equals(n, v) => HeaderValue::from_str(v).ok().map(|v| (n.clone(), v)),
+            HeaderCondition::Present(n) => Some((n.clone(), HeaderValue::from_static("1"))),
+            HeaderCondition::Absent(_) => None,
+        })
+        .collect();
+    let hosts: Vec<Option<String>> = if hosts.is_empty() {
+        vec![None]
+    } else {
+        hosts
+            .iter()
+            .map(|h| Some(h.strip_prefix('*').map_or_else(|| h.clone(), |s| format!("synthetic{s}"))))
+            .collect()
+    };
+    hosts
+        .into_iter()
+        .map(|host| ExampleRequest { method: method.clone(), host, path: path.clone(), headers: headers.clone() })
+        .collect()
 }
 
 fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {

@@ -263,7 +263,7 @@ pub struct GatePolicy {
     pub max_route_changed: Option<f64>,
     /// p99 of the per-request pipeline time in the sandbox. Default 50ms.
     pub max_p99: Dur,
-    /// Peak RSS of the sandbox runner. Default 512 MiB.
+    /// Peak RSS of the sandbox runner. Default 256 MiB.
     pub max_peak_rss: Size,
 }
 
@@ -274,7 +274,7 @@ impl Default for GatePolicy {
             max_newly_blocked: 0.01,
             max_route_changed: None,
             max_p99: Dur::ms(50),
-            max_peak_rss: Size(512 << 20),
+            max_peak_rss: Size(256 << 20),
         }
     }
 }
@@ -282,7 +282,8 @@ impl Default for GatePolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxLimits {
-    /// Address-space / memory limit of the runner. Default 1 GiB.
+    /// Memory limit of the runner (cgroup memory.max, else RLIMIT_AS).
+    /// Default 512 MiB.
     pub memory: Size,
     /// CPU seconds. Default 30.
     pub cpu_seconds: u64,
@@ -293,7 +294,7 @@ pub struct SandboxLimits {
 impl Default for SandboxLimits {
     fn default() -> Self {
         Self {
-            memory: Size(1 << 30),
+            memory: Size(512 << 20),
             cpu_seconds: 30,
             deadline: Dur::secs(30),
         }
