@@ -23,9 +23,19 @@
 //! exact paths, a byte trie for prefixes (one step per byte of the path) and a
 //! `RegexSet` per group for regexes (one pass over the path for all of them).
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 
 use regex::{Regex, RegexSet};
+
+/// Host and path keys come from clients, so the hasher must resist
+/// collision floods; foldhash is seeded per process and several times
+/// faster than SipHash on short keys.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+
+/// Up to this many regex routes in a group are tried one by one (each has
+/// its own literal prefilter, which rejects most paths in nanoseconds); above
+/// it, one `RegexSet` pass finds the candidates.
+const SEQUENTIAL_REGEX_LIMIT: usize = 16;
 
 use crate::compiled::RouteId;
 
@@ -117,7 +127,7 @@ impl RouteTableBuilder {
                 for (prefix, stop, route) in &g.prefixes {
                     trie.insert(prefix.as_bytes(), *route, *stop);
                 }
-                let set = if g.regexes.is_empty() {
+                let set = if g.regexes.len() <= SEQUENTIAL_REGEX_LIMIT {
                     None
                 } else {
                     regex::RegexSetBuilder::new(g.regexes.iter().map(|(r, _)| r.as_str()))
@@ -195,6 +205,7 @@ impl RouteTable {
         }
         if !table.regexes.is_empty() {
             let found = match &table.regex_set {
+                Some(set) if !set.is_match(path) => None,
                 Some(set) => set
                     .matches(path)
                     .iter()

@@ -37,12 +37,26 @@ fn parse_yaml<T: for<'de> serde::Deserialize<'de> + Default>(
     if file.text.trim().is_empty() {
         return Ok(T::default());
     }
-    serde_saphyr::from_str::<T>(&file.text).map_err(|e| {
+    serde_saphyr::from_str_with_options::<T>(&file.text, parser_options()).map_err(|e| {
         let at = e.location().unwrap_or(Location::UNKNOWN);
         let message = e.without_snippet().to_string();
         let message = strip_location_suffix(&message);
         Diagnostic::new(&file.name, at, "", message)
     })
+}
+
+/// The parser's budget. Its defaults (250 000 nodes) stop a file of about
+/// 25 000 routes; a set may hold `limits.max_routes` (100 000) and a file is
+/// already bounded by `limits.max_file_size`, so the node and event budgets
+/// are raised to what such a file can hold. The alias and depth budgets
+/// (against alias bombs and stack exhaustion) keep their defaults.
+fn parser_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 8_000_000;
+    budget.max_events = 16_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// serde-saphyr appends " at line L, column C" to some messages; the
