@@ -9,23 +9,30 @@
 use std::hint::black_box;
 use std::path::Path;
 
-use aegis_engine::config::{compile, ConfigSource, Limits, SourceFile};
-use aegis_engine::{decide, CompiledConfig, DecideOptions, RequestHead};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use aegis_engine::config::{ConfigSource, Limits, SourceFile, compile};
+use aegis_engine::{CompiledConfig, DecideOptions, RequestHead, decide};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
 
 fn routes_yaml(n: usize) -> String {
     let hosts = (n / 100).clamp(1, 1000);
-    let mut y = String::from("upstreams:\n  - { name: u, endpoints: [\"127.0.0.1:9\"] }\nroutes:\n");
+    let mut y =
+        String::from("upstreams:\n  - { name: u, endpoints: [\"127.0.0.1:9\"] }\nroutes:\n");
     for i in 0..n {
         let h = i % hosts;
-        let host = if h % 10 == 0 { format!("\"*.w{h}.example.com\"") } else { format!("h{h}.example.com") };
+        let host = if h.is_multiple_of(10) {
+            format!("\"*.w{h}.example.com\"")
+        } else {
+            format!("h{h}.example.com")
+        };
         let m = match i % 20 {
             0 => format!("path_regex: \"^/r{i}/[0-9]+$\""),
             1 => format!("path: /exact/{i}"),
             _ => format!("path_prefix: /svc{i}/v1/"),
         };
-        y.push_str(&format!("  - {{ name: r{i}, match: {{ host: {host}, {m} }}, upstream: u }}\n"));
+        y.push_str(&format!(
+            "  - {{ name: r{i}, match: {{ host: {host}, {m} }}, upstream: u }}\n"
+        ));
     }
     y.push_str(concat!(
         "features:\n",
@@ -39,9 +46,15 @@ fn routes_yaml(n: usize) -> String {
 fn compiled(n: usize) -> CompiledConfig {
     let source = ConfigSource::from_files(
         Path::new("."),
-        vec![SourceFile { name: "routes.yaml".into(), text: routes_yaml(n) }],
+        vec![SourceFile {
+            name: "routes.yaml".into(),
+            text: routes_yaml(n),
+        }],
     );
-    let limits = Limits { max_routes: 200_000, ..Limits::default() };
+    let limits = Limits {
+        max_routes: 200_000,
+        ..Limits::default()
+    };
     match compile(&source, &limits) {
         Ok(c) => c,
         Err(d) => panic!("{d}"),
@@ -58,8 +71,11 @@ fn bench_decide(c: &mut Criterion) {
             .map(|k| {
                 let i = (k * 7919) % n;
                 let h = i % hosts;
-                let host =
-                    if h % 10 == 0 { format!("api.w{h}.example.com") } else { format!("h{h}.example.com") };
+                let host = if h.is_multiple_of(10) {
+                    format!("api.w{h}.example.com")
+                } else {
+                    format!("h{h}.example.com")
+                };
                 let path = match i % 20 {
                     0 => format!("/r{i}/42"),
                     1 => format!("/exact/{i}"),
@@ -69,7 +85,10 @@ fn bench_decide(c: &mut Criterion) {
             })
             .collect();
         let mut headers = HeaderMap::new();
-        headers.insert("user-agent", "Mozilla/5.0".parse().unwrap_or_else(|_| unreachable!()));
+        headers.insert(
+            "user-agent",
+            "Mozilla/5.0".parse().unwrap_or_else(|_| unreachable!()),
+        );
         let ip = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             let mut k = 0usize;
@@ -101,9 +120,16 @@ fn bench_compile(c: &mut Criterion) {
         b.iter(|| {
             let source = ConfigSource::from_files(
                 Path::new("."),
-                vec![SourceFile { name: "routes.yaml".into(), text: text.clone() }],
+                vec![SourceFile {
+                    name: "routes.yaml".into(),
+                    text: text.clone(),
+                }],
             );
-            black_box(compile(&source, &Limits::default()).map(|c| c.routes.len()).unwrap_or(0))
+            black_box(
+                compile(&source, &Limits::default())
+                    .map(|c| c.routes.len())
+                    .unwrap_or(0),
+            )
         })
     });
     group.finish();

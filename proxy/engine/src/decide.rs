@@ -114,10 +114,10 @@ impl<'c> Decision<'c, '_> {
             return Cow::Borrowed(&self.path);
         };
         let mut path: &str = &self.path;
-        if let Some(strip) = &fwd.strip_prefix {
-            if let Some(rest) = path.strip_prefix(strip.as_str()) {
-                path = rest;
-            }
+        if let Some(strip) = &fwd.strip_prefix
+            && let Some(rest) = path.strip_prefix(strip.as_str())
+        {
+            path = rest;
         }
         match &fwd.add_prefix {
             Some(add) => {

@@ -44,10 +44,10 @@ pub enum ValueTest {
 
 impl ValueTest {
     fn test(&self, value: Option<&str>) -> Result<bool, ScoreError> {
-        if let Some(v) = value {
-            if v.len() > MAX_SCANNED_VALUE {
-                return Err(ScoreError::ValueTooLong { len: v.len() });
-            }
+        if let Some(v) = value
+            && v.len() > MAX_SCANNED_VALUE
+        {
+            return Err(ScoreError::ValueTooLong { len: v.len() });
         }
         Ok(match (self, value) {
             (ValueTest::Present(want), v) => v.is_some() == *want,

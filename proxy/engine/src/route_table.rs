@@ -194,10 +194,10 @@ impl RouteTable {
         qualifies: impl Fn(RouteId) -> bool,
     ) -> Option<RouteId> {
         let table = self.group(host)?;
-        if let Some(routes) = table.exact.get(path) {
-            if let Some(r) = routes.iter().copied().find(|r| qualifies(*r)) {
-                return Some(r);
-            }
+        if let Some(routes) = table.exact.get(path)
+            && let Some(r) = routes.iter().copied().find(|r| qualifies(*r))
+        {
+            return Some(r);
         }
         let best_prefix = table.trie.longest(path.as_bytes(), &qualifies);
         if let Some((route, true)) = best_prefix {

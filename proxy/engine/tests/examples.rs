@@ -28,10 +28,15 @@ fn expectation(dir: &Path) -> Expect {
                     let e = if rest.trim() == "valid" {
                         Expect::Valid
                     } else {
-                        let msg = rest.strip_prefix("invalid ").expect("expect: valid | invalid \"...\"");
+                        let msg = rest
+                            .strip_prefix("invalid ")
+                            .expect("expect: valid | invalid \"...\"");
                         Expect::Invalid(msg.trim().trim_matches('"').to_string())
                     };
-                    assert!(found.is_none() || matches!((&found, &e), (Some(Expect::Valid), Expect::Valid)));
+                    assert!(
+                        found.is_none()
+                            || matches!((&found, &e), (Some(Expect::Valid), Expect::Valid))
+                    );
                     found = Some(e);
                 }
             }
@@ -62,7 +67,10 @@ fn check(name: &str, dir: &Path, expect: Expect) {
                 "{name}: expected an error containing {msg:?}, got:\n{d}"
             );
         }
-        (Ok((_, c)), Expect::Invalid(msg)) => panic!("{name}: loaded ({}) but expected error {msg:?}", c.summary()),
+        (Ok((_, c)), Expect::Invalid(msg)) => panic!(
+            "{name}: loaded ({}) but expected error {msg:?}",
+            c.summary()
+        ),
         (Err(e), Expect::Valid) => panic!("{name}: expected valid, got:\n{e}"),
         (Err(e), Expect::Invalid(_)) => panic!("{name}: could not be read: {e}"),
     }
@@ -109,7 +117,9 @@ fn drop_in_examples_have_their_expected_outcome() {
 #[test]
 fn the_doubled_feature_file_names_count_and_limit() {
     let merged = overlay(&repo().join("configs/examples/dangerous/feature-file-doubled"));
-    let Err(LoadError::Invalid(d)) = aegis_engine::load_dir(merged.path()) else { panic!("must be invalid") };
+    let Err(LoadError::Invalid(d)) = aegis_engine::load_dir(merged.path()) else {
+        panic!("must be invalid")
+    };
     assert_eq!(d.len(), 1, "{d}");
     let line = d.to_string();
     assert!(line.starts_with("features.yaml:"), "{line}");
@@ -136,7 +146,11 @@ fn synthetic_examples_hit_their_own_route() {
                 client_ip: "192.0.2.1".parse().unwrap(),
             };
             let d = aegis_engine::decide(&c, &head, aegis_engine::DecideOptions::default());
-            assert_eq!(d.route.map(|r| r.name.as_str()), Some(route.name.as_str()), "{ex:?}");
+            assert_eq!(
+                d.route.map(|r| r.name.as_str()),
+                Some(route.name.as_str()),
+                "{ex:?}"
+            );
             checked += 1;
         }
     }

@@ -3,35 +3,86 @@
 
 use std::path::Path;
 
-use aegis_engine::config::{compile, parse_settings, ConfigSource, Limits, SourceFile};
-use aegis_engine::{decide, DecideOptions, RequestHead};
+use aegis_engine::config::{ConfigSource, Limits, SourceFile, compile, parse_settings};
+use aegis_engine::{DecideOptions, RequestHead, decide};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 
 fn source(name: &str, text: String) -> ConfigSource {
-    ConfigSource::from_files(Path::new("."), vec![SourceFile { name: name.into(), text }])
+    ConfigSource::from_files(
+        Path::new("."),
+        vec![SourceFile {
+            name: name.into(),
+            text,
+        }],
+    )
 }
 
 /// YAML-ish text built from the config's own vocabulary, so the generator
 /// reaches deep into the schema instead of failing at the first key.
 fn yamlish() -> impl Strategy<Value = String> {
     let words = prop::sample::select(vec![
-        "upstreams:", "routes:", "features:", "scoring:", "tls:", "rate_limits:", "- name: a", "- name: b",
-        "name: x", "endpoints: [\"127.0.0.1:1\"]", "endpoints: []", "match:", "path_prefix: /", "path: /x",
-        "path_regex: \"(a+)+$\"", "path_regex: \"[\"", "upstream: a", "upstream: zz", "respond: {status: 200}",
-        "redirect: {status: 301, location: \"$host$request_uri\"}", "redirect: {status: 200, location: $x}",
-        "host: \"*.e.com\"", "hosts: [a, \"*.*\"]", "methods: [GET, \"BAD METHOD\"]", "weight: 1e400",
-        "weight: .nan", "when: {header: a, contains: b}", "when: {client_ip: [\"300.1.1.1/99\"]}",
-        "block_at: -1", "balance: {hash: {header: \"x y\"}}", "balance: least_conn", "&a [*a, *a]", "*a",
-        "{", "}", "[", "]", ":", "- ", "  ", "\n", "\n  ", "\n    ", "~", "null", "!!binary x", "'", "\"",
-        "timeout: 5 days", "max_request_body: 99999999999999999999g", "strip_prefix: nope", "retries: -1",
+        "upstreams:",
+        "routes:",
+        "features:",
+        "scoring:",
+        "tls:",
+        "rate_limits:",
+        "- name: a",
+        "- name: b",
+        "name: x",
+        "endpoints: [\"127.0.0.1:1\"]",
+        "endpoints: []",
+        "match:",
+        "path_prefix: /",
+        "path: /x",
+        "path_regex: \"(a+)+$\"",
+        "path_regex: \"[\"",
+        "upstream: a",
+        "upstream: zz",
+        "respond: {status: 200}",
+        "redirect: {status: 301, location: \"$host$request_uri\"}",
+        "redirect: {status: 200, location: $x}",
+        "host: \"*.e.com\"",
+        "hosts: [a, \"*.*\"]",
+        "methods: [GET, \"BAD METHOD\"]",
+        "weight: 1e400",
+        "weight: .nan",
+        "when: {header: a, contains: b}",
+        "when: {client_ip: [\"300.1.1.1/99\"]}",
+        "block_at: -1",
+        "balance: {hash: {header: \"x y\"}}",
+        "balance: least_conn",
+        "&a [*a, *a]",
+        "*a",
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        "- ",
+        "  ",
+        "\n",
+        "\n  ",
+        "\n    ",
+        "~",
+        "null",
+        "!!binary x",
+        "'",
+        "\"",
+        "timeout: 5 days",
+        "max_request_body: 99999999999999999999g",
+        "strip_prefix: nope",
+        "retries: -1",
     ]);
     prop::collection::vec(words, 0..60).prop_map(|ws| ws.concat())
 }
 
-fn request_parts() -> impl Strategy<Value = (String, Option<String>, String, Vec<(String, String)>)> {
+fn request_parts() -> impl Strategy<Value = (String, Option<String>, String, Vec<(String, String)>)>
+{
     (
-        prop::sample::select(vec!["GET", "POST", "HEAD", "DELETE", "PATCH", "X-CUSTOM"]).prop_map(String::from),
+        prop::sample::select(vec!["GET", "POST", "HEAD", "DELETE", "PATCH", "X-CUSTOM"])
+            .prop_map(String::from),
         prop::option::of("[a-zA-Z0-9.*:\\[\\]-]{0,30}"),
         "(/|[a-z%.]{0,4}|\\.\\.){0,12}",
         prop::collection::vec(("[a-z-]{1,12}", "[ -~]{0,40}"), 0..6),

@@ -3,14 +3,17 @@
 
 use std::path::Path;
 
-use aegis_engine::config::{compile, ConfigSource, Limits, SourceFile};
-use aegis_engine::{decide, CompiledConfig, DecideOptions, Outcome, RequestHead};
+use aegis_engine::config::{ConfigSource, Limits, SourceFile, compile};
+use aegis_engine::{CompiledConfig, DecideOptions, Outcome, RequestHead, decide};
 use http::{HeaderMap, Method};
 
 fn config(yaml: &str) -> CompiledConfig {
     let source = ConfigSource::from_files(
         Path::new("."),
-        vec![SourceFile { name: "routes.yaml".into(), text: yaml.into() }],
+        vec![SourceFile {
+            name: "routes.yaml".into(),
+            text: yaml.into(),
+        }],
     );
     compile(&source, &Limits::default()).unwrap_or_else(|d| panic!("{d}"))
 }
@@ -23,11 +26,19 @@ struct Req<'a> {
 }
 
 fn get<'a>(host: &'a str, path: &'a str) -> Req<'a> {
-    Req { method: Method::GET, host, path, headers: HeaderMap::new() }
+    Req {
+        method: Method::GET,
+        host,
+        path,
+        headers: HeaderMap::new(),
+    }
 }
 
 fn route(c: &CompiledConfig, r: &Req<'_>) -> Option<String> {
-    let (path, query) = r.path.split_once('?').map_or((r.path, None), |(p, q)| (p, Some(q)));
+    let (path, query) = r
+        .path
+        .split_once('?')
+        .map_or((r.path, None), |(p, q)| (p, Some(q)));
     let head = RequestHead {
         method: &r.method,
         scheme: "http",
@@ -37,7 +48,9 @@ fn route(c: &CompiledConfig, r: &Req<'_>) -> Option<String> {
         headers: &r.headers,
         client_ip: "127.0.0.1".parse().unwrap(),
     };
-    decide(c, &head, DecideOptions::default()).route.map(|r| r.name.clone())
+    decide(c, &head, DecideOptions::default())
+        .route
+        .map(|r| r.name.clone())
 }
 
 const NGINX_ORDER: &str = r#"
@@ -90,7 +103,10 @@ fn host_groups_exact_then_longest_wildcard_then_any() {
     let c = config(HOSTS);
     let r = |h, p| route(&c, &get(h, p));
     assert_eq!(r("api.example.com", "/x").as_deref(), Some("exact"));
-    assert_eq!(r("API.Example.com:8443", "/admin/users").as_deref(), Some("exact-admin"));
+    assert_eq!(
+        r("API.Example.com:8443", "/admin/users").as_deref(),
+        Some("exact-admin")
+    );
     assert_eq!(r("www.example.com", "/").as_deref(), Some("wild"));
     assert_eq!(r("a.b.example.com", "/").as_deref(), Some("wild"));
     assert_eq!(r("x.eu.example.com", "/").as_deref(), Some("wild-deeper"));
@@ -142,7 +158,10 @@ fn methods_and_headers_at_one_key_and_across_prefixes() {
     let mut dbg = get("h", "/app/debug/1");
     dbg.headers.insert("x-debug", "yes".parse().unwrap());
     assert_eq!(route(&c, &dbg).as_deref(), Some("debug-only"));
-    assert_eq!(route(&c, &get("h", "/landing")).as_deref(), Some("no-cookie"));
+    assert_eq!(
+        route(&c, &get("h", "/landing")).as_deref(),
+        Some("no-cookie")
+    );
     let mut with_cookie = get("h", "/landing");
     with_cookie.headers.insert("cookie", "a=b".parse().unwrap());
     assert_eq!(route(&c, &with_cookie), None);
@@ -166,7 +185,13 @@ routes:
   - { name: public, match: { path_prefix: / },      upstream: u }
 "#,
     );
-    for p in ["/admin", "/public/../admin/x", "//admin", "/./admin", "/x/%2e%2e/admin"] {
+    for p in [
+        "/admin",
+        "/public/../admin/x",
+        "//admin",
+        "/./admin",
+        "/x/%2e%2e/admin",
+    ] {
         assert_eq!(route(&c, &get("h", p)).as_deref(), Some("admin"), "{p}");
     }
     let head = RequestHead {
@@ -178,7 +203,10 @@ routes:
         headers: &HeaderMap::new(),
         client_ip: "127.0.0.1".parse().unwrap(),
     };
-    assert!(matches!(decide(&c, &head, DecideOptions::default()).outcome, Outcome::BadPath));
+    assert!(matches!(
+        decide(&c, &head, DecideOptions::default()).outcome,
+        Outcome::BadPath
+    ));
 }
 
 #[test]
@@ -198,7 +226,10 @@ features:
 scoring: { block_at: 1.0 }
 "#,
     );
-    let head = |path: &'static str, query: Option<&'static str>, headers: &'static HeaderMap, ip: &str| RequestHead {
+    let head = |path: &'static str,
+                query: Option<&'static str>,
+                headers: &'static HeaderMap,
+                ip: &str| RequestHead {
         method: &Method::GET,
         scheme: "http",
         host: Some("Example.com"),
@@ -208,11 +239,23 @@ scoring: { block_at: 1.0 }
         client_ip: ip.parse().unwrap(),
     };
     let empty: &'static HeaderMap = Box::leak(Box::new(HeaderMap::new()));
-    let d = decide(&c, &head("/api/users", None, empty, "1.2.3.4"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/api/users", None, empty, "1.2.3.4"),
+        DecideOptions::default(),
+    );
     assert_eq!(d.upstream_path(), "/v2/users");
-    let d = decide(&c, &head("/plain/x", None, empty, "1.2.3.4"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/plain/x", None, empty, "1.2.3.4"),
+        DecideOptions::default(),
+    );
     assert_eq!(d.upstream_path(), "/x");
-    let d = decide(&c, &head("/old/page", Some("a=1"), empty, "1.2.3.4"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/old/page", Some("a=1"), empty, "1.2.3.4"),
+        DecideOptions::default(),
+    );
     match d.outcome {
         Outcome::Redirect { status, location } => {
             assert_eq!(status.as_u16(), 301);
@@ -220,7 +263,11 @@ scoring: { block_at: 1.0 }
         }
         other => panic!("{other:?}"),
     }
-    let d = decide(&c, &head("/hello", None, empty, "1.2.3.4"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/hello", None, empty, "1.2.3.4"),
+        DecideOptions::default(),
+    );
     assert_eq!(d.summary().status, Some(201));
     assert_eq!(d.score(), Some(0.0));
 
@@ -229,14 +276,25 @@ scoring: { block_at: 1.0 }
         h.insert("user-agent", "curl/8".parse().unwrap());
         h
     }));
-    let d = decide(&c, &head("/hello", None, curl, "1.2.3.4"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/hello", None, curl, "1.2.3.4"),
+        DecideOptions::default(),
+    );
     assert!(!d.is_blocked());
-    let d = decide(&c, &head("/hello", None, curl, "10.1.1.1"), DecideOptions::default());
+    let d = decide(
+        &c,
+        &head("/hello", None, curl, "10.1.1.1"),
+        DecideOptions::default(),
+    );
     assert!(d.is_blocked(), "0.6 + 0.5 >= 1.0");
     assert_eq!(d.summary().status, Some(403));
     assert_eq!(d.summary().route.as_deref(), Some("hello"));
     // The kill switch: the module off, nothing is scored or blocked.
-    let off = DecideOptions { features_enabled: false, fail_closed: false };
+    let off = DecideOptions {
+        features_enabled: false,
+        fail_closed: false,
+    };
     let d = decide(&c, &head("/hello", None, curl, "10.1.1.1"), off);
     assert!(!d.is_blocked());
     assert_eq!(d.score(), None);
@@ -267,7 +325,14 @@ scoring: { block_at: 1.0 }
     let open = decide(&c, &head, DecideOptions::default());
     assert!(!open.is_blocked());
     assert!(open.summary().scoring_failed);
-    let closed = decide(&c, &head, DecideOptions { features_enabled: true, fail_closed: true });
+    let closed = decide(
+        &c,
+        &head,
+        DecideOptions {
+            features_enabled: true,
+            fail_closed: true,
+        },
+    );
     assert!(closed.is_blocked());
 }
 
@@ -298,21 +363,50 @@ fn every_error_is_reported_with_its_place() {
                 )
                 .into(),
             },
-            SourceFile { name: "c.yaml".into(), text: "routes:\n  - name: x\n    mach: {}\n".into() },
+            SourceFile {
+                name: "c.yaml".into(),
+                text: "routes:\n  - name: x\n    mach: {}\n".into(),
+            },
         ],
     );
-    let errors = compile(&source, &Limits::default()).unwrap_err().to_string();
+    let errors = compile(&source, &Limits::default())
+        .unwrap_err()
+        .to_string();
     let lines: Vec<&str> = errors.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with("b.yaml:2:") && l.contains("already defined at a.yaml:2:")), "{errors}");
-    assert!(lines.iter().any(|l| l.starts_with("b.yaml:6:") && l.contains("routes[0].match.path_regex: invalid regex")), "{errors}");
-    assert!(lines.iter().any(|l| l.starts_with("b.yaml:9:") && l.contains("routes[1].upstream: no upstream named `missing`")), "{errors}");
-    assert!(lines.iter().any(|l| l.contains("routes[2]: a route needs exactly one action")), "{errors}");
-    assert!(lines.iter().any(|l| l.starts_with("c.yaml:3:") && l.contains("unknown field `mach`")), "{errors}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("b.yaml:2:") && l.contains("already defined at a.yaml:2:")),
+        "{errors}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("b.yaml:6:")
+            && l.contains("routes[0].match.path_regex: invalid regex")),
+        "{errors}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("b.yaml:9:")
+            && l.contains("routes[1].upstream: no upstream named `missing`")),
+        "{errors}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("routes[2]: a route needs exactly one action")),
+        "{errors}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("c.yaml:3:") && l.contains("unknown field `mach`")),
+        "{errors}"
+    );
 }
 
 #[test]
 fn ten_thousand_routes_compile_and_route() {
-    let mut yaml = String::from("upstreams:\n  - { name: u, endpoints: [\"127.0.0.1:9\"] }\nroutes:\n");
+    let mut yaml =
+        String::from("upstreams:\n  - { name: u, endpoints: [\"127.0.0.1:9\"] }\nroutes:\n");
     for i in 0..10_000 {
         yaml.push_str(&format!(
             "  - {{ name: r{i}, match: {{ host: h{}.example.com, path_prefix: /p{i}/ }}, upstream: u }}\n",
@@ -321,6 +415,9 @@ fn ten_thousand_routes_compile_and_route() {
     }
     let c = config(&yaml);
     assert_eq!(c.routes.len(), 10_000);
-    assert_eq!(route(&c, &get("h42.example.com", "/p4242/x")).as_deref(), Some("r4242"));
+    assert_eq!(
+        route(&c, &get("h42.example.com", "/p4242/x")).as_deref(),
+        Some("r4242")
+    );
     assert_eq!(route(&c, &get("h42.example.com", "/p4243/x")), None);
 }

@@ -16,9 +16,9 @@ use super::raw::{self, Balance, HashKey, HotFile};
 use super::settings::{Limits, Settings};
 use super::source::{ConfigSource, ContentHasher, SourceFile};
 use crate::compiled::{
-    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction, HeaderCondition,
-    HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate, RateLimitSpec, RouteAction,
-    Scoring, UpstreamPool,
+    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction,
+    HeaderCondition, HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate,
+    RateLimitSpec, RouteAction, Scoring, UpstreamPool,
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
@@ -685,10 +685,10 @@ impl Cx<'_> {
                         ("strip_prefix", &raw.strip_prefix),
                         ("add_prefix", &raw.add_prefix),
                     ] {
-                        if let Some(v) = v {
-                            if !v.starts_with('/') {
-                                self.err(file, at, &format!("{path}.{field}"), "must start with /");
-                            }
+                        if let Some(v) = v
+                            && !v.starts_with('/')
+                        {
+                            self.err(file, at, &format!("{path}.{field}"), "must start with /");
                         }
                     }
                     RouteAction::Forward(ForwardAction {
@@ -1060,7 +1060,10 @@ fn example_requests(
         PathKey::Prefix { prefix, .. } => prefix.clone(),
         PathKey::Regex(_) => return Vec::new(),
     };
-    let method = methods.and_then(|m| m.first()).cloned().unwrap_or(Method::GET);
+    let method = methods
+        .and_then(|m| m.first())
+        .cloned()
+        .unwrap_or(Method::GET);
     let headers: Vec<(HeaderName, HeaderValue)> = conditions
         .iter()
         .filter_map(|c| match c {
@@ -1074,12 +1077,22 @@ fn example_requests(
     } else {
         hosts
             .iter()
-            .map(|h| Some(h.strip_prefix('*').map_or_else(|| h.clone(), |s| format!("synthetic{s}"))))
+            .map(|h| {
+                Some(
+                    h.strip_prefix('*')
+                        .map_or_else(|| h.clone(), |s| format!("synthetic{s}")),
+                )
+            })
             .collect()
     };
     hosts
         .into_iter()
-        .map(|host| ExampleRequest { method: method.clone(), host, path: path.clone(), headers: headers.clone() })
+        .map(|host| ExampleRequest {
+            method: method.clone(),
+            host,
+            path: path.clone(),
+            headers: headers.clone(),
+        })
         .collect()
 }
 
@@ -1092,9 +1105,9 @@ fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
 }
 
 fn human_size(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
         format!("{} KiB", bytes >> 10)
     } else {
         format!("{bytes} bytes")
