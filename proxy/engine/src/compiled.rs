@@ -127,6 +127,10 @@ pub enum LocationPart {
     Host,
     RequestUri,
     Uri,
+    /// The query string, without `?` (nginx `$args`).
+    Args,
+    /// `?` when there is a query string, else nothing (nginx `$is_args`).
+    IsArgs,
 }
 
 #[derive(Debug, Default)]

@@ -108,7 +108,10 @@ impl<'c> Decision<'c, '_> {
     }
 
     /// The path (without query) to send upstream: the normalized path with the
-    /// route's `strip_prefix` removed and `add_prefix` put in front.
+    /// route's `strip_prefix` removed and `add_prefix` put in front. The two
+    /// are joined as plain strings, as nginx joins a location prefix's rest to
+    /// `proxy_pass`'s URI (`/api/` + `/v1/` turns `/api/x` into `/v1/x` and
+    /// `/api/` into `/v1/`); only a path left empty becomes `/`.
     pub fn upstream_path(&self) -> Cow<'_, str> {
         let Some(RouteAction::Forward(fwd)) = self.route.map(|r| &r.action) else {
             return Cow::Borrowed(&self.path);
@@ -122,11 +125,11 @@ impl<'c> Decision<'c, '_> {
         match &fwd.add_prefix {
             Some(add) => {
                 let mut out = String::with_capacity(add.len().saturating_add(path.len()));
-                out.push_str(add.trim_end_matches('/'));
-                if !path.starts_with('/') {
+                out.push_str(add);
+                out.push_str(path);
+                if out.is_empty() {
                     out.push('/');
                 }
-                out.push_str(path);
                 Cow::Owned(out)
             }
             None if path.is_empty() => Cow::Borrowed("/"),
@@ -357,6 +360,12 @@ fn render_location(t: &LocationTemplate, req: &RequestHead<'_>, host: &str, path
             LocationPart::Scheme => out.push_str(req.scheme),
             LocationPart::Host => out.push_str(host),
             LocationPart::Uri => out.push_str(path),
+            LocationPart::Args => out.push_str(req.query.unwrap_or("")),
+            LocationPart::IsArgs => {
+                if req.query.is_some() {
+                    out.push('?');
+                }
+            }
             LocationPart::RequestUri => {
                 out.push_str(req.path);
                 if let Some(q) = req.query {
@@ -393,5 +402,28 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:443"), "[::1]");
         assert_eq!(normalize_host(""), "");
+    }
+
+    #[test]
+    fn query_variables_in_locations() {
+        let t = LocationTemplate(vec![
+            LocationPart::Literal("/new".into()),
+            LocationPart::Uri,
+            LocationPart::IsArgs,
+            LocationPart::Args,
+        ]);
+        let headers = HeaderMap::new();
+        let mut head = RequestHead {
+            method: &Method::GET,
+            scheme: "http",
+            host: None,
+            path: "/a",
+            query: Some("x=1"),
+            headers: &headers,
+            client_ip: "127.0.0.1".parse().unwrap(),
+        };
+        assert_eq!(render_location(&t, &head, "h", "/a"), "/new/a?x=1");
+        head.query = None;
+        assert_eq!(render_location(&t, &head, "h", "/a"), "/new/a");
     }
 }

@@ -10,7 +10,10 @@
 //!
 //! The directive-by-directive table and every semantic difference are in
 //! `docs/nginx-migration.md`.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod convert;
 pub mod finding;
@@ -115,7 +118,11 @@ pub fn write_set(conv: &Conversion, conf: &Path, out: &Path) -> Result<String, I
 pub fn report(conv: &Conversion, conf: &Path) -> String {
     let mut out = format!("aegis import-nginx {}\n", conf.display());
     for impact in [Impact::Dropped, Impact::Differs, Impact::Ignored] {
-        let list: Vec<&Finding> = conv.findings.iter().filter(|f| f.impact == impact).collect();
+        let list: Vec<&Finding> = conv
+            .findings
+            .iter()
+            .filter(|f| f.impact == impact)
+            .collect();
         let title = match impact {
             Impact::Dropped => "Dropped (clients would see a difference)",
             Impact::Differs => "Carried over with a difference",

@@ -1182,9 +1182,11 @@ fn parse_location(text: &str) -> Result<LocationTemplate, String> {
             "host" => LocationPart::Host,
             "request_uri" => LocationPart::RequestUri,
             "uri" => LocationPart::Uri,
+            "args" | "query_string" => LocationPart::Args,
+            "is_args" => LocationPart::IsArgs,
             other => {
                 return Err(format!(
-                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri)"
+                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args)"
                 ));
             }
         });

@@ -1,0 +1,2613 @@
+//! nginx directive tree → Aegis [`ConfigSet`] plus [`Finding`]s.
+//!
+//! The converter walks the tree the way nginx merges it: a scope per level
+//! (http → server → location) where scalar directives override and the
+//! array-like ones (`proxy_set_header`, `add_header`, `proxy_hide_header`,
+//! `limit_req`) are inherited only by a level that defines none of its own,
+//! exactly nginx's rule. Every directive is either carried over, or listed
+//! as a finding with its `file:line` and why (see `docs/nginx-migration.md`
+//! for the table).
+//!
+//! Server blocks become host groups: a server's names become the routes'
+//! `hosts`, and the default server of the listen socket (the one marked
+//! `default_server`, else the first) becomes the routes that name no host,
+//! which is where Aegis sends unknown hosts. Locations become routes with the
+//! matching kind of path (`=` exact, `^~` prefix with `stop_regex`, `~`/`~*`
+//! regex in declaration order, plain prefix), so the engine's lookup
+//! reproduces nginx's matching order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+use crate::finding::{Finding, Impact};
+use crate::model::{
+    ActionOut, BalanceOut, ConfigSet, EndpointOut, PathOut, RateLimitOut, RouteOut, TlsOut,
+    UpstreamOut,
+};
+use crate::parse::{Directive, Loc};
+
+/// Options of a conversion.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `admin` in the generated `aegis.yaml`.
+    pub admin: String,
+    /// The directory relative paths in the nginx config are taken from
+    /// (nginx's conf prefix: the directory of the main config file).
+    pub prefix: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            admin: "127.0.0.1:9901".to_string(),
+            prefix: PathBuf::from("."),
+        }
+    }
+}
+
+/// The result of a conversion.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    pub set: ConfigSet,
+    pub findings: Vec<Finding>,
+}
+
+impl Conversion {
+    /// True when something that changes what clients see was dropped.
+    pub fn dropped_anything(&self) -> bool {
+        self.findings.iter().any(|f| f.impact == Impact::Dropped)
+    }
+}
+
+const NGINX_DEFAULT_TIMEOUT_MS: u64 = 60_000;
+const NGINX_DEFAULT_BODY: u64 = 1 << 20;
+/// Stands for nginx's `client_max_body_size 0` (no limit).
+const UNLIMITED_BODY: u64 = 1 << 50;
+
+/// Converts a parsed nginx configuration.
+pub fn convert(tree: &[Directive], opts: &Options) -> Conversion {
+    let mut cx = Cx::new(opts);
+    let has_http = tree.iter().any(|d| d.name == "http");
+    if has_http {
+        for d in tree {
+            cx.main_directive(d);
+        }
+    } else {
+        // A site file given on its own (`server { ... }` at the top): read it
+        // as the inside of `http`.
+        cx.http(tree);
+    }
+    cx.finish()
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    set_headers: Option<Vec<Directive>>,
+    add_headers: Option<Vec<Directive>>,
+    hide_headers: Option<Vec<Directive>>,
+    limit_reqs: Option<Vec<Directive>>,
+    connect_timeout: Option<(u64, Loc)>,
+    read_timeout: Option<u64>,
+    body_size: Option<u64>,
+    default_type: Option<String>,
+    limit_req_status: Option<(u16, Loc)>,
+    ssl_certificate: Option<Directive>,
+    ssl_certificate_key: Option<Directive>,
+}
+
+/// Directives that the scope handles (at http, server and location level).
+const SCOPE_DIRECTIVES: &[&str] = &[
+    "proxy_set_header",
+    "add_header",
+    "proxy_hide_header",
+    "limit_req",
+    "proxy_connect_timeout",
+    "proxy_read_timeout",
+    "client_max_body_size",
+    "default_type",
+    "limit_req_status",
+    "ssl_certificate",
+    "ssl_certificate_key",
+];
+
+#[derive(Debug, Clone)]
+struct Zone {
+    rps: f64,
+}
+
+#[derive(Debug, Clone)]
+struct UpstreamBlock {
+    out: UpstreamOut,
+}
+
+#[derive(Debug, Clone)]
+struct Listen {
+    addr: String,
+    ssl: bool,
+    default: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Server {
+    at: Loc,
+    /// Host names as Aegis writes them (exact and `*.suffix`).
+    names: Vec<String>,
+    listens: Vec<Listen>,
+    routes: Vec<RouteOut>,
+}
+
+#[derive(Debug, Clone)]
+enum LocKind {
+    Exact(String),
+    Prefix(String),
+    Stop(String),
+    Regex { pattern: String, re: Regex },
+    Named,
+}
+
+impl LocKind {
+    fn label(&self) -> String {
+        match self {
+            LocKind::Exact(p) => format!("={p}"),
+            LocKind::Prefix(p) => p.clone(),
+            LocKind::Stop(p) => format!("^~{p}"),
+            LocKind::Regex { pattern, .. } => format!("~{pattern}"),
+            LocKind::Named => "@".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LocInfo {
+    kind: LocKind,
+    at: Loc,
+    text: String,
+    block: Vec<Directive>,
+}
+
+struct ServerCtx<'a> {
+    label: String,
+    primary_name: &'a str,
+    ports: Vec<String>,
+}
+
+struct Cx<'o> {
+    opts: &'o Options,
+    findings: Vec<Finding>,
+    upstreams: Vec<UpstreamBlock>,
+    zones: HashMap<String, Zone>,
+    /// connect timeouts asked for, per upstream name.
+    connect_timeouts: BTreeMap<String, Vec<(u64, Option<Loc>)>>,
+    rate_limits: Vec<RateLimitOut>,
+    rate_names: HashMap<(String, u32), String>,
+    servers: Vec<Server>,
+    workers: Option<u32>,
+    route_names: HashSet<String>,
+    copies: Vec<(PathBuf, String)>,
+    tls: Vec<(usize, TlsOut)>,
+    /// File extension → MIME type, from `types` (nginx's built-in map
+    /// when there is none).
+    types: HashMap<String, String>,
+    /// Upstream blocks that could not be carried over.
+    unusable_upstreams: HashSet<String>,
+}
+
+fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
+    Finding {
+        at: d.at.clone(),
+        directive: d.text(),
+        impact,
+        reason: reason.into(),
+    }
+}
+
+impl<'o> Cx<'o> {
+    fn new(opts: &'o Options) -> Self {
+        Self {
+            opts,
+            findings: Vec::new(),
+            upstreams: Vec::new(),
+            zones: HashMap::new(),
+            connect_timeouts: BTreeMap::new(),
+            rate_limits: Vec::new(),
+            rate_names: HashMap::new(),
+            servers: Vec::new(),
+            workers: None,
+            route_names: HashSet::new(),
+            copies: Vec::new(),
+            tls: Vec::new(),
+            types: [
+                ("html", "text/html"),
+                ("htm", "text/html"),
+                ("shtml", "text/html"),
+                ("gif", "image/gif"),
+                ("jpg", "image/jpeg"),
+                ("jpeg", "image/jpeg"),
+            ]
+            .into_iter()
+            .map(|(e, t)| (e.to_string(), t.to_string()))
+            .collect(),
+            unusable_upstreams: HashSet::new(),
+        }
+    }
+
+    fn note(&mut self, d: &Directive, impact: Impact, reason: impl Into<String>) {
+        self.findings.push(find(d, impact, reason));
+    }
+
+    // ---------------------------------------------------------------- main
+
+    fn main_directive(&mut self, d: &Directive) {
+        match d.name.as_str() {
+            "http" => match &d.block {
+                Some(b) => self.http(b),
+                None => self.note(d, Impact::Dropped, "`http` without a block"),
+            },
+            "worker_processes" => match d.arg(0) {
+                Some("auto") => self.workers = None,
+                Some(n) => match n.parse::<u32>() {
+                    Ok(n) if n > 0 => self.workers = Some(n),
+                    _ => self.note(
+                        d,
+                        Impact::Ignored,
+                        "not a number of workers; Aegis uses `auto`",
+                    ),
+                },
+                None => {}
+            },
+            "events"
+            | "user"
+            | "pid"
+            | "error_log"
+            | "worker_rlimit_nofile"
+            | "daemon"
+            | "master_process"
+            | "env"
+            | "pcre_jit"
+            | "timer_resolution"
+            | "worker_cpu_affinity"
+            | "worker_priority"
+            | "worker_shutdown_timeout"
+            | "lock_file"
+            | "thread_pool"
+            | "working_directory"
+            | "worker_rlimit_core"
+            | "ssl_engine"
+            | "debug_points" => {}
+            "load_module" => self.note(
+                d,
+                Impact::Differs,
+                "dynamic modules do not exist in Aegis; directives they add are listed where used",
+            ),
+            "stream" => self.note(
+                d,
+                Impact::Dropped,
+                "TCP/UDP proxying (`stream`) is not part of Aegis",
+            ),
+            "mail" => self.note(d, Impact::Dropped, "mail proxying is not part of Aegis"),
+            _ => self.unknown(d, "main"),
+        }
+    }
+
+    fn http(&mut self, block: &[Directive]) {
+        let scope = self.child_scope(&Scope::default(), block);
+        // Upstreams, zones and types first: servers refer to them.
+        let mut types_seen = false;
+        for d in block {
+            match d.name.as_str() {
+                "upstream" => self.upstream(d),
+                "limit_req_zone" => self.limit_req_zone(d),
+                "types" => {
+                    if !types_seen {
+                        self.types.clear();
+                        types_seen = true;
+                    }
+                    for t in d.block.iter().flatten() {
+                        for ext in &t.args {
+                            self.types.insert(ext.to_ascii_lowercase(), t.name.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for d in block {
+            match d.name.as_str() {
+                "upstream" | "limit_req_zone" => {}
+                "server" => match &d.block {
+                    Some(b) => self.server(d, b, &scope),
+                    None => self.note(d, Impact::Dropped, "`server` without a block"),
+                },
+                n if SCOPE_DIRECTIVES.contains(&n) => {}
+                "proxy_send_timeout" => self.send_timeout(d),
+                _ => self.common(d, "http"),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- scope
+
+    fn child_scope(&mut self, parent: &Scope, block: &[Directive]) -> Scope {
+        let mut s = parent.clone();
+        let mut sets = Vec::new();
+        let mut adds = Vec::new();
+        let mut hides = Vec::new();
+        let mut limits = Vec::new();
+        for d in block {
+            match d.name.as_str() {
+                "proxy_set_header" => sets.push(d.clone()),
+                "add_header" => adds.push(d.clone()),
+                "proxy_hide_header" => hides.push(d.clone()),
+                "limit_req" => limits.push(d.clone()),
+                "proxy_connect_timeout" => {
+                    if let Some(ms) = self.duration_arg(d) {
+                        s.connect_timeout = Some((ms, d.at.clone()));
+                    }
+                }
+                "proxy_read_timeout" => {
+                    if let Some(ms) = self.duration_arg(d) {
+                        s.read_timeout = Some(ms);
+                    }
+                }
+                "client_max_body_size" => match d.arg(0).map(parse_nginx_size) {
+                    Some(Some(0)) => s.body_size = Some(UNLIMITED_BODY),
+                    Some(Some(n)) => s.body_size = Some(n),
+                    _ => self.note(d, Impact::Dropped, "not a size"),
+                },
+                "default_type" => s.default_type = d.arg(0).map(str::to_string),
+                "limit_req_status" => match d.arg(0).and_then(|a| a.parse::<u16>().ok()) {
+                    Some(code) => s.limit_req_status = Some((code, d.at.clone())),
+                    None => self.note(d, Impact::Dropped, "not a status code"),
+                },
+                "ssl_certificate" => s.ssl_certificate = Some(d.clone()),
+                "ssl_certificate_key" => s.ssl_certificate_key = Some(d.clone()),
+                _ => {}
+            }
+        }
+        if !sets.is_empty() {
+            s.set_headers = Some(sets);
+        }
+        if !adds.is_empty() {
+            s.add_headers = Some(adds);
+        }
+        if !hides.is_empty() {
+            s.hide_headers = Some(hides);
+        }
+        if !limits.is_empty() {
+            s.limit_reqs = Some(limits);
+        }
+        s
+    }
+
+    fn duration_arg(&mut self, d: &Directive) -> Option<u64> {
+        match d.arg(0).and_then(parse_nginx_duration) {
+            Some(ms) => Some(ms),
+            None => {
+                self.note(d, Impact::Dropped, "not a duration");
+                None
+            }
+        }
+    }
+
+    fn send_timeout(&mut self, d: &Directive) {
+        self.note(
+            d,
+            Impact::Differs,
+            "Aegis has no separate timeout for sending the request to the upstream; \
+             the route `timeout` covers the wait for the response head",
+        );
+    }
+
+    // ---------------------------------------------------------------- upstream
+
+    fn upstream(&mut self, d: &Directive) {
+        let (Some(name), Some(block)) = (d.arg(0), &d.block) else {
+            self.note(d, Impact::Dropped, "an upstream needs a name and a block");
+            return;
+        };
+        let mut endpoints = Vec::new();
+        let mut balance = BalanceOut::RoundRobin;
+        let mut fails: Vec<(Option<u32>, Option<u64>, Loc)> = Vec::new();
+        for s in block {
+            match s.name.as_str() {
+                "server" => {
+                    if let Some((Some(e), mf, ft)) = self.upstream_server(s) {
+                        endpoints.push(e);
+                        fails.push((mf, ft, s.at.clone()));
+                    }
+                }
+                "least_conn" => balance = BalanceOut::LeastConn,
+                "ip_hash" => {
+                    balance = BalanceOut::HashClientIp;
+                    self.note(
+                        s,
+                        Impact::Differs,
+                        "carried as `hash: client_ip`: each client still sticks to one server, \
+                         but nginx hashes only the first three octets of an IPv4 address and \
+                         picks with its own hash, so which server a client gets differs",
+                    );
+                }
+                "hash" => match s.arg(0) {
+                    Some("$remote_addr" | "$binary_remote_addr") => {
+                        balance = BalanceOut::HashClientIp;
+                        self.note(
+                            s,
+                            Impact::Differs,
+                            "carried as `hash: client_ip`; which server a given client gets differs from nginx's",
+                        );
+                    }
+                    Some(key)
+                        if key
+                            .strip_prefix("$http_")
+                            .is_some_and(|h| !h.is_empty() && !h.contains('$')) =>
+                    {
+                        let header = key
+                            .strip_prefix("$http_")
+                            .unwrap_or_default()
+                            .replace('_', "-")
+                            .to_ascii_lowercase();
+                        balance = BalanceOut::HashHeader(header.clone());
+                        self.note(
+                            s,
+                            Impact::Differs,
+                            format!(
+                                "carried as `hash: {{ header: {header} }}`; requests with the same value \
+                                 still reach one server, but not necessarily the one nginx picks"
+                            ),
+                        );
+                    }
+                    _ => self.note(
+                        s,
+                        Impact::Dropped,
+                        "Aegis hashes only on the client address or one request header; \
+                         falls back to round robin",
+                    ),
+                },
+                "random" => {
+                    balance = BalanceOut::Random;
+                    if s.args.is_empty() {
+                        // exact
+                    } else {
+                        self.note(
+                            s,
+                            Impact::Differs,
+                            "`random two` is carried as plain `random`",
+                        );
+                    }
+                }
+                "keepalive" | "keepalive_timeout" | "keepalive_requests" | "keepalive_time"
+                | "zone" => {}
+                _ => self.note(
+                    s,
+                    Impact::Dropped,
+                    "not understood inside `upstream` by the importer",
+                ),
+            }
+        }
+        let non_backup: Vec<_> = fails.iter().collect();
+        let (max_fails, fail_timeout_ms) = match non_backup.first() {
+            None => (None, None),
+            Some((mf, ft, _)) => {
+                if non_backup.iter().any(|(m, f, _)| m != mf || f != ft) {
+                    self.note(
+                        d,
+                        Impact::Differs,
+                        "servers have different max_fails/fail_timeout; Aegis has one pair per \
+                         upstream, the first server's is used",
+                    );
+                }
+                let mf = match mf {
+                    Some(1) | None => None,
+                    Some(n) => Some(*n),
+                };
+                let ft = match ft {
+                    Some(10_000) | None => None,
+                    Some(t) => Some(*t),
+                };
+                (mf, ft)
+            }
+        };
+        if endpoints.is_empty() {
+            self.note(
+                d,
+                Impact::Dropped,
+                "no usable server in this upstream; routes to it are dropped",
+            );
+            self.unusable_upstreams.insert(name.to_string());
+            return;
+        }
+        if endpoints.iter().all(|e| e.backup) {
+            for e in &mut endpoints {
+                e.backup = false;
+            }
+        }
+        // nginx never considers the only (non-backup) server of a group
+        // unavailable; Aegis's `max_fails: 0` is the same.
+        let max_fails = if endpoints.iter().filter(|e| !e.backup).count() == 1 {
+            Some(0)
+        } else {
+            max_fails
+        };
+        self.upstreams.push(UpstreamBlock {
+            out: UpstreamOut {
+                name: name.to_string(),
+                comment: format!("nginx: upstream {name} ({})", d.at),
+                endpoints,
+                balance,
+                connect_timeout_ms: None,
+                max_fails,
+                fail_timeout_ms,
+            },
+        });
+    }
+
+    /// `server addr [params]` inside `upstream`: `None` on a parse problem
+    /// (listed), `Some((None, ..))` for a server that is not used (`down`).
+    #[allow(clippy::type_complexity)]
+    fn upstream_server(
+        &mut self,
+        s: &Directive,
+    ) -> Option<(Option<EndpointOut>, Option<u32>, Option<u64>)> {
+        let Some(addr) = s.arg(0) else {
+            self.note(s, Impact::Dropped, "server without an address");
+            return None;
+        };
+        if addr.starts_with("unix:") {
+            self.note(
+                s,
+                Impact::Dropped,
+                "Unix-socket upstreams are not supported by Aegis",
+            );
+            return None;
+        }
+        let address = with_port(addr, 80);
+        let mut e = EndpointOut {
+            address,
+            weight: 1,
+            backup: false,
+        };
+        let mut max_fails = None;
+        let mut fail_timeout = None;
+        let mut down = false;
+        for p in s.args.iter().skip(1) {
+            if let Some(v) = p.strip_prefix("weight=") {
+                match v.parse::<u32>() {
+                    Ok(w) if w > 0 => e.weight = w,
+                    _ => self.note(s, Impact::Dropped, format!("bad weight `{v}`")),
+                }
+            } else if let Some(v) = p.strip_prefix("max_fails=") {
+                match v.parse::<u32>() {
+                    Ok(n) => max_fails = Some(n),
+                    _ => self.note(s, Impact::Dropped, format!("bad max_fails `{v}`")),
+                }
+            } else if let Some(v) = p.strip_prefix("fail_timeout=") {
+                match parse_nginx_duration(v) {
+                    Some(ms) => fail_timeout = Some(ms),
+                    None => self.note(s, Impact::Dropped, format!("bad fail_timeout `{v}`")),
+                }
+            } else if p == "backup" {
+                e.backup = true;
+            } else if p == "down" {
+                down = true;
+            } else if p.starts_with("max_conns=") {
+                self.note(
+                    s,
+                    Impact::Differs,
+                    "max_conns is not carried over: Aegis does not cap connections per server",
+                );
+            } else {
+                self.note(
+                    s,
+                    Impact::Dropped,
+                    format!("server parameter `{p}` is not supported"),
+                );
+            }
+        }
+        if down {
+            // Marked permanently unavailable: leaving it out is exact.
+            return Some((None, max_fails, fail_timeout));
+        }
+        Some((Some(e), max_fails, fail_timeout))
+    }
+
+    fn limit_req_zone(&mut self, d: &Directive) {
+        let key = d.arg(0).unwrap_or("");
+        let mut name = None;
+        let mut rps = None;
+        for a in d.args.iter().skip(1) {
+            if let Some(z) = a.strip_prefix("zone=") {
+                name = z.split(':').next().map(str::to_string);
+            } else if let Some(r) = a.strip_prefix("rate=") {
+                rps = parse_rate(r);
+            }
+        }
+        let (Some(name), Some(rps)) = (name, rps) else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "needs zone=NAME:SIZE and rate=Nr/s or Nr/m",
+            );
+            return;
+        };
+        if key != "$binary_remote_addr" && key != "$remote_addr" {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!(
+                    "Aegis limits per client address only; a key of `{key}` is not expressible"
+                ),
+            );
+            return;
+        }
+        self.zones.insert(name, Zone { rps });
+    }
+
+    // ---------------------------------------------------------------- server
+
+    fn server(&mut self, d: &Directive, block: &[Directive], parent: &Scope) {
+        let scope = self.child_scope(parent, block);
+        let mut names = Vec::new();
+        let mut primary_name = String::new();
+        let mut listens = Vec::new();
+        let mut locations = Vec::new();
+        let mut server_rewrites = Vec::new();
+        let mut ssl_on = false;
+        for c in block {
+            match c.name.as_str() {
+                "listen" => {
+                    if let Some(l) = self.listen(c) {
+                        listens.push(l);
+                    }
+                }
+                "server_name" => {
+                    for n in &c.args {
+                        if primary_name.is_empty() {
+                            primary_name = n.clone();
+                        }
+                        self.server_name(c, n, &mut names);
+                    }
+                }
+                "location" => {
+                    if let Some(l) = self.location_info(c) {
+                        locations.push(l);
+                    }
+                }
+                "return" | "rewrite" | "set" | "if" | "break" => server_rewrites.push(c.clone()),
+                "ssl" => ssl_on = c.arg(0) == Some("on"),
+                "http2"
+                | "ssl_protocols"
+                | "ssl_ciphers"
+                | "ssl_prefer_server_ciphers"
+                | "ssl_session_cache"
+                | "ssl_session_timeout"
+                | "ssl_session_tickets"
+                | "ssl_dhparam"
+                | "ssl_ecdh_curve"
+                | "ssl_stapling"
+                | "ssl_stapling_verify"
+                | "ssl_trusted_certificate"
+                | "ssl_buffer_size"
+                | "ssl_conf_command"
+                | "ssl_early_data" => self.tls_tuning(c),
+                n if SCOPE_DIRECTIVES.contains(&n) => {}
+                "proxy_send_timeout" => self.send_timeout(c),
+                _ => self.common(c, "server"),
+            }
+        }
+        if ssl_on {
+            for l in &mut listens {
+                l.ssl = true;
+            }
+        }
+        if listens.is_empty() {
+            listens.push(Listen {
+                addr: "0.0.0.0:80".to_string(),
+                ssl: false,
+                default: false,
+            });
+        }
+        let label = names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("server@{}", d.at.line));
+        let ports: Vec<String> = {
+            let mut p: Vec<String> = listens
+                .iter()
+                .filter_map(|l| l.addr.rsplit_once(':').map(|(_, p)| p.to_string()))
+                .collect();
+            p.dedup();
+            p
+        };
+        let sctx = ServerCtx {
+            label,
+            primary_name: &primary_name,
+            ports,
+        };
+        let mut routes = Vec::new();
+        let mut shadowed = false;
+        // Server-level rewrite-module directives run before any location is
+        // chosen.
+        for r in &server_rewrites {
+            if shadowed {
+                self.note(
+                    r,
+                    Impact::Ignored,
+                    "never reached: the server-level `return` above answers every request",
+                );
+                continue;
+            }
+            match r.name.as_str() {
+                "return" => {
+                    if let Some(action) = self.return_action(r, &sctx, &scope, None) {
+                        let route = self.route_for(
+                            &sctx,
+                            r,
+                            "return",
+                            PathOut::Prefix {
+                                prefix: "/".to_string(),
+                                stop_regex: true,
+                            },
+                            action,
+                        );
+                        routes.push(self.decorate(route, &scope, false));
+                        shadowed = true;
+                    }
+                }
+                "rewrite" => {
+                    if let Some((path, action)) = self.simple_redirect(r, &sctx, true) {
+                        let clash = match &path {
+                            PathOut::Prefix { prefix, .. } => {
+                                locations.iter().any(|l| match &l.kind {
+                                    LocKind::Exact(p) | LocKind::Prefix(p) | LocKind::Stop(p) => {
+                                        p.starts_with(prefix.as_str())
+                                    }
+                                    _ => false,
+                                })
+                            }
+                            _ => false,
+                        };
+                        if clash {
+                            self.note(
+                                r,
+                                Impact::Dropped,
+                                "a location under this prefix would win over the redirect in Aegis",
+                            );
+                            continue;
+                        }
+                        let route = self.route_for(&sctx, r, "rewrite", path, action);
+                        routes.push(self.decorate(route, &scope, false));
+                    }
+                }
+                _ => self.note(
+                    r,
+                    Impact::Dropped,
+                    "rewrite-module logic (`if`, `set`, `break`) is not expressible in Aegis",
+                ),
+            }
+        }
+        if shadowed {
+            for l in &locations {
+                self.findings.push(Finding {
+                    at: l.at.clone(),
+                    directive: l.text.clone(),
+                    impact: Impact::Ignored,
+                    reason: "never reached: the server-level `return` answers every request".into(),
+                });
+            }
+        } else {
+            for (i, l) in locations.iter().enumerate() {
+                let mut rs = self.location_routes(&sctx, l, i, &locations, &scope);
+                routes.append(&mut rs);
+            }
+            self.auto_redirects(&sctx, &locations, &scope, &mut routes);
+        }
+        let index = self.servers.len();
+        self.server_tls(d, index, &listens, &names, &scope);
+        self.servers.push(Server {
+            at: d.at.clone(),
+            names,
+            listens,
+            routes,
+        });
+    }
+
+    fn tls_tuning(&mut self, d: &Directive) {
+        if d.name == "ssl_protocols" || d.name == "ssl_ciphers" {
+            self.note(
+                d,
+                Impact::Differs,
+                "Aegis uses rustls's protocol and cipher choice: TLS 1.2 and 1.3 with modern suites",
+            );
+        }
+    }
+
+    fn listen(&mut self, d: &Directive) -> Option<Listen> {
+        let Some(addr) = d.arg(0) else {
+            self.note(d, Impact::Dropped, "listen without an address");
+            return None;
+        };
+        if addr.starts_with("unix:") {
+            self.note(
+                d,
+                Impact::Dropped,
+                "Unix-socket listeners are not supported",
+            );
+            return None;
+        }
+        let mut l = Listen {
+            addr: listen_addr(addr),
+            ssl: false,
+            default: false,
+        };
+        for p in d.args.iter().skip(1) {
+            match p.as_str() {
+                "ssl" => l.ssl = true,
+                "default_server" | "default" => l.default = true,
+                "http2" => {}
+                "proxy_protocol" => self.note(
+                    d,
+                    Impact::Dropped,
+                    "the PROXY protocol is not supported by Aegis listeners",
+                ),
+                "quic" | "http3" => self.note(d, Impact::Dropped, "HTTP/3 is not supported"),
+                _ => {}
+            }
+        }
+        Some(l)
+    }
+
+    fn server_name(&mut self, d: &Directive, n: &str, names: &mut Vec<String>) {
+        let lower = n.to_ascii_lowercase();
+        if n.is_empty() || n == "_" {
+            return;
+        }
+        if n.starts_with('~') {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!(
+                    "regex server name `{n}`: Aegis matches exact names and `*.suffix` wildcards"
+                ),
+            );
+            return;
+        }
+        if let Some(rest) = lower.strip_prefix('.') {
+            push_unique(names, rest.to_string());
+            push_unique(names, format!("*.{rest}"));
+            return;
+        }
+        if lower.ends_with(".*") || (lower.contains('*') && !lower.starts_with("*.")) {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!("wildcard `{n}`: Aegis supports only a leading `*.`"),
+            );
+            return;
+        }
+        push_unique(names, lower);
+    }
+
+    fn server_tls(
+        &mut self,
+        d: &Directive,
+        index: usize,
+        listens: &[Listen],
+        names: &[String],
+        scope: &Scope,
+    ) {
+        if !listens.iter().any(|l| l.ssl) {
+            return;
+        }
+        let (Some(cert), Some(key)) = (&scope.ssl_certificate, &scope.ssl_certificate_key) else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a TLS listener without ssl_certificate and ssl_certificate_key",
+            );
+            return;
+        };
+        let (Some(cert_path), Some(key_path)) = (cert.arg(0), key.arg(0)) else {
+            return;
+        };
+        if cert_path.contains('$') || key_path.contains('$') {
+            self.note(
+                cert,
+                Impact::Dropped,
+                "certificates chosen by variables are not supported",
+            );
+            return;
+        }
+        if cert_path.starts_with("data:") || key_path.starts_with("data:") {
+            self.note(
+                cert,
+                Impact::Dropped,
+                "inline `data:` certificates are not supported",
+            );
+            return;
+        }
+        let cert_name = self.copy_file(cert_path, index, "crt");
+        let key_name = self.copy_file(key_path, index, "key");
+        self.tls.push((
+            index,
+            TlsOut {
+                server_names: names.to_vec(),
+                certificate: cert_name,
+                key: key_name,
+                default: false,
+                comment: format!("nginx: {} and {}", cert.at, key.at),
+            },
+        ));
+    }
+
+    fn copy_file(&mut self, path: &str, index: usize, ext: &str) -> String {
+        let full = if Path::new(path).is_absolute() {
+            PathBuf::from(path)
+        } else {
+            self.opts.prefix.join(path)
+        };
+        let base = Path::new(path)
+            .file_stem()
+            .map(|s| sanitize(&s.to_string_lossy()))
+            .unwrap_or_else(|| "file".to_string());
+        let name = format!("certs/{index}-{base}.{ext}");
+        self.copies.push((full, name.clone()));
+        name
+    }
+
+    // ---------------------------------------------------------------- location
+
+    fn location_info(&mut self, d: &Directive) -> Option<LocInfo> {
+        let Some(block) = &d.block else {
+            self.note(d, Impact::Dropped, "location without a block");
+            return None;
+        };
+        let (modifier, pattern) = match d.args.as_slice() {
+            [m, p] => (m.as_str(), p.clone()),
+            [one] => {
+                let one = one.as_str();
+                if let Some(p) = one.strip_prefix("^~") {
+                    ("^~", p.to_string())
+                } else if let Some(p) = one.strip_prefix("~*") {
+                    ("~*", p.to_string())
+                } else if let Some(p) = one.strip_prefix('~') {
+                    ("~", p.to_string())
+                } else if let Some(p) = one.strip_prefix('=') {
+                    ("=", p.to_string())
+                } else if one.starts_with('@') {
+                    ("@", one.to_string())
+                } else {
+                    ("", one.to_string())
+                }
+            }
+            _ => {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    "location needs a modifier and a pattern",
+                );
+                return None;
+            }
+        };
+        let kind = match modifier {
+            "=" => LocKind::Exact(pattern),
+            "^~" => LocKind::Stop(pattern),
+            "" => LocKind::Prefix(pattern),
+            "~" | "~*" => {
+                let rust = if modifier == "~*" {
+                    format!("(?i){pattern}")
+                } else {
+                    pattern.clone()
+                };
+                match Regex::new(&rust) {
+                    Ok(re) => LocKind::Regex { pattern: rust, re },
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let last = msg.lines().last().unwrap_or("").trim().to_string();
+                        self.note(
+                            d,
+                            Impact::Dropped,
+                            format!(
+                                "the regex is not supported by Aegis's regex engine ({last}); \
+                                 lookaround and backreferences have no equivalent"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+            "@" => LocKind::Named,
+            other => {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    format!("unknown location modifier `{other}`"),
+                );
+                return None;
+            }
+        };
+        if let LocKind::Exact(p) | LocKind::Prefix(p) | LocKind::Stop(p) = &kind
+            && !p.starts_with('/')
+        {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a location that does not start with `/` never matches a normal request",
+            );
+            return None;
+        }
+        Some(LocInfo {
+            kind,
+            at: d.at.clone(),
+            text: d.text(),
+            block: block.clone(),
+        })
+    }
+
+    fn location_routes(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        loc: &LocInfo,
+        index: usize,
+        all: &[LocInfo],
+        parent: &Scope,
+    ) -> Vec<RouteOut> {
+        let ld = Directive {
+            name: "location".into(),
+            args: vec![loc.kind.label()],
+            block: None,
+            at: loc.at.clone(),
+        };
+        if let LocKind::Named = loc.kind {
+            self.note(
+                &ld,
+                Impact::Dropped,
+                "named locations serve error_page and try_files fallbacks, which Aegis does not have",
+            );
+            return Vec::new();
+        }
+        let scope = self.child_scope(parent, &loc.block);
+        let mut out = Vec::new();
+        let mut proxy: Option<&Directive> = None;
+        let mut returned: Option<ActionOut> = None;
+        let mut strip: Option<(String, String)> = None;
+        let mut static_files: Option<&Directive> = None;
+        for c in &loc.block {
+            match c.name.as_str() {
+                "location" => self.note(
+                    c,
+                    Impact::Dropped,
+                    "nested locations are not carried over; the outer location is",
+                ),
+                "proxy_pass" => proxy = Some(c),
+                "return" => {
+                    if returned.is_some() {
+                        self.note(
+                            c,
+                            Impact::Ignored,
+                            "never reached: an earlier `return` answers",
+                        );
+                    } else if let Some(a) =
+                        self.return_action(c, sctx, &scope, exact_path(&loc.kind))
+                    {
+                        returned = Some(a);
+                    } else {
+                        // Listed; keep the location's place with a stand-in.
+                        returned = Some(placeholder("return not carried over"));
+                    }
+                }
+                "rewrite" => {
+                    if returned.is_some() {
+                        self.note(
+                            c,
+                            Impact::Ignored,
+                            "never reached: an earlier `return` answers",
+                        );
+                        continue;
+                    }
+                    if let Some(s) = self.strip_idiom(c, &loc.kind) {
+                        strip = Some(s);
+                        continue;
+                    }
+                    if let Some((path, action)) = self.simple_redirect(c, sctx, false) {
+                        // Emitted ahead of the location; exact only when nginx
+                        // would bring that path to this very location.
+                        let ok = match &path {
+                            PathOut::Exact(p) => nginx_pick(all, p) == Some(index),
+                            _ => false,
+                        };
+                        if ok {
+                            let r = self.route_for(sctx, c, "rewrite", path, action);
+                            out.push(self.decorate(r, &scope, false));
+                        } else {
+                            self.note(
+                                c,
+                                Impact::Dropped,
+                                "this redirect would apply to requests another location serves in nginx",
+                            );
+                        }
+                    }
+                }
+                "if" | "set" | "break" => self.note(
+                    c,
+                    Impact::Dropped,
+                    "rewrite-module logic (`if`, `set`, `break`) is not expressible in Aegis",
+                ),
+                "root" | "alias" | "try_files" | "autoindex" | "index" => {
+                    if static_files.is_none() {
+                        static_files = Some(c);
+                    }
+                }
+                n if SCOPE_DIRECTIVES.contains(&n) => {}
+                "proxy_send_timeout" => self.send_timeout(c),
+                _ => self.common(c, "location"),
+            }
+        }
+        let path = match &loc.kind {
+            LocKind::Exact(p) => PathOut::Exact(p.clone()),
+            LocKind::Prefix(p) => PathOut::Prefix {
+                prefix: p.clone(),
+                stop_regex: false,
+            },
+            LocKind::Stop(p) => PathOut::Prefix {
+                prefix: p.clone(),
+                stop_regex: true,
+            },
+            LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
+            LocKind::Named => return out,
+        };
+        let (action, is_proxy) = if let Some(a) = returned {
+            if let Some(p) = proxy {
+                self.note(p, Impact::Ignored, "never reached: `return` answers first");
+            }
+            (a, false)
+        } else if let Some(p) = proxy {
+            match self.proxy_action(p, &loc.kind, strip.take(), &scope) {
+                Some(a) => (a, true),
+                None => (placeholder("proxy_pass not carried over"), false),
+            }
+        } else {
+            let why = match static_files {
+                Some(s) => format!(
+                    "serves files (`{}`); Aegis does not serve files, so the location answers 404",
+                    s.name
+                ),
+                None => "has no proxy_pass or return; nginx serves files from `root` here, \
+                         Aegis answers 404"
+                    .to_string(),
+            };
+            self.findings.push(Finding {
+                at: loc.at.clone(),
+                directive: loc.text.clone(),
+                impact: Impact::Dropped,
+                reason: why,
+            });
+            (placeholder("static files are not served by Aegis"), false)
+        };
+        if let (Some(s), true) = (static_files, is_proxy)
+            && s.name == "try_files"
+        {
+            self.note(
+                s,
+                Impact::Dropped,
+                "try_files checks the file system first; Aegis always proxies",
+            );
+        }
+        let route = self.route_for(sctx, &ld, "", path, action);
+        out.push(self.decorate(route, &scope, is_proxy));
+        out
+    }
+
+    /// nginx answers `/api` with a 301 to `/api/` when `location /api/` has
+    /// proxy_pass and no location is `/api` itself.
+    fn auto_redirects(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        locations: &[LocInfo],
+        scope: &Scope,
+        routes: &mut Vec<RouteOut>,
+    ) {
+        for l in locations {
+            let (LocKind::Prefix(p) | LocKind::Stop(p)) = &l.kind else {
+                continue;
+            };
+            let Some(short) = p.strip_suffix('/') else {
+                continue;
+            };
+            if short.is_empty() {
+                continue;
+            }
+            let proxies = l.block.iter().any(|d| d.name == "proxy_pass");
+            let returns = l.block.iter().any(|d| d.name == "return");
+            if !proxies || returns {
+                continue;
+            }
+            let taken = locations.iter().any(|o| match &o.kind {
+                LocKind::Exact(q) | LocKind::Prefix(q) | LocKind::Stop(q) => q == short,
+                _ => false,
+            });
+            if taken {
+                continue;
+            }
+            let d = Directive {
+                name: "location".into(),
+                args: vec![p.clone()],
+                block: None,
+                at: l.at.clone(),
+            };
+            let route = self.route_for(
+                sctx,
+                &d,
+                "slash",
+                PathOut::Exact(short.to_string()),
+                ActionOut::Redirect {
+                    status: 301,
+                    location: p.clone(),
+                },
+            );
+            let loc_scope = self.child_scope(scope, &l.block);
+            let mut route = self.decorate(route, &loc_scope, false);
+            route.comment = format!(
+                "nginx: {} answers {short} with a redirect to {p} ({})",
+                l.text, l.at
+            );
+            routes.push(route);
+        }
+    }
+
+    /// `rewrite ^/x/(.*)$ /$1 break;` in a location every request of which
+    /// matches `^/x/`: the same as stripping `/x/` and adding `/`.
+    fn strip_idiom(&mut self, d: &Directive, kind: &LocKind) -> Option<(String, String)> {
+        let (Some(re), Some(rep)) = (d.arg(0), d.arg(1)) else {
+            return None;
+        };
+        if d.arg(2) != Some("break") {
+            return None;
+        }
+        let inner = re.strip_prefix('^')?;
+        let inner = inner.strip_suffix('$').unwrap_or(inner);
+        let lit = inner.strip_suffix("(.*)")?;
+        let lit = literal_regex(lit)?;
+        let add = rep.strip_suffix("$1")?;
+        if add.contains('$') || !add.starts_with('/') {
+            return None;
+        }
+        let covers = match kind {
+            LocKind::Prefix(p) | LocKind::Stop(p) | LocKind::Exact(p) => p.starts_with(&lit),
+            _ => false,
+        };
+        if !covers {
+            return None;
+        }
+        if !(lit.ends_with('/') && add.ends_with('/')) {
+            self.note(
+                d,
+                Impact::Differs,
+                "carried as strip_prefix/add_prefix; Aegis joins the parts with exactly one `/`",
+            );
+        }
+        Some((lit, add.to_string()))
+    }
+
+    // ---------------------------------------------------------------- actions
+
+    fn proxy_action(
+        &mut self,
+        d: &Directive,
+        kind: &LocKind,
+        strip: Option<(String, String)>,
+        scope: &Scope,
+    ) -> Option<ActionOut> {
+        let Some(url) = d.arg(0) else {
+            self.note(d, Impact::Dropped, "proxy_pass without a URL");
+            return None;
+        };
+        if url.contains('$') {
+            self.note(
+                d,
+                Impact::Dropped,
+                "proxy_pass with variables (a target chosen per request) is not expressible",
+            );
+            return None;
+        }
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.starts_with("https://") {
+            self.note(
+                d,
+                Impact::Dropped,
+                "TLS to the upstream (`https://`) is not supported by Aegis upstreams yet",
+            );
+            return None;
+        } else {
+            self.note(d, Impact::Dropped, "only http:// upstreams are supported");
+            return None;
+        };
+        if rest.starts_with("unix:") {
+            self.note(
+                d,
+                Impact::Dropped,
+                "Unix-socket upstreams are not supported",
+            );
+            return None;
+        }
+        let (hostport, uri) = match rest.find('/') {
+            Some(i) => {
+                let (hp, uri) = rest.split_at(i);
+                (hp, Some(uri.to_string()))
+            }
+            None => (rest, None),
+        };
+        if self.unusable_upstreams.contains(hostport) {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!("upstream `{hostport}` was not carried over (listed at its definition)"),
+            );
+            return None;
+        }
+        let (upstream, proxy_host) =
+            if let Some(u) = self.upstreams.iter().find(|u| u.out.name == hostport) {
+                (u.out.name.clone(), hostport.to_string())
+            } else {
+                let address = with_port(hostport, 80);
+                let name = sanitize(&address);
+                if !self.upstreams.iter().any(|u| u.out.name == name) {
+                    self.upstreams.push(UpstreamBlock {
+                        out: UpstreamOut {
+                            name: name.clone(),
+                            comment: format!("nginx: proxy_pass {url} ({})", d.at),
+                            endpoints: vec![EndpointOut {
+                                address: address.clone(),
+                                weight: 1,
+                                backup: false,
+                            }],
+                            balance: BalanceOut::RoundRobin,
+                            connect_timeout_ms: None,
+                            // A single server is never marked unavailable by nginx.
+                            max_fails: Some(0),
+                            fail_timeout_ms: None,
+                        },
+                    });
+                }
+                let proxy_host = address
+                    .strip_suffix(":80")
+                    .map_or(address.clone(), str::to_string);
+                (name, proxy_host)
+            };
+        let ct = scope.connect_timeout.clone();
+        self.connect_timeouts
+            .entry(upstream.clone())
+            .or_default()
+            .push(match ct {
+                Some((ms, at)) => (ms, Some(at)),
+                None => (NGINX_DEFAULT_TIMEOUT_MS, None),
+            });
+
+        let (strip_prefix, add_prefix) = if let Some((s, a)) = strip {
+            if uri.is_some() {
+                // nginx ignores the URI part once rewrite changed the URI.
+            }
+            (Some(s), Some(a))
+        } else {
+            match (&uri, kind) {
+                (None, _) => (None, None),
+                (Some(u), LocKind::Regex { .. }) => {
+                    self.note(
+                        d,
+                        Impact::Dropped,
+                        format!(
+                            "nginx refuses a URI part (`{u}`) in proxy_pass inside a regex location"
+                        ),
+                    );
+                    return None;
+                }
+                (Some(u), LocKind::Prefix(p) | LocKind::Stop(p) | LocKind::Exact(p)) => {
+                    if u == p {
+                        (None, None)
+                    } else {
+                        let exact = matches!(kind, LocKind::Exact(_));
+                        let same = if exact {
+                            u.ends_with('/')
+                        } else {
+                            p.ends_with('/') && u.ends_with('/')
+                        };
+                        if !same {
+                            self.note(
+                                d,
+                                Impact::Differs,
+                                format!(
+                                    "nginx replaces `{p}` with `{u}` as text; Aegis strips `{p}` and \
+                                     joins `{u}` and the rest with exactly one `/`, so some paths \
+                                     differ (see docs/nginx-migration.md)"
+                                ),
+                            );
+                        }
+                        (Some(p.clone()), Some(u.clone()))
+                    }
+                }
+                (Some(_), LocKind::Named) => (None, None),
+            }
+        };
+        let host_rewrite = self.host_header(scope, &proxy_host);
+        let timeout_ms = scope
+            .read_timeout
+            .filter(|t| *t != NGINX_DEFAULT_TIMEOUT_MS);
+        Some(ActionOut::Upstream {
+            name: upstream,
+            strip_prefix,
+            add_prefix,
+            host_rewrite,
+            timeout_ms,
+        })
+    }
+
+    /// The Host nginx sends: `$proxy_host` unless proxy_set_header says otherwise.
+    fn host_header(&mut self, scope: &Scope, proxy_host: &str) -> Option<String> {
+        let host = scope
+            .set_headers
+            .iter()
+            .flatten()
+            .rev()
+            .find(|d| d.arg(0).is_some_and(|n| n.eq_ignore_ascii_case("host")));
+        let Some(d) = host else {
+            return Some(proxy_host.to_string());
+        };
+        match d.arg(1).unwrap_or("") {
+            "$host" | "$http_host" | "${host}" | "${http_host}" => None,
+            "$proxy_host" => Some(proxy_host.to_string()),
+            v if !v.contains('$') && !v.is_empty() => Some(v.to_string()),
+            _ => {
+                let d = d.clone();
+                self.note(
+                    &d,
+                    Impact::Dropped,
+                    "a Host built from variables is not expressible; the client's Host is passed",
+                );
+                None
+            }
+        }
+    }
+
+    /// A `return`: a redirect or a fixed answer.
+    fn return_action(
+        &mut self,
+        d: &Directive,
+        sctx: &ServerCtx<'_>,
+        scope: &Scope,
+        exact: Option<&str>,
+    ) -> Option<ActionOut> {
+        let (code, text) = match d.args.as_slice() {
+            [one] => match one.parse::<u16>() {
+                Ok(c) => (c, None),
+                Err(_) => (302, Some(one.clone())),
+            },
+            [c, t] => match c.parse::<u16>() {
+                Ok(c) => (c, Some(t.clone())),
+                Err(_) => {
+                    self.note(d, Impact::Dropped, "not a status code");
+                    return None;
+                }
+            },
+            _ => {
+                self.note(d, Impact::Dropped, "return takes a code and a text or URL");
+                return None;
+            }
+        };
+        if code == 444 {
+            self.note(
+                d,
+                Impact::Dropped,
+                "444 (close without an answer) is nginx-only; Aegis would answer 444",
+            );
+            return None;
+        }
+        if !(100..=999).contains(&code) {
+            self.note(d, Impact::Dropped, "status out of range");
+            return None;
+        }
+        if matches!(code, 301 | 302 | 303 | 307 | 308) {
+            let Some(url) = text else {
+                return Some(ActionOut::Respond {
+                    status: code,
+                    body: String::new(),
+                    headers: Vec::new(),
+                });
+            };
+            let location = match self.template(&url, sctx) {
+                Ok(l) => l,
+                Err(why) => {
+                    self.note(d, Impact::Dropped, why);
+                    return None;
+                }
+            };
+            return Some(ActionOut::Redirect {
+                status: code,
+                location,
+            });
+        }
+        let body = text.unwrap_or_default();
+        if body.contains('$') {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a response body with variables is not expressible",
+            );
+            return None;
+        }
+        let mut headers = Vec::new();
+        if !body.is_empty() {
+            // nginx types the answer by the URI's extension (`types`), then
+            // default_type. Known only for an exact location.
+            let by_ext = exact.and_then(|p| {
+                let ext = p.rsplit('/').next()?.rsplit_once('.')?.1;
+                self.types.get(ext).cloned()
+            });
+            if exact.is_none() {
+                self.note(
+                    d,
+                    Impact::Differs,
+                    "nginx picks the Content-Type of this text by the requested file's \
+                     extension (`types`); Aegis always sends default_type",
+                );
+            }
+            let ct = by_ext.or_else(|| scope.default_type.clone());
+            headers.push((
+                "content-type".to_string(),
+                ct.unwrap_or_else(|| "text/plain".to_string()),
+            ));
+        }
+        Some(ActionOut::Respond {
+            status: code,
+            body,
+            headers,
+        })
+    }
+
+    /// `rewrite ^/old$ /new permanent|redirect;` and, at server level,
+    /// `rewrite ^/old /new permanent;`.
+    fn simple_redirect(
+        &mut self,
+        d: &Directive,
+        sctx: &ServerCtx<'_>,
+        allow_prefix: bool,
+    ) -> Option<(PathOut, ActionOut)> {
+        let (Some(re), Some(rep)) = (d.arg(0), d.arg(1)) else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "rewrite takes a regex and a replacement",
+            );
+            return None;
+        };
+        let flag = d.arg(2);
+        let absolute =
+            rep.starts_with("http://") || rep.starts_with("https://") || rep.starts_with("$scheme");
+        let status = match flag {
+            Some("permanent") => 301,
+            Some("redirect") => 302,
+            None if absolute => 302,
+            _ => {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    "internal rewrites (`last`, `break`) change the URI nginx goes on with; \
+                     only redirects and the `^/prefix/(.*)$ /new/$1 break` form are carried over",
+                );
+                return None;
+            }
+        };
+        let Some(body) = re.strip_prefix('^') else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "only anchored (`^/...`) rewrites are carried over",
+            );
+            return None;
+        };
+        let (lit, exact) = match body.strip_suffix('$') {
+            Some(b) => (literal_regex(b), true),
+            None => (literal_regex(body), false),
+        };
+        let Some(lit) = lit else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a rewrite regex with patterns or captures is not expressible; \
+                 only literal paths are carried over",
+            );
+            return None;
+        };
+        if !exact && !allow_prefix {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a prefix rewrite inside a location is not carried over (only exact `^/path$`)",
+            );
+            return None;
+        }
+        if !lit.starts_with('/') {
+            self.note(
+                d,
+                Impact::Dropped,
+                "the rewrite regex does not start with `/`",
+            );
+            return None;
+        }
+        if rep.contains("$1") || rep.contains("$2") {
+            self.note(
+                d,
+                Impact::Dropped,
+                "captures in the replacement are not expressible",
+            );
+            return None;
+        }
+        let (rep_text, keeps_args) = match rep.strip_suffix('?') {
+            Some(r) => (r, false),
+            None => (rep, true),
+        };
+        let location = match self.template(rep_text, sctx) {
+            Ok(l) => l,
+            Err(why) => {
+                self.note(d, Impact::Dropped, why);
+                return None;
+            }
+        };
+        if keeps_args {
+            self.note(
+                d,
+                Impact::Differs,
+                "nginx appends the request's query string to the new location; Aegis does not \
+                 (end the replacement with `?` in nginx for the same behaviour)",
+            );
+        }
+        let path = if exact {
+            PathOut::Exact(lit)
+        } else {
+            PathOut::Prefix {
+                prefix: lit,
+                stop_regex: true,
+            }
+        };
+        Some((path, ActionOut::Redirect { status, location }))
+    }
+
+    /// An nginx string with variables → an Aegis redirect template.
+    fn template(&mut self, text: &str, sctx: &ServerCtx<'_>) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('$') {
+            let (lit, var) = rest.split_at(i);
+            out.push_str(lit);
+            let var = var.get(1..).unwrap_or("");
+            let (name, len) = if let Some(inner) = var.strip_prefix('{') {
+                match inner.find('}') {
+                    Some(j) => (inner.get(..j).unwrap_or(""), j + 2),
+                    None => return Err("unterminated `${`".into()),
+                }
+            } else {
+                let n = var
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    .count();
+                (var.get(..n).unwrap_or(""), n)
+            };
+            match name {
+                "scheme" | "host" | "request_uri" | "uri" => {
+                    out.push('$');
+                    out.push_str(name);
+                }
+                "document_uri" => out.push_str("$uri"),
+                "http_host" => out.push_str("$host"),
+                "server_name" => out.push_str(sctx.primary_name),
+                "server_port" => match sctx.ports.as_slice() {
+                    [one] => out.push_str(one),
+                    _ => return Err("`$server_port` of a server on several ports".into()),
+                },
+                other => {
+                    return Err(format!(
+                        "`${other}` is not available in Aegis redirects \
+                         (only $scheme, $host, $request_uri, $uri, $server_name)"
+                    ));
+                }
+            }
+            rest = var.get(len..).unwrap_or("");
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- routes
+
+    fn route_for(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        d: &Directive,
+        what: &str,
+        path: PathOut,
+        action: ActionOut,
+    ) -> RouteOut {
+        let file = Path::new(&*d.at.file)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pat = match &path {
+            PathOut::Exact(p) => format!("={p}"),
+            PathOut::Prefix {
+                prefix,
+                stop_regex: true,
+            } => format!("^~{prefix}"),
+            PathOut::Prefix { prefix, .. } => prefix.clone(),
+            PathOut::Regex(r) => format!("~{r}"),
+        };
+        let mut base = format!("{}|{}|{}:{}", sctx.label, pat, file, d.at.line);
+        if !what.is_empty() {
+            base = format!("{base}|{what}");
+        }
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.route_names.contains(&name) {
+            name = format!("{base}#{n}");
+            n += 1;
+        }
+        self.route_names.insert(name.clone());
+        RouteOut {
+            name,
+            comment: format!("nginx: {} ({})", d.text(), d.at),
+            hosts: Vec::new(),
+            path,
+            action,
+            request_set: Vec::new(),
+            request_remove: Vec::new(),
+            response_add: Vec::new(),
+            response_remove: Vec::new(),
+            rate_limit: None,
+            max_request_body: None,
+        }
+    }
+
+    /// Applies the scope's header edits, body size and rate limit.
+    fn decorate(&mut self, mut r: RouteOut, scope: &Scope, is_proxy: bool) -> RouteOut {
+        if is_proxy {
+            for d in scope.set_headers.clone().iter().flatten() {
+                self.request_header(d, &mut r);
+            }
+            for d in scope.hide_headers.clone().iter().flatten() {
+                if let Some(n) = d.arg(0) {
+                    push_unique(&mut r.response_remove, n.to_ascii_lowercase());
+                }
+            }
+            if let Some(limits) = scope.limit_reqs.clone() {
+                self.limit_req(&limits, scope, &mut r);
+            }
+        }
+        for d in scope.add_headers.clone().iter().flatten() {
+            self.add_header(d, &mut r);
+        }
+        if let Some(n) = scope.body_size.filter(|n| *n != NGINX_DEFAULT_BODY) {
+            r.max_request_body = Some(n);
+        }
+        r
+    }
+
+    fn request_header(&mut self, d: &Directive, r: &mut RouteOut) {
+        let (Some(name), Some(value)) = (d.arg(0), d.arg(1)) else {
+            self.note(
+                d,
+                Impact::Dropped,
+                "proxy_set_header takes a name and a value",
+            );
+            return;
+        };
+        let lname = name.to_ascii_lowercase();
+        match (lname.as_str(), value) {
+            ("host", _) => {} // host_rewrite
+            ("x-forwarded-for", "$proxy_add_x_forwarded_for") => {}
+            ("x-forwarded-proto", "$scheme") => {}
+            ("x-forwarded-host", "$host" | "$http_host") => {}
+            ("x-forwarded-for", "$remote_addr") => self.note(
+                d,
+                Impact::Differs,
+                "Aegis appends the client to an X-Forwarded-For the client sent, as \
+                 $proxy_add_x_forwarded_for does",
+            ),
+            ("connection", _) | ("upgrade", _) => {
+                // Aegis strips and rebuilds connection headers itself and
+                // passes WebSocket upgrades through.
+            }
+            (_, "") => push_unique(&mut r.request_remove, lname),
+            (_, v) if v == format!("$http_{}", lname.replace('-', "_")) => {
+                // Passing a request header on unchanged is the default.
+            }
+            (_, v) if !v.contains('$') => {
+                if r.request_set.iter().any(|(k, _)| *k == lname) {
+                    self.note(
+                        d,
+                        Impact::Dropped,
+                        "the same header is set twice; the first is kept",
+                    );
+                } else {
+                    r.request_set.push((lname, v.to_string()));
+                }
+            }
+            _ => self.note(
+                d,
+                Impact::Dropped,
+                "request headers with variables are not expressible in Aegis (only fixed values)",
+            ),
+        }
+    }
+
+    fn add_header(&mut self, d: &Directive, r: &mut RouteOut) {
+        let (Some(name), Some(value)) = (d.arg(0), d.arg(1)) else {
+            self.note(d, Impact::Dropped, "add_header takes a name and a value");
+            return;
+        };
+        if value.contains('$') {
+            self.note(
+                d,
+                Impact::Dropped,
+                "response headers with variables are not expressible in Aegis",
+            );
+            return;
+        }
+        if value.is_empty() {
+            // nginx adds nothing for an empty value.
+            return;
+        }
+        let lname = name.to_ascii_lowercase();
+        if r.response_add.iter().any(|(k, _)| *k == lname) {
+            self.note(
+                d,
+                Impact::Dropped,
+                "a second add_header of the same name is not expressible; the first is kept",
+            );
+            return;
+        }
+        if d.arg(2) != Some("always") {
+            self.note(
+                d,
+                Impact::Differs,
+                "Aegis adds the header to every response; nginx only to 200, 201, 204, 206, \
+                 301, 302, 303, 304, 307 and 308 unless `always`",
+            );
+        }
+        r.response_add.push((lname, value.to_string()));
+    }
+
+    fn limit_req(&mut self, limits: &[Directive], scope: &Scope, r: &mut RouteOut) {
+        for (i, d) in limits.iter().enumerate() {
+            if i > 0 {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    "Aegis applies one rate limit per route; the first is kept",
+                );
+                continue;
+            }
+            let mut zone = None;
+            let mut burst: u32 = 0;
+            let mut nodelay = false;
+            for a in &d.args {
+                if let Some(z) = a.strip_prefix("zone=") {
+                    zone = Some(z.to_string());
+                } else if let Some(b) = a.strip_prefix("burst=") {
+                    burst = b.parse().unwrap_or(0);
+                } else if a == "nodelay" {
+                    nodelay = true;
+                } else if a.starts_with("delay=") {
+                    self.note(d, Impact::Differs, "`delay=` is carried as nodelay");
+                    nodelay = true;
+                }
+            }
+            let Some(zone) = zone else {
+                self.note(d, Impact::Dropped, "limit_req without zone=");
+                continue;
+            };
+            let Some(z) = self.zones.get(&zone).cloned() else {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    format!("zone `{zone}` is not defined by a usable limit_req_zone"),
+                );
+                continue;
+            };
+            if burst > 0 && !nodelay {
+                self.note(
+                    d,
+                    Impact::Differs,
+                    "nginx delays requests over the rate (up to burst) without nodelay; \
+                     Aegis answers them at once, like nodelay",
+                );
+            }
+            let status = scope.limit_req_status.as_ref().map_or(503, |(s, _)| *s);
+            if status != 429 {
+                self.note(
+                    d,
+                    Impact::Differs,
+                    format!(
+                        "requests over the limit get {status} from nginx (limit_req_status) and 429 from Aegis"
+                    ),
+                );
+            }
+            // nginx lets through the request that arrives plus `burst`
+            // more; an Aegis bucket holds `burst` tokens.
+            let aegis_burst = burst.saturating_add(1);
+            let key = (zone.clone(), aegis_burst);
+            let name = if let Some(n) = self.rate_names.get(&key) {
+                n.clone()
+            } else {
+                let n = if self.rate_limits.iter().any(|x| x.name == zone) {
+                    format!("{zone}-burst{burst}")
+                } else {
+                    zone.clone()
+                };
+                self.rate_limits.push(RateLimitOut {
+                    name: n.clone(),
+                    requests_per_second: z.rps,
+                    burst: aegis_burst,
+                    comment: format!("nginx: limit_req_zone {zone} with burst={burst} ({})", d.at),
+                });
+                self.rate_names.insert(key, n.clone());
+                n
+            };
+            r.rate_limit = Some(name);
+        }
+    }
+
+    // ---------------------------------------------------------------- everything else
+
+    /// Directives valid at several levels that are not the scope's.
+    fn common(&mut self, d: &Directive, ctx: &str) {
+        let n = d.name.as_str();
+        let ignored_quietly = [
+            "sendfile",
+            "tcp_nopush",
+            "tcp_nodelay",
+            "keepalive_timeout",
+            "keepalive_requests",
+            "keepalive_time",
+            "reset_timedout_connection",
+            "client_body_timeout",
+            "client_header_timeout",
+            "send_timeout",
+            "client_body_buffer_size",
+            "client_header_buffer_size",
+            "large_client_header_buffers",
+            "types_hash_max_size",
+            "types_hash_bucket_size",
+            "server_names_hash_bucket_size",
+            "server_names_hash_max_size",
+            "variables_hash_max_size",
+            "variables_hash_bucket_size",
+            "proxy_headers_hash_max_size",
+            "proxy_headers_hash_bucket_size",
+            "open_file_cache",
+            "open_file_cache_valid",
+            "open_file_cache_min_uses",
+            "open_file_cache_errors",
+            "output_buffers",
+            "postpone_output",
+            "aio",
+            "directio",
+            "lingering_close",
+            "lingering_time",
+            "lingering_timeout",
+            "client_body_temp_path",
+            "proxy_temp_path",
+            "fastcgi_temp_path",
+            "uwsgi_temp_path",
+            "scgi_temp_path",
+            "proxy_buffering",
+            "proxy_buffer_size",
+            "proxy_buffers",
+            "proxy_busy_buffers_size",
+            "proxy_max_temp_file_size",
+            "proxy_temp_file_write_size",
+            "proxy_request_buffering",
+            "proxy_http_version",
+            "proxy_socket_keepalive",
+            "resolver",
+            "resolver_timeout",
+            "access_log",
+            "error_log",
+            "log_format",
+            "log_not_found",
+            "log_subrequest",
+            "open_log_file_cache",
+            "types",
+            "include",
+            "server_tokens",
+            "charset_types",
+            "gzip_types",
+            "gzip_comp_level",
+            "gzip_vary",
+            "gzip_proxied",
+            "gzip_min_length",
+            "gzip_buffers",
+            "gzip_http_version",
+            "gzip_disable",
+            "ssl_session_cache",
+            "ssl_session_timeout",
+            "ssl_prefer_server_ciphers",
+            "ssl_session_tickets",
+            "ssl_dhparam",
+            "ssl_ecdh_curve",
+            "ssl_stapling",
+            "ssl_stapling_verify",
+            "ssl_trusted_certificate",
+            "ssl_buffer_size",
+            "http2",
+            "http2_max_concurrent_streams",
+            "http2_recv_buffer_size",
+            "http2_chunk_size",
+            "proxy_ignore_client_abort",
+            "proxy_next_upstream_timeout",
+            "proxy_next_upstream_tries",
+            "msie_padding",
+            "server_name_in_redirect",
+            "absolute_redirect",
+            "port_in_redirect",
+            "proxy_connect_timeout",
+            "map_hash_bucket_size",
+            "map_hash_max_size",
+            "limit_req_log_level",
+            "limit_req_dry_run",
+            "index",
+            "root",
+        ];
+        if ignored_quietly.contains(&n) {
+            return;
+        }
+        let (impact, why): (Impact, &str) = match n {
+            "ssl_protocols" | "ssl_ciphers" => {
+                self.tls_tuning(d);
+                return;
+            }
+            "gzip" if d.arg(0) == Some("off") => return,
+            "gzip" | "gzip_static" | "gunzip" | "brotli" => (
+                Impact::Dropped,
+                "Aegis does not compress responses; upstream responses pass as they are",
+            ),
+            "merge_slashes" if d.arg(0) == Some("on") => return,
+            "merge_slashes" => (
+                Impact::Dropped,
+                "Aegis always merges slashes before matching",
+            ),
+            "proxy_redirect" if matches!(d.arg(0), Some("off" | "default")) => {
+                if d.arg(0) == Some("default") {
+                    (
+                        Impact::Differs,
+                        "Aegis does not rewrite Location headers from the upstream",
+                    )
+                } else {
+                    return;
+                }
+            }
+            "proxy_redirect" => (
+                Impact::Dropped,
+                "Aegis does not rewrite Location headers from the upstream",
+            ),
+            "proxy_next_upstream" => (
+                Impact::Differs,
+                "Aegis retries on another server only after a connect failure, for idempotent methods",
+            ),
+            "proxy_pass_header" => (
+                Impact::Differs,
+                "Aegis passes the upstream's headers except hop-by-hop ones; Date and Server are its own",
+            ),
+            "underscores_in_headers" | "ignore_invalid_headers" => {
+                (Impact::Differs, "Aegis passes headers with underscores on")
+            }
+            "error_page" => (
+                Impact::Dropped,
+                "custom error pages are not supported; Aegis answers errors with its own short bodies",
+            ),
+            "proxy_intercept_errors" if d.arg(0) == Some("off") => return,
+            "try_files" | "alias" | "autoindex" => (Impact::Dropped, "Aegis does not serve files"),
+            "allow" | "deny" => (
+                Impact::Dropped,
+                "address-based access control is not expressible per route (features score \
+                 requests globally)",
+            ),
+            "auth_basic" | "auth_basic_user_file" | "auth_request" | "satisfy" => {
+                (Impact::Dropped, "authentication is not part of Aegis")
+            }
+            "if" | "set" | "map" | "geo" | "split_clients" | "break" => (
+                Impact::Dropped,
+                "rewrite-module logic and variables are not expressible in Aegis",
+            ),
+            "real_ip_header" | "set_real_ip_from" | "real_ip_recursive" => (
+                Impact::Dropped,
+                "Aegis takes the client address from the connection (no trusted proxies list)",
+            ),
+            "expires" => (
+                Impact::Dropped,
+                "Expires/Cache-Control generation is not supported; use add_header with a fixed value",
+            ),
+            "charset" | "source_charset" => {
+                (Impact::Dropped, "charset conversion is not supported")
+            }
+            "limit_conn" | "limit_conn_zone" | "limit_conn_status" | "limit_rate"
+            | "limit_rate_after" => (
+                Impact::Dropped,
+                "connection and bandwidth limits are not supported",
+            ),
+            "limit_except" => (
+                Impact::Dropped,
+                "method restrictions with access rules are not carried over",
+            ),
+            "fastcgi_pass" | "uwsgi_pass" | "scgi_pass" | "grpc_pass" | "memcached_pass" => (
+                Impact::Dropped,
+                "only HTTP proxying (proxy_pass http://) is supported",
+            ),
+            "internal" => (Impact::Dropped, "internal-only locations are not supported"),
+            "listen" | "server_name" | "location" | "upstream" | "server" => {
+                (Impact::Dropped, "not valid in this context")
+            }
+            "proxy_pass" | "return" | "rewrite" => (Impact::Dropped, "not valid in this context"),
+            "ssl_certificate" | "ssl_certificate_key" => return,
+            "proxy_send_timeout" => {
+                self.send_timeout(d);
+                return;
+            }
+            "default_type" => return,
+            _ if n.starts_with("proxy_cache") || n.starts_with("proxy_store") => {
+                (Impact::Dropped, "response caching is not part of Aegis")
+            }
+            _ if n.starts_with("sub_filter") => {
+                (Impact::Dropped, "response body rewriting is not supported")
+            }
+            _ if n.starts_with("ssl_") => (
+                Impact::Differs,
+                "TLS tuning is not carried over; Aegis uses rustls defaults",
+            ),
+            _ if n.starts_with("proxy_ssl") => (
+                Impact::Dropped,
+                "TLS to the upstream is not supported by Aegis upstreams yet",
+            ),
+            _ => {
+                self.unknown(d, ctx);
+                return;
+            }
+        };
+        self.note(d, impact, why);
+    }
+
+    fn unknown(&mut self, d: &Directive, ctx: &str) {
+        self.note(
+            d,
+            Impact::Dropped,
+            format!("not understood by the importer (in {ctx} context); check it by hand"),
+        );
+    }
+
+    // ---------------------------------------------------------------- finish
+
+    fn finish(mut self) -> Conversion {
+        // Listen sockets: which server is the default of each.
+        let mut sockets: Vec<(String, bool, Vec<usize>)> = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            for l in &s.listens {
+                match sockets.iter_mut().find(|(a, _, _)| *a == l.addr) {
+                    Some((_, ssl, members)) => {
+                        *ssl |= l.ssl;
+                        if !members.contains(&i) {
+                            members.push(i);
+                        }
+                    }
+                    None => sockets.push((l.addr.clone(), l.ssl, vec![i])),
+                }
+            }
+        }
+        let default_of = |addr: &str, members: &[usize], servers: &[Server]| -> Option<usize> {
+            members
+                .iter()
+                .copied()
+                .find(|i| {
+                    servers
+                        .get(*i)
+                        .is_some_and(|s| s.listens.iter().any(|l| l.addr == addr && l.default))
+                })
+                .or_else(|| members.first().copied())
+        };
+        let defaults: Vec<usize> = sockets
+            .iter()
+            .filter_map(|(a, _, m)| default_of(a, m, &self.servers))
+            .collect();
+        let any_server = defaults.first().copied();
+        if let Some(first) = any_server
+            && defaults.iter().any(|d| *d != first)
+            && let Some(s) = self.servers.get(first)
+        {
+            let at = s.at.clone();
+            self.findings.push(Finding {
+                at,
+                directive: "server".into(),
+                impact: Impact::Differs,
+                reason: "listen sockets have different default servers; Aegis has one \
+                         set of routes for unknown hosts, this server's"
+                    .into(),
+            });
+        }
+        let all_addrs: Vec<String> = sockets.iter().map(|(a, _, _)| a.clone()).collect();
+        for s in &self.servers {
+            let mine: Vec<&String> = s.listens.iter().map(|l| &l.addr).collect();
+            if all_addrs.iter().any(|a| !mine.contains(&a)) {
+                self.findings.push(Finding {
+                    at: s.at.clone(),
+                    directive: "server".into(),
+                    impact: Impact::Differs,
+                    reason: format!(
+                        "Aegis serves every route on every listener; this server's routes are also \
+                         reachable on {}",
+                        all_addrs
+                            .iter()
+                            .filter(|a| !mine.contains(a))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+
+        // Host names: the first server that claims a name keeps it.
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        let mut server_names: Vec<Vec<String>> = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let mut keep = Vec::new();
+            for n in &s.names {
+                match claimed.get(n) {
+                    Some(_) => self.findings.push(Finding {
+                        at: s.at.clone(),
+                        directive: format!("server_name {n}"),
+                        impact: Impact::Ignored,
+                        reason: "a conflicting server name: nginx uses the first server with it, \
+                                 and so does the import"
+                            .into(),
+                    }),
+                    None => {
+                        claimed.insert(n.clone(), i);
+                        keep.push(n.clone());
+                    }
+                }
+            }
+            server_names.push(keep);
+        }
+        let wildcards: Vec<String> = claimed
+            .keys()
+            .filter(|n| n.starts_with("*."))
+            .cloned()
+            .collect();
+
+        let mut routes = Vec::new();
+        let servers = std::mem::take(&mut self.servers);
+        for (i, s) in servers.iter().enumerate() {
+            let names = server_names.get(i).cloned().unwrap_or_default();
+            let is_any = any_server == Some(i);
+            if is_any {
+                // Its routes answer unknown hosts. Its own names must still
+                // win over other servers' wildcards that would cover them.
+                let needs_named = names.iter().any(|n| {
+                    n.starts_with("*.")
+                        || wildcards
+                            .iter()
+                            .any(|w| w.get(1..).is_some_and(|suffix| n.ends_with(suffix)))
+                });
+                for r in &s.routes {
+                    routes.push(r.clone());
+                }
+                if needs_named {
+                    for r in &s.routes {
+                        let mut r = r.clone();
+                        r.name = format!("{}|named", r.name);
+                        r.hosts = names.clone();
+                        routes.push(r);
+                    }
+                }
+            } else if names.is_empty() {
+                if !s.routes.is_empty() {
+                    self.findings.push(Finding {
+                        at: s.at.clone(),
+                        directive: "server".into(),
+                        impact: Impact::Ignored,
+                        reason: "a server with no usable name that is not the default server is \
+                                 reached only by requests without a Host; its routes are left out"
+                            .into(),
+                    });
+                }
+            } else {
+                for r in &s.routes {
+                    let mut r = r.clone();
+                    r.hosts = names.clone();
+                    routes.push(r);
+                }
+            }
+        }
+
+        // Upstreams: the connect timeout nginx would use.
+        let mut upstreams = Vec::new();
+        for u in std::mem::take(&mut self.upstreams) {
+            let mut out = u.out;
+            let asks = self
+                .connect_timeouts
+                .get(&out.name)
+                .cloned()
+                .unwrap_or_default();
+            let first = asks.first().map_or(NGINX_DEFAULT_TIMEOUT_MS, |(t, _)| *t);
+            if let Some((_, Some(at))) = asks.iter().find(|(t, _)| *t != first) {
+                self.findings.push(Finding {
+                    at: at.clone(),
+                    directive: "proxy_connect_timeout".into(),
+                    impact: Impact::Differs,
+                    reason: format!(
+                        "Aegis has one connect timeout per upstream; `{}` uses {first} ms",
+                        out.name
+                    ),
+                });
+            }
+            out.connect_timeout_ms = Some(first);
+            upstreams.push(out);
+        }
+
+        // TLS.
+        let mut tls = Vec::new();
+        let mut tls_default = false;
+        for (i, mut t) in std::mem::take(&mut self.tls) {
+            let names = server_names.get(i).cloned().unwrap_or_default();
+            t.server_names = names;
+            if any_server == Some(i)
+                || sockets
+                    .iter()
+                    .any(|(a, ssl, m)| *ssl && default_of(a, m, &servers) == Some(i))
+            {
+                t.default = true;
+                tls_default = true;
+            }
+            if t.server_names.is_empty() {
+                if let Some(s) = servers.get(i) {
+                    self.findings.push(Finding {
+                        at: s.at.clone(),
+                        directive: "ssl_certificate".into(),
+                        impact: Impact::Dropped,
+                        reason: "Aegis needs a server name for a certificate; give the server a server_name".into(),
+                    });
+                }
+                continue;
+            }
+            tls.push(t);
+        }
+        if tls.iter().filter(|t| t.default).count() > 1 {
+            let mut seen = false;
+            for t in &mut tls {
+                if t.default {
+                    t.default = !seen;
+                    seen = true;
+                }
+            }
+        }
+
+        let mut listen = Vec::new();
+        let mut listen_tls = Vec::new();
+        for (a, ssl, _) in &sockets {
+            if *ssl {
+                listen_tls.push(a.clone());
+            } else {
+                listen.push(a.clone());
+            }
+        }
+
+        // Findings: sorted and without repeats (inherited directives are
+        // looked at once per location).
+        let mut seen = HashSet::new();
+        let mut findings: Vec<Finding> = std::mem::take(&mut self.findings)
+            .into_iter()
+            .filter(|f| seen.insert((f.at.to_string(), f.directive.clone(), f.reason.clone())))
+            .collect();
+        findings
+            .sort_by(|a, b| (a.at.file.as_ref(), a.at.line).cmp(&(b.at.file.as_ref(), b.at.line)));
+
+        Conversion {
+            set: ConfigSet {
+                settings: crate::model::SettingsOut {
+                    listen,
+                    listen_tls,
+                    tls_default_certificate: tls_default,
+                    admin: self.opts.admin.clone(),
+                    workers: self.workers,
+                },
+                upstreams,
+                routes,
+                tls,
+                rate_limits: self.rate_limits,
+                copies: self.copies,
+            },
+            findings,
+        }
+    }
+}
+
+fn exact_path(kind: &LocKind) -> Option<&str> {
+    match kind {
+        LocKind::Exact(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn placeholder(why: &str) -> ActionOut {
+    ActionOut::Respond {
+        status: 404,
+        body: String::new(),
+        headers: vec![("x-aegis-import".to_string(), why.to_string())],
+    }
+}
+
+fn push_unique(v: &mut Vec<String>, s: String) {
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+/// nginx's location choice for a path, among one server's locations
+/// (used to check that an exact-path route stands in for a rewrite
+/// inside the right location).
+fn nginx_pick(locs: &[LocInfo], path: &str) -> Option<usize> {
+    if let Some(i) = locs
+        .iter()
+        .position(|l| matches!(&l.kind, LocKind::Exact(p) if p == path))
+    {
+        return Some(i);
+    }
+    let mut best: Option<(usize, usize, bool)> = None;
+    for (i, l) in locs.iter().enumerate() {
+        let (p, stop) = match &l.kind {
+            LocKind::Prefix(p) => (p, false),
+            LocKind::Stop(p) => (p, true),
+            _ => continue,
+        };
+        if path.starts_with(p.as_str()) && best.is_none_or(|(_, len, _)| p.len() > len) {
+            best = Some((i, p.len(), stop));
+        }
+    }
+    if let Some((i, _, true)) = best {
+        return Some(i);
+    }
+    for (i, l) in locs.iter().enumerate() {
+        if let LocKind::Regex { re, .. } = &l.kind
+            && re.is_match(path)
+        {
+            return Some(i);
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
+/// The literal a regex matches, when it has no metacharacters (escaped
+/// punctuation such as `\.` allowed).
+fn literal_regex(re: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = re.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let e = chars.next()?;
+                if e.is_ascii_alphanumeric() {
+                    return None;
+                }
+                out.push(e);
+            }
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
+                return None;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// `host[:port]` with the default port added; `[v6]` kept.
+fn with_port(addr: &str, default: u16) -> String {
+    if addr.starts_with('[') {
+        if addr.contains("]:") {
+            addr.to_string()
+        } else {
+            format!("{addr}:{default}")
+        }
+    } else if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("{addr}:{default}")
+    }
+}
+
+/// An nginx `listen` address as an Aegis socket address.
+fn listen_addr(a: &str) -> String {
+    if a.bytes().all(|b| b.is_ascii_digit()) {
+        return format!("0.0.0.0:{a}");
+    }
+    if let Some(port) = a.strip_prefix("*:") {
+        return format!("0.0.0.0:{port}");
+    }
+    let a = with_port(a, 80);
+    match a.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => a,
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// nginx time: `30s`, `1m`, `500ms`, `1h`, `1m30s`, a bare number of seconds.
+pub fn parse_nginx_duration(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().ok()?.checked_mul(1000);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let value: u64 = rest.get(..n)?.parse().ok()?;
+        rest = rest.get(n..)?;
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = rest.get(..unit_len)?;
+        rest = rest.get(unit_len..)?;
+        let factor: u64 = match unit {
+            "ms" => 1,
+            "s" | "" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "M" => 2_592_000_000,
+            "y" => 31_536_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(value.checked_mul(factor)?)?;
+    }
+    Some(total)
+}
+
+/// nginx size: `512`, `8k`, `10m`, `1g` (binary multiples).
+pub fn parse_nginx_size(s: &str) -> Option<u64> {
+    let (num, factor) = match s.chars().last()? {
+        'k' | 'K' => (s.get(..s.len() - 1)?, 1u64 << 10),
+        'm' | 'M' => (s.get(..s.len() - 1)?, 1 << 20),
+        'g' | 'G' => (s.get(..s.len() - 1)?, 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// `10r/s`, `30r/m`, `0.5r/s` → requests per second.
+fn parse_rate(s: &str) -> Option<f64> {
+    let (n, per) = if let Some(n) = s.strip_suffix("r/s") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("r/m") {
+        (n, 60.0)
+    } else {
+        return None;
+    };
+    let v: f64 = n.parse().ok()?;
+    (v > 0.0 && v.is_finite()).then_some(v / per)
+}
+
+#[cfg(test)]
+mod tests;

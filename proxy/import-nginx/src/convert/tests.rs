@@ -1,0 +1,1118 @@
+//! Tests of the converter: one or more per directive, each checking the
+//! generated YAML loads in the engine and, where it matters, that the
+//! engine's `decide` routes requests the way nginx would.
+
+use std::path::Path;
+
+use aegis_engine::config::{ConfigSource, SourceFile, compile, parse_settings};
+use aegis_engine::{CompiledConfig, DecideOptions, RequestHead, decide};
+use http::{HeaderMap, Method};
+
+use super::*;
+use crate::model::ConfigSet;
+use crate::parse::parse_str;
+
+fn conv(text: &str) -> Conversion {
+    let tree = parse_str(text, "nginx.conf", Path::new(".")).unwrap();
+    convert(&tree, &Options::default())
+}
+
+fn files(set: &ConfigSet) -> Vec<SourceFile> {
+    set.files("test")
+        .into_iter()
+        .map(|(name, text)| SourceFile { name, text })
+        .collect()
+}
+
+/// Compiles the generated set with the engine; panics with the YAML when it
+/// does not load.
+fn compiled(c: &Conversion) -> CompiledConfig {
+    let src = ConfigSource::from_files(Path::new("."), files(&c.set));
+    let settings = parse_settings(&src).unwrap_or_else(|e| panic!("{e}\n{}", yaml(c)));
+    compile(&src, &settings.limits).unwrap_or_else(|e| panic!("{e}\n{}", yaml(c)))
+}
+
+fn yaml(c: &Conversion) -> String {
+    c.set
+        .files("test")
+        .into_iter()
+        .map(|(n, t)| format!("--- {n}\n{t}"))
+        .collect()
+}
+
+fn http(servers: &str) -> String {
+    format!("events {{}}\nhttp {{\n{servers}\n}}\n")
+}
+
+/// What the engine does with `GET host path`: (route name, upstream, path
+/// sent upstream or redirect location, status).
+struct Got {
+    route: Option<String>,
+    upstream: Option<String>,
+    upstream_path: Option<String>,
+    location: Option<String>,
+    status: Option<u16>,
+}
+
+fn get(cfg: &CompiledConfig, host: &str, path: &str) -> Got {
+    let headers = HeaderMap::new();
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let head = RequestHead {
+        method: &Method::GET,
+        scheme: "http",
+        host: Some(host),
+        path: p,
+        query: q,
+        headers: &headers,
+        client_ip: "127.0.0.1".parse().unwrap(),
+    };
+    let s = decide(cfg, &head, DecideOptions::default()).summary();
+    Got {
+        route: s.route,
+        upstream: s.upstream,
+        upstream_path: s.upstream_path,
+        location: s.location,
+        status: s.status,
+    }
+}
+
+fn route<'a>(c: &'a Conversion, name_part: &str) -> &'a RouteOut {
+    c.set
+        .routes
+        .iter()
+        .find(|r| r.name.contains(name_part))
+        .unwrap_or_else(|| panic!("no route with `{name_part}` in\n{}", yaml(c)))
+}
+
+fn finding<'a>(c: &'a Conversion, directive_part: &str) -> &'a Finding {
+    c.findings
+        .iter()
+        .find(|f| f.directive.contains(directive_part))
+        .unwrap_or_else(|| panic!("no finding for `{directive_part}` in {:#?}", c.findings))
+}
+
+fn no_finding(c: &Conversion, directive_part: &str) {
+    assert!(
+        !c.findings
+            .iter()
+            .any(|f| f.directive.contains(directive_part)),
+        "unexpected finding for `{directive_part}`: {:#?}",
+        c.findings
+    );
+}
+
+const UP: &str = "upstream app { server 127.0.0.1:9001; server 127.0.0.1:9002; }\n";
+
+// ------------------------------------------------------------------ upstream
+
+#[test]
+fn upstream_server_parameters() {
+    let c = conv(&http(
+        "upstream app {
+            server 127.0.0.1:9001 weight=3 max_fails=2 fail_timeout=30s;
+            server 127.0.0.1:9002 weight=1 max_fails=2 fail_timeout=30s;
+            server 127.0.0.1:9003 backup max_fails=2 fail_timeout=30s;
+            server 127.0.0.1:9004 down;
+            server backend.internal;
+            keepalive 16;
+        }
+        server { listen 8080; location / { proxy_pass http://app; } }",
+    ));
+    let cfg = compiled(&c);
+    let pool = cfg.upstream("app").unwrap();
+    let eps: Vec<(&str, u32, bool)> = pool
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.weight, e.backup))
+        .collect();
+    assert_eq!(
+        eps,
+        vec![
+            ("127.0.0.1:9001", 3, false),
+            ("127.0.0.1:9002", 1, false),
+            ("127.0.0.1:9003", 1, true),
+            ("backend.internal:80", 1, false),
+        ]
+    );
+    assert_eq!(pool.max_fails, 2);
+    assert_eq!(pool.fail_timeout, std::time::Duration::from_secs(30));
+    // nginx's connect timeout default, not Aegis's 5s.
+    assert_eq!(pool.connect_timeout, std::time::Duration::from_secs(60));
+    // Differing max_fails across servers are listed.
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("different max_fails"))
+    );
+}
+
+#[test]
+fn upstream_balancing_methods() {
+    let cases = [
+        ("least_conn;", Some(BalanceOut::LeastConn), None),
+        (
+            "ip_hash;",
+            Some(BalanceOut::HashClientIp),
+            Some(Impact::Differs),
+        ),
+        (
+            "hash $remote_addr;",
+            Some(BalanceOut::HashClientIp),
+            Some(Impact::Differs),
+        ),
+        (
+            "hash $http_x_user consistent;",
+            Some(BalanceOut::HashHeader("x-user".into())),
+            Some(Impact::Differs),
+        ),
+        (
+            "hash $request_uri;",
+            Some(BalanceOut::RoundRobin),
+            Some(Impact::Dropped),
+        ),
+        ("random;", Some(BalanceOut::Random), None),
+        (
+            "random two least_conn;",
+            Some(BalanceOut::Random),
+            Some(Impact::Differs),
+        ),
+    ];
+    for (directive, balance, impact) in cases {
+        let c = conv(&http(&format!(
+            "upstream app {{ {directive} server 127.0.0.1:9001; }}
+             server {{ listen 8080; location / {{ proxy_pass http://app; }} }}"
+        )));
+        compiled(&c);
+        let u = c.set.upstreams.iter().find(|u| u.name == "app").unwrap();
+        assert_eq!(Some(u.balance.clone()), balance, "{directive}");
+        let f = c
+            .findings
+            .iter()
+            .find(|f| directive.starts_with(&f.directive));
+        assert_eq!(f.map(|f| f.impact), impact, "{directive}: {:?}", c.findings);
+    }
+}
+
+#[test]
+fn unix_socket_upstream_is_dropped() {
+    let c = conv(&http(
+        "upstream app { server unix:/run/app.sock; }
+         server { listen 8080; location / { proxy_pass http://app; } }",
+    ));
+    assert_eq!(finding(&c, "server unix:").impact, Impact::Dropped);
+    assert!(c.dropped_anything());
+}
+
+// ------------------------------------------------------------------ server
+
+#[test]
+fn listen_addresses_and_workers() {
+    let c = conv(&format!(
+        "worker_processes 3;\nevents {{}}\nhttp {{ {UP}
+        server {{ listen 8080; listen 127.0.0.1:8081; listen [::]:8082; server_name a.test; location / {{ proxy_pass http://app; }} }}
+        }}"
+    ));
+    assert_eq!(
+        c.set.settings.listen,
+        vec!["0.0.0.0:8080", "127.0.0.1:8081", "[::]:8082"]
+    );
+    assert_eq!(c.set.settings.workers, Some(3));
+    compiled(&c);
+}
+
+#[test]
+fn server_names_exact_wildcard_dot_and_unsupported() {
+    let c = conv(&http(&format!(
+        "{UP}
+        server {{ listen 80 default_server; location / {{ return 200 'default'; }} }}
+        server {{ listen 80; server_name Example.COM www.example.com; location / {{ proxy_pass http://app; }} }}
+        server {{ listen 80; server_name *.example.com; location / {{ return 200 'wild'; }} }}
+        server {{ listen 80; server_name .example.org; location / {{ return 200 'org'; }} }}
+        server {{ listen 80; server_name ~^(?<sub>.+)\\.example\\.net$ mail.*; location / {{ return 200 'x'; }} }}"
+    )));
+    let cfg = compiled(&c);
+    assert_eq!(
+        get(&cfg, "example.com", "/").upstream.as_deref(),
+        Some("app")
+    );
+    assert_eq!(
+        get(&cfg, "WWW.example.com:80", "/").upstream.as_deref(),
+        Some("app")
+    );
+    assert!(
+        get(&cfg, "a.example.com", "/")
+            .route
+            .unwrap()
+            .starts_with("*.example.com")
+    );
+    assert!(
+        get(&cfg, "a.b.example.com", "/")
+            .route
+            .unwrap()
+            .starts_with("*.example.com")
+    );
+    assert!(
+        get(&cfg, "example.org", "/")
+            .route
+            .unwrap()
+            .starts_with("example.org")
+    );
+    assert!(
+        get(&cfg, "x.example.org", "/")
+            .route
+            .unwrap()
+            .starts_with("example.org")
+    );
+    // Unknown hosts reach the default server.
+    assert!(
+        get(&cfg, "unknown.test", "/")
+            .route
+            .unwrap()
+            .starts_with("server@")
+    );
+    let regex = c
+        .findings
+        .iter()
+        .filter(|f| f.directive.starts_with("server_name ~"))
+        .count();
+    assert_eq!(regex, 2, "{:#?}", c.findings);
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("regex server name"))
+    );
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("wildcard `mail.*`"))
+    );
+}
+
+#[test]
+fn first_server_is_the_default_without_default_server() {
+    let c = conv(&http(
+        "server { listen 80; server_name first.test; location / { return 200 'first'; } }
+         server { listen 80; server_name second.test; location / { return 200 'second'; } }",
+    ));
+    let cfg = compiled(&c);
+    assert!(
+        get(&cfg, "other.test", "/")
+            .route
+            .unwrap()
+            .starts_with("first.test")
+    );
+    assert!(
+        get(&cfg, "second.test", "/")
+            .route
+            .unwrap()
+            .starts_with("second.test")
+    );
+}
+
+#[test]
+fn default_server_keeps_its_names_against_wildcards() {
+    let c = conv(&http(
+        "server { listen 80 default_server; server_name api.example.com; location / { return 200 'api'; } }
+         server { listen 80; server_name *.example.com; location / { return 200 'wild'; } }",
+    ));
+    let cfg = compiled(&c);
+    assert!(
+        get(&cfg, "api.example.com", "/")
+            .route
+            .unwrap()
+            .starts_with("api.example.com")
+    );
+    assert!(
+        get(&cfg, "nope.test", "/")
+            .route
+            .unwrap()
+            .starts_with("api.example.com")
+    );
+    assert!(
+        get(&cfg, "b.example.com", "/")
+            .route
+            .unwrap()
+            .starts_with("*.example.com")
+    );
+}
+
+#[test]
+fn conflicting_server_names_keep_the_first() {
+    let c = conv(&http(
+        "server { listen 80; server_name a.test; location / { return 200 'one'; } }
+         server { listen 80; server_name a.test b.test; location / { return 200 'two'; } }",
+    ));
+    let cfg = compiled(&c);
+    assert_eq!(finding(&c, "server_name a.test").impact, Impact::Ignored);
+    assert!(
+        get(&cfg, "a.test", "/")
+            .route
+            .unwrap()
+            .contains("nginx.conf:3")
+    );
+    assert!(
+        get(&cfg, "b.test", "/")
+            .route
+            .unwrap()
+            .contains("nginx.conf:4")
+    );
+}
+
+#[test]
+fn servers_on_different_ports_are_listed() {
+    let c = conv(&http(
+        "server { listen 8080; server_name a.test; location / { return 200 'a'; } }
+         server { listen 8081; server_name b.test; location / { return 200 'b'; } }",
+    ));
+    assert_eq!(c.set.settings.listen, vec!["0.0.0.0:8080", "0.0.0.0:8081"]);
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("also reachable on 0.0.0.0:8081"))
+    );
+    assert!(c.findings.iter().all(|f| f.impact != Impact::Dropped));
+}
+
+#[test]
+fn ssl_listen_and_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("site.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("site.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        http(&format!(
+            "{UP}
+            server {{
+                listen 443 ssl http2;
+                server_name secure.test;
+                ssl_certificate site.crt;
+                ssl_certificate_key site.key;
+                ssl_protocols TLSv1.2 TLSv1.3;
+                location / {{ proxy_pass http://app; }}
+            }}"
+        )),
+    )
+    .unwrap();
+    let c = crate::import(&conf, "off").unwrap();
+    assert_eq!(c.set.settings.listen_tls, vec!["0.0.0.0:443"]);
+    assert!(c.set.settings.listen.is_empty());
+    assert_eq!(c.set.tls.len(), 1);
+    assert!(c.set.tls[0].default);
+    assert_eq!(finding(&c, "ssl_protocols").impact, Impact::Differs);
+    let out = dir.path().join("out");
+    let summary = crate::write_set(&c, &conf, &out).unwrap();
+    assert!(summary.contains("1 certificates"), "{summary}");
+    let tls = std::fs::read_to_string(out.join("tls.yaml")).unwrap();
+    assert!(tls.contains("certs/0-site.crt"), "{tls}");
+    assert!(
+        std::fs::read_to_string(out.join("aegis.yaml"))
+            .unwrap()
+            .contains("tls_unknown_sni: default_certificate")
+    );
+}
+
+#[test]
+fn ssl_without_certificate_is_dropped() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 443 ssl; server_name s.test; location / {{ proxy_pass http://app; }} }}"
+    )));
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("without ssl_certificate"))
+    );
+    assert!(c.dropped_anything());
+}
+
+// ------------------------------------------------------------------ location
+
+/// nginx's documented example (ngx_http_core_module, `location`), plus `~*`.
+const ORDER: &str = "
+    location = / { return 200 'A'; }
+    location / { return 200 'B'; }
+    location /documents/ { return 200 'C'; }
+    location ^~ /images/ { return 200 'D'; }
+    location ~* \\.(gif|jpg|jpeg)$ { return 200 'E'; }
+    location ~ ^/documents/.*\\.PDF$ { return 200 'F'; }
+";
+
+#[test]
+fn location_modifiers_follow_nginx_matching_order() {
+    let c = conv(&http(&format!(
+        "server {{ listen 80; server_name x.test; {ORDER} }}"
+    )));
+    let cfg = compiled(&c);
+    let which = |path: &str| {
+        let r = get(&cfg, "x.test", path).route.unwrap();
+        let rest = r.split_once('|').unwrap().1;
+        rest.rsplit_once('|').unwrap().0.to_string()
+    };
+    assert_eq!(which("/"), "=/");
+    assert_eq!(which("/index.html"), "/");
+    assert_eq!(which("/documents/document.html"), "/documents/");
+    assert_eq!(which("/images/1.gif"), "^~/images/");
+    assert_eq!(which("/documents/1.jpg"), "~(?i)\\.(gif|jpg|jpeg)$");
+    assert_eq!(which("/documents/1.JPG"), "~(?i)\\.(gif|jpg|jpeg)$");
+    assert_eq!(which("/documents/a.PDF"), "~^/documents/.*\\.PDF$");
+    assert_eq!(which("/documents/a.pdf"), "/documents/");
+    // Regexes in declaration order: the first that matches wins.
+    let c = conv(&http(
+        "server { listen 80; location ~ /a { return 200 '1'; } location ~ /ab { return 200 '2'; } }",
+    ));
+    let cfg = compiled(&c);
+    assert!(get(&cfg, "x", "/ab").route.unwrap().contains("~/a|"));
+}
+
+#[test]
+fn unsupported_regex_is_listed() {
+    let c = conv(&http(
+        "server { listen 80; location ~ ^/(?!admin) { return 200 'x'; } location / { return 200 'y'; } }",
+    ));
+    let f = finding(&c, "location ~ ^/(?!admin)");
+    assert_eq!(f.impact, Impact::Dropped);
+    assert!(f.reason.contains("lookaround"), "{}", f.reason);
+    compiled(&c);
+}
+
+#[test]
+fn nested_and_named_locations_and_static_files_are_listed() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            location /app/ {{ proxy_pass http://app; location ~ \\.js$ {{ root /srv; }} }}
+            location @fallback {{ proxy_pass http://app; }}
+            location /static/ {{ root /var/www; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("nested locations"))
+    );
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("named locations"))
+    );
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.reason.contains("serves files (`root`)"))
+    );
+    // The static location keeps its place: it answers 404 rather than
+    // falling through to another route.
+    assert_eq!(get(&cfg, "x", "/static/a.css").status, Some(404));
+    assert_eq!(get(&cfg, "x", "/app/x").upstream.as_deref(), Some("app"));
+}
+
+// ------------------------------------------------------------------ proxy_pass
+
+#[test]
+fn proxy_pass_without_uri_passes_the_path_unchanged() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location /api/ {{ proxy_pass http://app; }} }}"
+    )));
+    let cfg = compiled(&c);
+    let g = get(&cfg, "x", "/api/users?id=1");
+    assert_eq!(g.upstream.as_deref(), Some("app"));
+    assert_eq!(g.upstream_path.as_deref(), Some("/api/users"));
+}
+
+#[test]
+fn proxy_pass_with_uri_replaces_the_location_prefix() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            location /api/ {{ proxy_pass http://app/v1/; }}
+            location /root/ {{ proxy_pass http://app/; }}
+            location = /exact {{ proxy_pass http://app/other/; }}
+            location /same/ {{ proxy_pass http://app/same/; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    assert_eq!(
+        get(&cfg, "x", "/api/users").upstream_path.as_deref(),
+        Some("/v1/users")
+    );
+    assert_eq!(
+        get(&cfg, "x", "/api/").upstream_path.as_deref(),
+        Some("/v1/")
+    );
+    assert_eq!(
+        get(&cfg, "x", "/root/a/b").upstream_path.as_deref(),
+        Some("/a/b")
+    );
+    assert_eq!(
+        get(&cfg, "x", "/exact").upstream_path.as_deref(),
+        Some("/other/")
+    );
+    assert_eq!(
+        get(&cfg, "x", "/same/q").upstream_path.as_deref(),
+        Some("/same/q")
+    );
+    assert!(
+        c.findings.iter().all(|f| f.impact == Impact::Ignored),
+        "{:#?}",
+        c.findings
+    );
+}
+
+#[test]
+fn proxy_pass_uri_slash_mismatch_is_listed() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location /api {{ proxy_pass http://app/v1; }} }}"
+    )));
+    compiled(&c);
+    assert_eq!(
+        finding(&c, "proxy_pass http://app/v1").impact,
+        Impact::Differs
+    );
+}
+
+#[test]
+fn proxy_pass_to_an_address_makes_an_upstream() {
+    let c = conv(&http(
+        "server { listen 80; location / { proxy_pass http://127.0.0.1:9005; }
+                  location /b/ { proxy_pass http://backend.internal/; } }",
+    ));
+    let cfg = compiled(&c);
+    assert!(cfg.upstream("127.0.0.1-9005").is_some());
+    let b = cfg.upstream("backend.internal-80").unwrap();
+    assert_eq!(b.endpoints[0].address, "backend.internal:80");
+    // nginx sends Host: $proxy_host.
+    let r = route(&c, "|/b/|");
+    match &r.action {
+        ActionOut::Upstream { host_rewrite, .. } => {
+            assert_eq!(host_rewrite.as_deref(), Some("backend.internal"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn proxy_pass_forms_that_cannot_be_carried() {
+    for (pass, why) in [
+        ("http://$backend", "variables"),
+        ("https://app", "TLS to the upstream"),
+        ("http://unix:/run/a.sock", "Unix-socket"),
+    ] {
+        let c = conv(&http(&format!(
+            "{UP} server {{ listen 80; location / {{ proxy_pass {pass}; }} }}"
+        )));
+        let f = finding(&c, "proxy_pass");
+        assert_eq!(f.impact, Impact::Dropped, "{pass}");
+        assert!(f.reason.contains(why), "{pass}: {}", f.reason);
+        compiled(&c);
+    }
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location ~ ^/x {{ proxy_pass http://app/y/; }} }}"
+    )));
+    assert!(finding(&c, "proxy_pass").reason.contains("regex location"));
+}
+
+#[test]
+fn trailing_slash_locations_redirect_the_bare_path() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location /api/ {{ proxy_pass http://app; }}
+                        location /docs/ {{ proxy_pass http://app; }} location = /docs {{ return 200 'docs'; }} }}"
+    )));
+    let cfg = compiled(&c);
+    let g = get(&cfg, "x", "/api");
+    assert_eq!(
+        (g.status, g.location.as_deref()),
+        (Some(301), Some("/api/"))
+    );
+    assert_eq!(get(&cfg, "x", "/docs").status, Some(200));
+}
+
+// ------------------------------------------------------------------ headers
+
+#[test]
+fn proxy_set_header_host_and_static_values() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            proxy_set_header X-Env production;
+            location /default/ {{ proxy_pass http://app; }}
+            location /host/ {{ proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; proxy_pass http://app; }}
+            location /fixed/ {{ proxy_set_header Host api.internal; proxy_set_header Accept-Encoding \"\"; proxy_pass http://app; }}
+            location /vars/ {{ proxy_set_header X-Real-IP $remote_addr; proxy_pass http://app; }}
+        }}"
+    )));
+    compiled(&c);
+    let up = |part: &str| match &route(&c, part).action {
+        ActionOut::Upstream { host_rewrite, .. } => host_rewrite.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(up("/default/|").as_deref(), Some("app"));
+    assert_eq!(up("/host/|"), None);
+    assert_eq!(up("/fixed/|").as_deref(), Some("api.internal"));
+    // Inherited from the server only where the location sets none.
+    assert_eq!(
+        route(&c, "/default/|").request_set,
+        vec![("x-env".into(), "production".into())]
+    );
+    assert!(route(&c, "/host/|").request_set.is_empty());
+    assert_eq!(
+        route(&c, "/fixed/|").request_remove,
+        vec!["accept-encoding".to_string()]
+    );
+    no_finding(&c, "X-Forwarded-For");
+    no_finding(&c, "X-Forwarded-Proto");
+    let f = finding(&c, "X-Real-IP");
+    assert_eq!(f.impact, Impact::Dropped);
+    assert!(f.reason.contains("variables"));
+}
+
+#[test]
+fn host_from_variables_is_dropped() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location / {{ proxy_set_header Host $host:$server_port; proxy_pass http://app; }} }}"
+    )));
+    assert_eq!(finding(&c, "proxy_set_header Host").impact, Impact::Dropped);
+}
+
+#[test]
+fn add_header_and_proxy_hide_header() {
+    let c = conv(&http(&format!(
+        "{UP} add_header X-Frame-Options DENY always;
+        server {{ listen 80;
+            location / {{ proxy_pass http://app; proxy_hide_header X-Powered-By; }}
+            location /own/ {{ add_header Cache-Control no-store; add_header X-Id $request_id; proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let root = route(&c, "|/|");
+    assert_eq!(
+        root.response_add,
+        vec![("x-frame-options".into(), "DENY".into())]
+    );
+    assert_eq!(root.response_remove, vec!["x-powered-by".to_string()]);
+    // A level with add_header of its own does not inherit.
+    let own = route(&c, "/own/|");
+    assert_eq!(
+        own.response_add,
+        vec![("cache-control".into(), "no-store".into())]
+    );
+    assert_eq!(
+        finding(&c, "add_header Cache-Control").impact,
+        Impact::Differs
+    );
+    assert_eq!(finding(&c, "add_header X-Id").impact, Impact::Dropped);
+    no_finding(&c, "add_header X-Frame-Options");
+    assert!(cfg.routes.iter().any(|r| !r.response_edits.is_empty()));
+}
+
+// ------------------------------------------------------------------ timeouts and limits
+
+#[test]
+fn proxy_timeouts() {
+    let c = conv(&http(&format!(
+        "{UP} proxy_connect_timeout 3s; server {{ listen 80;
+            location / {{ proxy_read_timeout 90s; proxy_send_timeout 10s; proxy_pass http://app; }}
+            location /fast/ {{ proxy_read_timeout 1500ms; proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    assert_eq!(
+        cfg.upstream("app").unwrap().connect_timeout,
+        std::time::Duration::from_secs(3)
+    );
+    let t = |part: &str| match &route(&c, part).action {
+        ActionOut::Upstream { timeout_ms, .. } => *timeout_ms,
+        _ => None,
+    };
+    assert_eq!(t("|/|"), Some(90_000));
+    assert_eq!(t("/fast/|"), Some(1_500));
+    assert_eq!(finding(&c, "proxy_send_timeout").impact, Impact::Differs);
+    assert_eq!(parse_nginx_duration("1m30s"), Some(90_000));
+    assert_eq!(parse_nginx_duration("75"), Some(75_000));
+    assert_eq!(parse_nginx_duration("5x"), None);
+}
+
+#[test]
+fn client_max_body_size() {
+    let c = conv(&http(&format!(
+        "{UP} client_max_body_size 10m; server {{ listen 80;
+            location / {{ proxy_pass http://app; }}
+            location /upload/ {{ client_max_body_size 0; proxy_pass http://app; }}
+            location /small/ {{ client_max_body_size 1k; proxy_pass http://app; }}
+            location /default/ {{ client_max_body_size 1m; proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let body = |part: &str| {
+        let name = &route(&c, part).name;
+        cfg.routes
+            .iter()
+            .find(|r| &r.name == name)
+            .unwrap()
+            .max_request_body
+    };
+    assert_eq!(body("|/|"), Some(10 << 20));
+    assert!(body("/upload/|").unwrap() >= 1 << 40);
+    assert_eq!(body("/small/|"), Some(1024));
+    assert_eq!(body("/default/|"), None);
+}
+
+#[test]
+fn limit_req_zone_and_limit_req() {
+    let c = conv(&http(&format!(
+        "{UP}
+        limit_req_zone $binary_remote_addr zone=api:10m rate=10r/s;
+        limit_req_zone $binary_remote_addr zone=slow:10m rate=30r/m;
+        limit_req_zone $http_x_key zone=bykey:10m rate=1r/s;
+        limit_req_status 429;
+        server {{ listen 80;
+            location /api/ {{ limit_req zone=api burst=20 nodelay; proxy_pass http://app; }}
+            location /api2/ {{ limit_req zone=api burst=20 nodelay; proxy_pass http://app; }}
+            location /slow/ {{ limit_req zone=slow; proxy_pass http://app; }}
+            location /queued/ {{ limit_req zone=slow burst=5; proxy_pass http://app; }}
+            location /key/ {{ limit_req zone=bykey; proxy_pass http://app; }}
+        }}"
+    )));
+    compiled(&c);
+    let rl = |name: &str| c.set.rate_limits.iter().find(|r| r.name == name).unwrap();
+    assert_eq!((rl("api").requests_per_second, rl("api").burst), (10.0, 21));
+    assert_eq!((rl("slow").requests_per_second, rl("slow").burst), (0.5, 1));
+    assert_eq!(rl("slow-burst5").burst, 6);
+    assert_eq!(route(&c, "/api/|").rate_limit.as_deref(), Some("api"));
+    assert_eq!(route(&c, "/api2/|").rate_limit.as_deref(), Some("api"));
+    assert_eq!(
+        finding(&c, "limit_req_zone $http_x_key").impact,
+        Impact::Dropped
+    );
+    assert_eq!(finding(&c, "limit_req zone=bykey").impact, Impact::Dropped);
+    assert!(
+        finding(&c, "limit_req zone=slow burst=5")
+            .reason
+            .contains("delays")
+    );
+    // limit_req_status 429 matches Aegis: nothing listed for api.
+    no_finding(&c, "limit_req zone=api");
+}
+
+#[test]
+fn limit_req_status_other_than_429_is_listed() {
+    let c = conv(&http(&format!(
+        "{UP} limit_req_zone $binary_remote_addr zone=z:1m rate=1r/s;
+        server {{ listen 80; location / {{ limit_req zone=z; proxy_pass http://app; }} }}"
+    )));
+    assert!(finding(&c, "limit_req zone=z").reason.contains("503"));
+}
+
+// ------------------------------------------------------------------ return and rewrite
+
+#[test]
+fn return_redirects_and_fixed_answers() {
+    let c = conv(&http(
+        "default_type application/octet-stream;
+        server { listen 80; server_name r.test;
+            location = /go { return 301 https://$host$request_uri; }
+            location = /temp { return https://example.com/x; }
+            location = /moved { return 308 /new$uri; }
+            location = /named { return 302 http://$server_name/n; }
+            location = /health { default_type text/plain; return 200 'ok'; }
+            location = /bin { return 200 'raw'; }
+            location = /gone { return 410; }
+            location = /args { return 302 /x?$args; }
+            location = /close { return 444; }
+        }",
+    ));
+    let cfg = compiled(&c);
+    let g = get(&cfg, "r.test", "/go?a=1");
+    assert_eq!(
+        (g.status, g.location.as_deref()),
+        (Some(301), Some("https://r.test/go?a=1"))
+    );
+    let g = get(&cfg, "r.test", "/temp");
+    assert_eq!(
+        (g.status, g.location.as_deref()),
+        (Some(302), Some("https://example.com/x"))
+    );
+    assert_eq!(
+        get(&cfg, "r.test", "/moved").location.as_deref(),
+        Some("/new/moved")
+    );
+    assert_eq!(
+        get(&cfg, "r.test", "/named").location.as_deref(),
+        Some("http://r.test/n")
+    );
+    match &route(&c, "=/health").action {
+        ActionOut::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            assert_eq!((*status, body.as_str()), (200, "ok"));
+            assert_eq!(
+                headers,
+                &vec![("content-type".to_string(), "text/plain".to_string())]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &route(&c, "=/bin").action {
+        ActionOut::Respond { headers, .. } => {
+            assert_eq!(headers[0].1, "application/octet-stream")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&cfg, "r.test", "/gone").status, Some(410));
+    assert!(
+        finding(&c, "return 302 /x?$args")
+            .reason
+            .contains("`$args`")
+    );
+    assert!(finding(&c, "return 444").reason.contains("444"));
+}
+
+#[test]
+fn server_level_return_answers_everything() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; server_name plain.test; return 301 https://$host$request_uri;
+            location / {{ proxy_pass http://app; }} }}"
+    )));
+    let cfg = compiled(&c);
+    for path in ["/", "/x", "/a.php"] {
+        let g = get(&cfg, "plain.test", path);
+        assert_eq!(g.status, Some(301), "{path}");
+        assert_eq!(g.location, Some(format!("https://plain.test{path}")));
+    }
+    assert_eq!(finding(&c, "location /").impact, Impact::Ignored);
+}
+
+#[test]
+fn simple_rewrites_become_redirect_routes() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; server_name w.test;
+            rewrite ^/old-page$ /new-page permanent;
+            rewrite ^/blog /articles? redirect;
+            rewrite ^/(.*)/index\\.html$ /$1/ permanent;
+            location / {{
+                rewrite ^/legacy\\.html$ /modern? permanent;
+                rewrite ^/x$ /y last;
+                proxy_pass http://app;
+            }}
+            location ~ \\.php$ {{ proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let g = get(&cfg, "w.test", "/old-page");
+    assert_eq!(
+        (g.status, g.location.as_deref()),
+        (Some(301), Some("/new-page"))
+    );
+    assert_eq!(finding(&c, "rewrite ^/old-page$").impact, Impact::Differs); // query not appended
+    let g = get(&cfg, "w.test", "/blog/2020/post");
+    assert_eq!(
+        (g.status, g.location.as_deref()),
+        (Some(302), Some("/articles"))
+    );
+    assert_eq!(get(&cfg, "w.test", "/blog.php").status, Some(302));
+    no_finding(&c, "rewrite ^/blog");
+    assert_eq!(
+        get(&cfg, "w.test", "/legacy.html").location.as_deref(),
+        Some("/modern")
+    );
+    assert_eq!(finding(&c, "rewrite ^/(.*)/index").impact, Impact::Dropped);
+    assert!(
+        finding(&c, "rewrite ^/x$ /y last")
+            .reason
+            .contains("internal rewrites")
+    );
+    assert_eq!(
+        get(&cfg, "w.test", "/other").upstream.as_deref(),
+        Some("app")
+    );
+}
+
+#[test]
+fn location_rewrite_for_a_path_another_location_serves_is_dropped() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            location / {{ rewrite ^/a\\.php$ /b? permanent; proxy_pass http://app; }}
+            location ~ \\.php$ {{ proxy_pass http://app; }}
+        }}"
+    )));
+    assert!(
+        finding(&c, "rewrite ^/a")
+            .reason
+            .contains("another location")
+    );
+}
+
+#[test]
+fn rewrite_break_prefix_strip_idiom() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            location /api/ {{ rewrite ^/api/(.*)$ /$1 break; proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    assert_eq!(
+        get(&cfg, "x", "/api/users/7").upstream_path.as_deref(),
+        Some("/users/7")
+    );
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+}
+
+// ------------------------------------------------------------------ the error listing
+
+#[test]
+fn findings_name_file_line_and_why() {
+    let c = conv(&http(&format!(
+        "{UP} gzip on;
+        server {{ listen 80;
+            location / {{
+                proxy_pass http://app;
+                proxy_cache my_cache;
+                try_files $uri @app;
+                deny 10.0.0.0/8;
+                frobnicate yes;
+                proxy_buffering off;
+                if ($http_x) {{ return 403; }}
+            }}
+        }}"
+    )));
+    let lines: Vec<String> = c.findings.iter().map(|f| f.to_string()).collect();
+    let has = |s: &str| lines.iter().any(|l| l.contains(s));
+    assert!(
+        has("nginx.conf:4: dropped: `gzip on`: Aegis does not compress"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("nginx.conf:8: dropped: `proxy_cache my_cache`: response caching"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("nginx.conf:9: dropped: `try_files $uri @app`"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("nginx.conf:10: dropped: `deny 10.0.0.0/8`"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("nginx.conf:11: dropped: `frobnicate yes`: not understood by the importer"),
+        "{lines:#?}"
+    );
+    assert!(has("nginx.conf:13: dropped: `if ($http_x)`"), "{lines:#?}");
+    no_finding(&c, "proxy_buffering");
+    assert!(c.dropped_anything());
+    // Sorted by file and line.
+    let order: Vec<usize> = c.findings.iter().map(|f| f.at.line).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+}
+
+#[test]
+fn a_clean_config_has_nothing_dropped() {
+    let c = conv(&format!(
+        "user nginx; worker_processes auto; pid /run/nginx.pid; error_log /var/log/nginx/error.log;
+        events {{ worker_connections 1024; }}
+        http {{
+            sendfile on; tcp_nopush on; keepalive_timeout 65; access_log off;
+            {UP}
+            server {{ listen 80; server_name a.test;
+                location / {{ proxy_pass http://app; proxy_http_version 1.1;
+                    proxy_set_header Host $host; proxy_set_header Connection \"\"; }} }}
+        }}"
+    ));
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+    assert_eq!(c.set.settings.workers, None);
+    compiled(&c);
+}
+
+#[test]
+fn site_file_without_http_block() {
+    let c = conv(&format!(
+        "{UP} server {{ listen 8080; location / {{ proxy_pass http://app; }} }}"
+    ));
+    assert_eq!(c.set.routes.len(), 1);
+    compiled(&c);
+}
+
+#[test]
+fn yaml_quotes_everything_that_could_be_retyped() {
+    assert_eq!(crate::model::q("on"), "\"on\"");
+    assert_eq!(crate::model::q("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+    let c = conv(&http(
+        "server { listen 80; location = /yes { add_header X-Yes \"on: #1\" always; return 200 'no\\ttab \"q\"'; } }",
+    ));
+    let cfg = compiled(&c);
+    let r = cfg
+        .routes
+        .iter()
+        .find(|r| r.name.contains("=/yes"))
+        .unwrap();
+    assert_eq!(r.response_edits.add[0].1, "on: #1");
+    match &r.action {
+        aegis_engine::compiled::RouteAction::Respond { body, .. } => {
+            assert_eq!(&**body, "no\ttab \"q\"")
+        }
+        _ => panic!(),
+    }
+}
+
+#[test]
+fn return_text_is_typed_by_extension_then_default_type() {
+    let c = conv(&http(
+        "types { text/plain txt; application/json json; }
+        default_type application/octet-stream;
+        server { listen 80;
+            location = /robots.txt { return 200 'User-agent: *'; }
+            location = /status.json { return 200 '{}'; }
+            location = /page.html { return 200 'x'; }
+            location / { return 200 'any'; }
+        }",
+    ));
+    compiled(&c);
+    let ct = |part: &str| match &route(&c, part).action {
+        ActionOut::Respond { headers, .. } => headers[0].1.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ct("=/robots.txt"), "text/plain");
+    assert_eq!(ct("=/status.json"), "application/json");
+    // A `types` block replaces nginx's built-in map.
+    assert_eq!(ct("=/page.html"), "application/octet-stream");
+    assert_eq!(ct("|/|"), "application/octet-stream");
+    assert_eq!(finding(&c, "return 200 any").impact, Impact::Differs);
+}
+
+#[test]
+fn single_server_upstreams_are_never_ejected() {
+    let c = conv(&http(
+        "upstream one { server 127.0.0.1:9001; server 127.0.0.1:9002 backup; }
+         upstream two { server 127.0.0.1:9001 max_fails=0; server 127.0.0.1:9002 max_fails=0; }
+         server { listen 80; location /a/ { proxy_pass http://one; } location /b/ { proxy_pass http://two; }
+                  location / { proxy_pass http://127.0.0.1:9003; } }",
+    ));
+    let cfg = compiled(&c);
+    assert_eq!(cfg.upstream("one").unwrap().max_fails, 0);
+    assert_eq!(cfg.upstream("two").unwrap().max_fails, 0);
+    assert_eq!(cfg.upstream("127.0.0.1-9003").unwrap().max_fails, 0);
+}
+
+#[test]
+fn proxy_pass_to_an_upstream_that_was_dropped_is_dropped() {
+    let c = conv(&http(
+        "upstream app { server unix:/run/app.sock; }
+         server { listen 80; location / { proxy_pass http://app; } }",
+    ));
+    compiled(&c);
+    assert!(
+        finding(&c, "proxy_pass http://app")
+            .reason
+            .contains("not carried over")
+    );
+    assert!(c.set.upstreams.is_empty());
+}

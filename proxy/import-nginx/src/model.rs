@@ -1,0 +1,413 @@
+//! The Aegis config set the importer builds, and its YAML text.
+//!
+//! Plain data mirroring the engine's raw schema (`aegis_engine::config::raw`
+//! and `settings`), written out by hand: the YAML is meant to be read and
+//! edited by the person migrating, so every route carries a comment naming
+//! the nginx `file:line` it came from, and strings are always quoted so no
+//! value is ever re-typed by the YAML reader (`on`, `1e3`, `*.example.com`).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// Everything written to the output directory.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSet {
+    pub settings: SettingsOut,
+    pub upstreams: Vec<UpstreamOut>,
+    pub routes: Vec<RouteOut>,
+    pub tls: Vec<TlsOut>,
+    pub rate_limits: Vec<RateLimitOut>,
+    /// Certificate and key files to copy: (source, name in the output dir).
+    pub copies: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettingsOut {
+    pub listen: Vec<String>,
+    pub listen_tls: Vec<String>,
+    pub tls_default_certificate: bool,
+    pub admin: String,
+    /// `None`: `auto`.
+    pub workers: Option<u32>,
+}
+
+impl Default for SettingsOut {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            listen_tls: Vec::new(),
+            tls_default_certificate: false,
+            admin: "127.0.0.1:9901".to_string(),
+            workers: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamOut {
+    pub name: String,
+    pub comment: String,
+    pub endpoints: Vec<EndpointOut>,
+    pub balance: BalanceOut,
+    pub connect_timeout_ms: Option<u64>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointOut {
+    pub address: String,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalanceOut {
+    RoundRobin,
+    LeastConn,
+    Random,
+    HashClientIp,
+    HashHeader(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathOut {
+    Exact(String),
+    Prefix { prefix: String, stop_regex: bool },
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOut {
+    Upstream {
+        name: String,
+        strip_prefix: Option<String>,
+        add_prefix: Option<String>,
+        host_rewrite: Option<String>,
+        timeout_ms: Option<u64>,
+    },
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    Respond {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOut {
+    pub name: String,
+    pub comment: String,
+    /// Empty: the routes of no host (nginx's default server).
+    pub hosts: Vec<String>,
+    pub path: PathOut,
+    pub action: ActionOut,
+    pub request_set: Vec<(String, String)>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<(String, String)>,
+    pub response_remove: Vec<String>,
+    pub rate_limit: Option<String>,
+    pub max_request_body: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOut {
+    pub server_names: Vec<String>,
+    pub certificate: String,
+    pub key: String,
+    pub default: bool,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitOut {
+    pub name: String,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub comment: String,
+}
+
+/// A YAML double-quoted scalar.
+pub fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().saturating_add(2));
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn comment(out: &mut String, indent: &str, text: &str) {
+    for line in text.lines() {
+        let _ = writeln!(out, "{indent}# {line}");
+    }
+}
+
+fn ms(v: u64) -> String {
+    if v.is_multiple_of(1000) {
+        format!("{}s", v / 1000)
+    } else {
+        format!("{v}ms")
+    }
+}
+
+impl ConfigSet {
+    /// The files of the set: (file name, text).
+    pub fn files(&self, header: &str) -> Vec<(String, String)> {
+        let mut files = vec![("aegis.yaml".to_string(), self.settings_yaml(header))];
+        if !self.upstreams.is_empty() {
+            files.push(("upstreams.yaml".to_string(), self.upstreams_yaml(header)));
+        }
+        if !self.rate_limits.is_empty() {
+            files.push((
+                "rate_limits.yaml".to_string(),
+                self.rate_limits_yaml(header),
+            ));
+        }
+        files.push(("routes.yaml".to_string(), self.routes_yaml(header)));
+        if !self.tls.is_empty() {
+            files.push(("tls.yaml".to_string(), self.tls_yaml(header)));
+        }
+        files
+    }
+
+    fn settings_yaml(&self, header: &str) -> String {
+        let mut out = String::new();
+        comment(&mut out, "", header);
+        let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "listen: [{}]", list(&self.settings.listen));
+        if !self.settings.listen_tls.is_empty() {
+            let _ = writeln!(out, "listen_tls: [{}]", list(&self.settings.listen_tls));
+        }
+        if self.settings.tls_default_certificate {
+            out.push_str("# nginx serves the default server's certificate to an unknown SNI.\n");
+            out.push_str("tls_unknown_sni: default_certificate\n");
+        }
+        let _ = writeln!(out, "admin: {}", q(&self.settings.admin));
+        match self.settings.workers {
+            Some(n) => {
+                let _ = writeln!(out, "workers: {n}");
+            }
+            None => out.push_str("workers: auto\n"),
+        }
+        out
+    }
+
+    fn upstreams_yaml(&self, header: &str) -> String {
+        let mut out = String::new();
+        comment(&mut out, "", header);
+        out.push_str("upstreams:\n");
+        for u in &self.upstreams {
+            comment(&mut out, "  ", &u.comment);
+            let _ = writeln!(out, "  - name: {}", q(&u.name));
+            out.push_str("    endpoints:\n");
+            for e in &u.endpoints {
+                if e.weight == 1 && !e.backup {
+                    let _ = writeln!(out, "      - {}", q(&e.address));
+                } else {
+                    let _ = write!(out, "      - {{ address: {}", q(&e.address));
+                    if e.weight != 1 {
+                        let _ = write!(out, ", weight: {}", e.weight);
+                    }
+                    if e.backup {
+                        out.push_str(", backup: true");
+                    }
+                    out.push_str(" }\n");
+                }
+            }
+            match &u.balance {
+                BalanceOut::RoundRobin => {}
+                BalanceOut::LeastConn => out.push_str("    balance: least_conn\n"),
+                BalanceOut::Random => out.push_str("    balance: random\n"),
+                BalanceOut::HashClientIp => out.push_str("    balance: { hash: client_ip }\n"),
+                BalanceOut::HashHeader(h) => {
+                    let _ = writeln!(out, "    balance: {{ hash: {{ header: {} }} }}", q(h));
+                }
+            }
+            if let Some(t) = u.connect_timeout_ms {
+                let _ = writeln!(out, "    connect_timeout: {}", q(&ms(t)));
+            }
+            if u.max_fails.is_some() || u.fail_timeout_ms.is_some() {
+                out.push_str("    passive:\n");
+                if let Some(n) = u.max_fails {
+                    let _ = writeln!(out, "      max_fails: {n}");
+                }
+                if let Some(t) = u.fail_timeout_ms {
+                    let _ = writeln!(out, "      fail_timeout: {}", q(&ms(t)));
+                }
+            }
+        }
+        out
+    }
+
+    fn rate_limits_yaml(&self, header: &str) -> String {
+        let mut out = String::new();
+        comment(&mut out, "", header);
+        out.push_str("rate_limits:\n");
+        for r in &self.rate_limits {
+            comment(&mut out, "  ", &r.comment);
+            let _ = writeln!(out, "  - name: {}", q(&r.name));
+            let _ = writeln!(
+                out,
+                "    requests_per_second: {}",
+                fmt_f64(r.requests_per_second)
+            );
+            let _ = writeln!(out, "    burst: {}", r.burst);
+        }
+        out
+    }
+
+    fn tls_yaml(&self, header: &str) -> String {
+        let mut out = String::new();
+        comment(&mut out, "", header);
+        out.push_str("tls:\n");
+        for t in &self.tls {
+            comment(&mut out, "  ", &t.comment);
+            let names: Vec<String> = t.server_names.iter().map(|s| q(s)).collect();
+            let _ = writeln!(out, "  - server_names: [{}]", names.join(", "));
+            let _ = writeln!(out, "    certificate: {}", q(&t.certificate));
+            let _ = writeln!(out, "    key: {}", q(&t.key));
+            if t.default {
+                out.push_str("    default: true\n");
+            }
+        }
+        out
+    }
+
+    fn routes_yaml(&self, header: &str) -> String {
+        let mut out = String::new();
+        comment(&mut out, "", header);
+        if self.routes.is_empty() {
+            out.push_str("routes: []\n");
+            return out;
+        }
+        out.push_str("routes:\n");
+        for r in &self.routes {
+            comment(&mut out, "  ", &r.comment);
+            let _ = writeln!(out, "  - name: {}", q(&r.name));
+            out.push_str("    match:\n");
+            match r.hosts.as_slice() {
+                [] => {}
+                [one] => {
+                    let _ = writeln!(out, "      host: {}", q(one));
+                }
+                many => {
+                    let hs: Vec<String> = many.iter().map(|s| q(s)).collect();
+                    let _ = writeln!(out, "      hosts: [{}]", hs.join(", "));
+                }
+            }
+            match &r.path {
+                PathOut::Exact(p) => {
+                    let _ = writeln!(out, "      path: {}", q(p));
+                }
+                PathOut::Prefix { prefix, stop_regex } => {
+                    let _ = writeln!(out, "      path_prefix: {}", q(prefix));
+                    if *stop_regex {
+                        out.push_str("      stop_regex: true\n");
+                    }
+                }
+                PathOut::Regex(re) => {
+                    let _ = writeln!(out, "      path_regex: {}", q(re));
+                }
+            }
+            match &r.action {
+                ActionOut::Upstream {
+                    name,
+                    strip_prefix,
+                    add_prefix,
+                    host_rewrite,
+                    timeout_ms,
+                } => {
+                    let _ = writeln!(out, "    upstream: {}", q(name));
+                    if let Some(s) = strip_prefix {
+                        let _ = writeln!(out, "    strip_prefix: {}", q(s));
+                    }
+                    if let Some(s) = add_prefix {
+                        let _ = writeln!(out, "    add_prefix: {}", q(s));
+                    }
+                    if let Some(s) = host_rewrite {
+                        let _ = writeln!(out, "    host_rewrite: {}", q(s));
+                    }
+                    if let Some(t) = timeout_ms {
+                        let _ = writeln!(out, "    timeout: {}", q(&ms(*t)));
+                    }
+                }
+                ActionOut::Redirect { status, location } => {
+                    let _ = writeln!(
+                        out,
+                        "    redirect: {{ status: {status}, location: {} }}",
+                        q(location)
+                    );
+                }
+                ActionOut::Respond {
+                    status,
+                    body,
+                    headers,
+                } => {
+                    out.push_str("    respond:\n");
+                    let _ = writeln!(out, "      status: {status}");
+                    if !headers.is_empty() {
+                        out.push_str("      headers:\n");
+                        for (k, v) in headers {
+                            let _ = writeln!(out, "        {}: {}", q(k), q(v));
+                        }
+                    }
+                    if !body.is_empty() {
+                        let _ = writeln!(out, "      body: {}", q(body));
+                    }
+                }
+            }
+            if !r.request_set.is_empty() || !r.request_remove.is_empty() {
+                out.push_str("    request_headers:\n");
+                edits(&mut out, "set", &r.request_set, &r.request_remove);
+            }
+            if !r.response_add.is_empty() || !r.response_remove.is_empty() {
+                out.push_str("    response_headers:\n");
+                edits(&mut out, "add", &r.response_add, &r.response_remove);
+            }
+            if let Some(rl) = &r.rate_limit {
+                let _ = writeln!(out, "    rate_limit: {}", q(rl));
+            }
+            if let Some(n) = r.max_request_body {
+                let _ = writeln!(out, "    max_request_body: {n}");
+            }
+        }
+        out
+    }
+}
+
+fn edits(out: &mut String, key: &str, pairs: &[(String, String)], remove: &[String]) {
+    if !pairs.is_empty() {
+        let _ = writeln!(out, "      {key}:");
+        for (k, v) in pairs {
+            let _ = writeln!(out, "        {}: {}", q(k), q(v));
+        }
+    }
+    if !remove.is_empty() {
+        let names: Vec<String> = remove.iter().map(|s| q(s)).collect();
+        let _ = writeln!(out, "      remove: [{}]", names.join(", "));
+    }
+}
+
+fn fmt_f64(v: f64) -> String {
+    let s = format!("{v}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}

@@ -1,0 +1,988 @@
+//! The nginx parity suite: every `tests/parity/configs/*.conf` runs for real
+//! under nginx and, imported with `aegis import-nginx`, under `aegis run`, in
+//! front of the same backends. One fixed set of requests goes to both;
+//! status, backend reached, Location, headers and body must match, apart
+//! from the differences documented in docs/nginx-migration.md (each
+//! allowance below names the one it stands for).
+//!
+//! Skipped, with a message, when nginx is not installed (CI installs it).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("NGINX") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"])
+        .map(|d| Path::new(d).join("nginx"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------- backends
+
+/// An echo backend: answers with its name in `x-backend` and echoes the
+/// request (method, URI, body length, every header) in the body. A query
+/// `status=N` picks the status, `sleep=MS` delays the answer.
+async fn backend(name: &'static str, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                let method = req.method().to_string();
+                let uri = req.uri().to_string();
+                let mut headers: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                headers.sort();
+                let query = req.uri().query().unwrap_or("").to_string();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let body_len = body.map(|b| b.len()).unwrap_or(0);
+                let mut status = 200u16;
+                for kv in query.split('&') {
+                    if let Some(v) = kv.strip_prefix("status=") {
+                        status = v.parse().unwrap_or(200);
+                    }
+                    if let Some(v) = kv.strip_prefix("sleep=") {
+                        let ms: u64 = v.parse().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                }
+                let mut text =
+                    format!("backend={name}\nmethod={method}\nuri={uri}\nbody-length={body_len}\n");
+                for (k, v) in headers {
+                    text.push_str(&format!("h:{k}={v}\n"));
+                }
+                let resp = Response::builder()
+                    .status(status)
+                    .header("x-backend", name)
+                    .header("content-type", "text/plain")
+                    .header("x-powered-by", "parity-backend")
+                    .header("x-internal", "secret")
+                    .body(Full::new(Bytes::from(text)))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    what: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("{}: had to be killed", self.what);
+    }
+}
+
+fn wait_listening(port: u16, proc_: &mut Proc) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc_.child.try_wait() {
+            return Err(format!(
+                "{} exited ({status}) before listening on {port}:\n{}",
+                proc_.what,
+                proc_.log_text()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!(
+        "{} not listening on {port} after 20s:\n{}",
+        proc_.what,
+        proc_.log_text()
+    ))
+}
+
+// ---------------------------------------------------------------- configs
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    host: String,
+    path: String,
+    body: usize,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn label(&self) -> String {
+        let mut s = format!("{} {}{}", self.method, self.host, self.path);
+        if self.body > 0 {
+            s.push_str(&format!(" body={}", self.body));
+        }
+        for (k, v) in &self.headers {
+            s.push_str(&format!(" {k}:{v}"));
+        }
+        s
+    }
+}
+
+/// The paths every config gets, with each of its hosts.
+const BASE_PATHS: &[&str] = &[
+    "/",
+    "/api",
+    "/api/",
+    "/api/users?id=7",
+    "/app",
+    "/app/page",
+    "/static/app.js",
+    "/images/logo.PNG",
+    "/old",
+    "/health",
+    "/public/../api/x",
+    "//api//double",
+];
+
+struct ParityConf {
+    name: String,
+    text: String,
+    requests: Vec<Req>,
+    pools: Vec<Vec<String>>,
+    files: Vec<String>,
+    allow_partial: bool,
+    /// Served over TLS with a certificate made for `hosts`.
+    tls: bool,
+    hosts: Vec<String>,
+}
+
+fn load_conf(path: &Path) -> ParityConf {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut hosts = Vec::new();
+    let mut extra = Vec::new();
+    let mut pools = Vec::new();
+    let mut files = Vec::new();
+    let mut allow_partial = false;
+    let mut tls = false;
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("# parity:") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        match words.next() {
+            Some("hosts") => hosts.extend(words.map(str::to_string)),
+            Some("pool") => pools.push(words.map(str::to_string).collect()),
+            Some("files") => files.extend(words.map(str::to_string)),
+            Some("allow-partial") => allow_partial = true,
+            Some("tls") => tls = true,
+            Some("request") => {
+                let method = words.next().unwrap().to_string();
+                let host = words.next().unwrap().to_string();
+                let req_path = words.next().unwrap().to_string();
+                let mut req = Req {
+                    method,
+                    host,
+                    path: req_path,
+                    body: 0,
+                    headers: Vec::new(),
+                };
+                for w in words {
+                    if let Some(n) = w.strip_prefix("body=") {
+                        req.body = n.parse().unwrap();
+                    } else if let Some(h) = w.strip_prefix("header=") {
+                        let (k, v) = h.split_once(':').unwrap();
+                        req.headers.push((k.to_string(), v.to_string()));
+                    } else {
+                        panic!("{}: unknown request option {w}", path.display());
+                    }
+                }
+                extra.push(req);
+            }
+            other => panic!("{}: unknown parity line {other:?}", path.display()),
+        }
+    }
+    let mut requests = Vec::new();
+    for h in &hosts {
+        for p in BASE_PATHS {
+            requests.push(Req {
+                method: "GET".into(),
+                host: h.clone(),
+                path: p.to_string(),
+                body: 0,
+                headers: Vec::new(),
+            });
+        }
+    }
+    requests.extend(extra);
+    ParityConf {
+        name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+        text,
+        requests,
+        pools,
+        files,
+        allow_partial,
+        tls,
+        hosts,
+    }
+}
+
+struct Ports {
+    b: [u16; 3],
+    dead: u16,
+}
+
+fn render(text: &str, ports: &Ports, listen: u16) -> String {
+    text.replace("{{PORT}}", &listen.to_string())
+        .replace("{{B1}}", &ports.b[0].to_string())
+        .replace("{{B2}}", &ports.b[1].to_string())
+        .replace("{{B3}}", &ports.b[2].to_string())
+        .replace("{{DEAD}}", &ports.dead.to_string())
+}
+
+/// Writes the private nginx.conf wrapper, the site file and its extra
+/// directories into `dir`, rendered for `listen`.
+fn lay_out(
+    dir: &Path,
+    conf: &ParityConf,
+    ports: &Ports,
+    listen: u16,
+    configs: &Path,
+    cert: Option<&(String, String)>,
+) {
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    if let Some((crt, key)) = cert {
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        std::fs::write(dir.join("certs/site.crt"), crt).unwrap();
+        std::fs::write(dir.join("certs/site.key"), key).unwrap();
+    }
+    let d = dir.display();
+    let wrapper = format!(
+        "# Private wrapper written by the parity suite.\n\
+         worker_processes 1;\n\
+         error_log {d}/logs/error.log warn;\n\
+         pid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         \x20   proxy_temp_path {d}/proxy;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi;\n\
+         \x20   scgi_temp_path {d}/scgi;\n\
+         \x20   include site.conf;\n\
+         }}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), wrapper).unwrap();
+    std::fs::write(dir.join("site.conf"), render(&conf.text, ports, listen)).unwrap();
+    for sub in &conf.files {
+        let from = configs.join(sub);
+        let to = dir.join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            std::fs::write(to.join(e.file_name()), render(&text, ports, listen)).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Clone, Default)]
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, Vec<String>>,
+    body: Vec<u8>,
+    error: Option<String>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// A TLS client trusting only the suite's certificate.
+fn client_tls(cert_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
+/// One request on a fresh connection, `Connection: close`, read to the end.
+fn send(port: u16, req: &Req, tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> Resp {
+    let mut out = Resp::default();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("connect: {e}"));
+            return out;
+        }
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(15)));
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(cfg) => {
+            let name = rustls_pki_types::ServerName::try_from(req.host.clone()).unwrap();
+            let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        req.method, req.path, req.host
+    );
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if req.body > 0 || req.method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            req.body
+        ));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend(std::iter::repeat_n(b'a', req.body));
+    // The server may answer (413) and close before reading the whole body.
+    let _ = s.write_all(&bytes);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                if raw.is_empty() {
+                    out.error = Some(format!("read: {e}"));
+                }
+                break;
+            }
+        }
+    }
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        out.error
+            .get_or_insert_with(|| "no response head".to_string());
+        return out;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    out.status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            out.headers
+                .entry(k.trim().to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_string());
+        }
+    }
+    let rest = &raw[end + 4..];
+    out.body = if out
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(rest)
+    } else if let Some(n) = out
+        .header("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        rest[..n.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    out
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..i]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[i + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+// ---------------------------------------------------------------- comparison
+
+/// Statuses to which nginx's add_header (without `always`) applies.
+const ADD_HEADER_STATUSES: &[u16] = &[200, 201, 204, 206, 301, 302, 303, 304, 307, 308];
+
+/// Response headers never compared: connection management and framing,
+/// and the proxy's own identity (difference "Date, Server, Via").
+const IGNORED_RESPONSE: &[&str] = &[
+    "date",
+    "server",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "transfer-encoding",
+    "via",
+    "retry-after",
+];
+
+/// Echoed request headers Aegis adds by default and nginx only when told
+/// to (difference "X-Forwarded-*, Via and X-Aegis-Score"): ignored when
+/// only Aegis sent one.
+const AEGIS_DEFAULT_REQUEST: &[&str] = &[
+    "h:x-aegis-score",
+    "h:via",
+    "h:x-forwarded-for",
+    "h:x-forwarded-proto",
+    "h:x-forwarded-host",
+];
+
+fn pool_of(conf: &ParityConf, backend: &str) -> String {
+    conf.pools
+        .iter()
+        .find(|p| p.iter().any(|b| b == backend))
+        .map_or(backend.to_string(), |p| p.join("|"))
+}
+
+/// `http://host:port/x` with the proxy's own port → `/x` (difference
+/// "absolute redirects": nginx makes relative redirects absolute).
+fn normalize_location(loc: &str, host: &str, own_port: u16) -> String {
+    for prefix in [
+        format!("http://{host}:{own_port}"),
+        format!("http://127.0.0.1:{own_port}"),
+        format!("https://{host}:{own_port}"),
+    ] {
+        if let Some(rest) = loc.strip_prefix(&prefix) {
+            return if rest.is_empty() {
+                "/".into()
+            } else {
+                rest.into()
+            };
+        }
+    }
+    loc.to_string()
+}
+
+/// Merges slashes and resolves dot segments, as both proxies do before
+/// matching.
+fn normalize_path(p: &str) -> String {
+    let (path, query) = match p.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (p, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = format!("/{}", out.join("/"));
+    if path.ends_with('/') && s.len() > 1 {
+        s.push('/');
+    }
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s
+}
+
+fn has_extension(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or("");
+    path.rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains('.'))
+}
+
+fn echo_lines(body: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The differences between nginx's and Aegis's answer to one request, after
+/// the documented allowances.
+fn compare(
+    conf: &ParityConf,
+    req: &Req,
+    n: &Resp,
+    a: &Resp,
+    n_port: u16,
+    a_port: u16,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    if let Some(e) = &n.error {
+        diffs.push(format!("nginx: {e}"));
+    }
+    if let Some(e) = &a.error {
+        diffs.push(format!("aegis: {e}"));
+    }
+    if !diffs.is_empty() {
+        return diffs;
+    }
+    if n.status != a.status {
+        diffs.push(format!("status nginx {} aegis {}", n.status, a.status));
+    }
+    let nb = n.header("x-backend").map(|b| pool_of(conf, b));
+    let ab = a.header("x-backend").map(|b| pool_of(conf, b));
+    if nb != ab {
+        diffs.push(format!("backend nginx {nb:?} aegis {ab:?}"));
+    }
+    let nl = n
+        .header("location")
+        .map(|l| normalize_location(l, &req.host, n_port));
+    let al = a
+        .header("location")
+        .map(|l| normalize_location(l, &req.host, a_port));
+    if nl != al {
+        diffs.push(format!("location nginx {nl:?} aegis {al:?}"));
+    }
+    let from_backend = nb.is_some();
+    // Proxy-generated errors: status only (difference "error pages").
+    if !from_backend && n.status >= 400 {
+        return diffs;
+    }
+    // Headers.
+    let mut names: Vec<&String> = n.headers.keys().chain(a.headers.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        // x-backend and location are compared above.
+        if IGNORED_RESPONSE.contains(&name.as_str()) || name == "location" || name == "x-backend" {
+            continue;
+        }
+        // Difference "redirect bodies": nginx's 3xx carry an HTML page.
+        if !from_backend && n.status >= 300 && name == "content-type" {
+            continue;
+        }
+        // Difference "Content-Type of return text": nginx types it by the
+        // URI's extension.
+        if !from_backend && name == "content-type" && has_extension(&req.path) {
+            continue;
+        }
+        let nv = n.headers.get(name);
+        let av = a.headers.get(name);
+        if nv == av {
+            continue;
+        }
+        // Difference "add_header without always": Aegis adds to every status.
+        if nv.is_none() && !ADD_HEADER_STATUSES.contains(&n.status) {
+            continue;
+        }
+        diffs.push(format!("header {name}: nginx {nv:?} aegis {av:?}"));
+    }
+    // Body.
+    if from_backend {
+        let ne = echo_lines(&n.body);
+        let ae = echo_lines(&a.body);
+        let mut keys: Vec<&String> = ne.keys().chain(ae.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if k == "backend" {
+                continue; // compared above, through the pools
+            }
+            if k == "h:connection" {
+                continue; // nginx speaks HTTP/1.0 with Connection: close by default
+            }
+            let nv = ne.get(k);
+            let av = ae.get(k);
+            if nv == av {
+                continue;
+            }
+            if nv.is_none() && AEGIS_DEFAULT_REQUEST.contains(&k.as_str()) {
+                continue;
+            }
+            // Difference "Without a URI part": nginx
+            // passes the path as the client sent it, Aegis the normalized one.
+            if k == "uri"
+                && normalize_path(&req.path) != req.path
+                && nv.map(|v| normalize_path(v)).as_deref() == av.map(String::as_str)
+            {
+                continue;
+            }
+            diffs.push(format!("upstream saw {k}: nginx {nv:?} aegis {av:?}"));
+        }
+    } else if n.status < 300 && n.body != a.body {
+        diffs.push(format!(
+            "body nginx {:?} aegis {:?}",
+            String::from_utf8_lossy(&n.body),
+            String::from_utf8_lossy(&a.body)
+        ));
+    }
+    diffs
+}
+
+// ---------------------------------------------------------------- the suite
+
+struct ConfResult {
+    name: String,
+    pairs: usize,
+    matched: usize,
+    failures: Vec<String>,
+}
+
+fn run_conf(
+    nginx: &Path,
+    conf: &ParityConf,
+    ports: &Ports,
+    configs: &Path,
+    tmp: &Path,
+) -> Result<ConfResult, String> {
+    let n_port = free_port();
+    let a_port = free_port();
+    let admin_port = free_port();
+    let n_dir = tmp.join(format!("{}-nginx", conf.name));
+    let a_dir = tmp.join(format!("{}-aegis", conf.name));
+    let cert = conf.tls.then(|| {
+        let c = rcgen::generate_simple_self_signed(conf.hosts.clone()).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    });
+    lay_out(&n_dir, conf, ports, n_port, configs, cert.as_ref());
+    lay_out(&a_dir, conf, ports, a_port, configs, cert.as_ref());
+    let tls = cert.as_ref().map(|(crt, _)| client_tls(crt));
+
+    // nginx.
+    let n_log = n_dir.join("logs/stderr.log");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&n_dir)
+        .arg("-e")
+        .arg(n_dir.join("logs/error.log"))
+        .arg("-c")
+        .arg(n_dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&n_log).unwrap())
+        .spawn()
+        .map_err(|e| format!("starting nginx: {e}"))?;
+    let mut n_proc = Proc {
+        child,
+        what: format!("nginx ({})", conf.name),
+        log: n_log,
+    };
+
+    // Import, then aegis.
+    let out_dir = a_dir.join("aegis");
+    let mut import = Command::new(AEGIS);
+    import
+        .arg("import-nginx")
+        .arg(a_dir.join("nginx.conf"))
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{admin_port}"));
+    if conf.allow_partial {
+        import.arg("--allow-partial");
+    }
+    let imported = import.output().map_err(|e| format!("import: {e}"))?;
+    if !imported.status.success() {
+        return Err(format!(
+            "aegis import-nginx failed ({}):\n{}{}",
+            imported.status,
+            String::from_utf8_lossy(&imported.stdout),
+            String::from_utf8_lossy(&imported.stderr)
+        ));
+    }
+    let a_log = a_dir.join("aegis.log");
+    let child = Command::new(AEGIS)
+        .arg("run")
+        .arg("--config-dir")
+        .arg(&out_dir)
+        .current_dir(&a_dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(a_dir.join("aegis.out")).unwrap())
+        .stderr(std::fs::File::create(&a_log).unwrap())
+        .spawn()
+        .map_err(|e| format!("starting aegis: {e}"))?;
+    let mut a_proc = Proc {
+        child,
+        what: format!("aegis ({})", conf.name),
+        log: a_log,
+    };
+    wait_listening(n_port, &mut n_proc)?;
+    wait_listening(a_port, &mut a_proc)?;
+
+    let mut result = ConfResult {
+        name: conf.name.clone(),
+        pairs: 0,
+        matched: 0,
+        failures: Vec::new(),
+    };
+    let n_resps: Vec<Resp> = conf
+        .requests
+        .iter()
+        .map(|r| send(n_port, r, tls.as_ref()))
+        .collect();
+    let a_resps: Vec<Resp> = conf
+        .requests
+        .iter()
+        .map(|r| send(a_port, r, tls.as_ref()))
+        .collect();
+    if std::env::var_os("PARITY_VERBOSE").is_some() {
+        for ((r, n), a) in conf.requests.iter().zip(&n_resps).zip(&a_resps) {
+            eprintln!(
+                "{}: {}: nginx {} {:?} {:?} | aegis {} {:?} {:?}",
+                conf.name,
+                r.label(),
+                n.status,
+                n.header("x-backend"),
+                n.header("location"),
+                a.status,
+                a.header("x-backend"),
+                a.header("location")
+            );
+        }
+    }
+    for ((req, n), a) in conf.requests.iter().zip(&n_resps).zip(&a_resps) {
+        result.pairs += 1;
+        let diffs = compare(conf, req, n, a, n_port, a_port);
+        if diffs.is_empty() {
+            result.matched += 1;
+        } else {
+            result.failures.push(format!(
+                "{}: {}: {}",
+                conf.name,
+                req.label(),
+                diffs.join("; ")
+            ));
+        }
+    }
+    if std::env::var_os("PARITY_VERBOSE").is_some() {
+        eprintln!(
+            "--- {} import:\n{}",
+            conf.name,
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    }
+    Ok(result)
+}
+
+#[test]
+fn nginx_parity() {
+    let Some(nginx) = find_nginx() else {
+        println!("nginx_parity: SKIPPED: nginx is not installed (apt-get install nginx)");
+        return;
+    };
+    let configs = repo_root().join("tests/parity/configs");
+    let mut confs: Vec<PathBuf> = std::fs::read_dir(&configs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    confs.sort();
+    assert!(confs.len() >= 8, "the suite needs at least 8 configs");
+    let only = std::env::var("PARITY_ONLY").ok();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let names = ["B1", "B2", "B3"];
+    let mut b = [0u16; 3];
+    for (i, name) in names.iter().enumerate() {
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        b[i] = l.local_addr().unwrap().port();
+        rt.spawn(backend(name, l));
+    }
+    let ports = Ports {
+        b,
+        dead: free_port(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // nginx's workers may run as an unprivileged user.
+    let _ = std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+
+    let mut total = 0;
+    let mut matched = 0;
+    let mut failures = Vec::new();
+    for path in &confs {
+        let conf = load_conf(path);
+        if only
+            .as_ref()
+            .is_some_and(|o| !conf.name.contains(o.as_str()))
+        {
+            continue;
+        }
+        match run_conf(&nginx, &conf, &ports, &configs, tmp.path()) {
+            Ok(r) => {
+                println!("parity: {}: {}/{} matched", r.name, r.matched, r.pairs);
+                total += r.pairs;
+                matched += r.matched;
+                failures.extend(r.failures);
+            }
+            Err(e) => {
+                let pairs = conf.requests.len();
+                println!("parity: {}: 0/{pairs} matched: {e}", conf.name);
+                total += pairs;
+                failures.push(format!("{}: {e}", conf.name));
+            }
+        }
+    }
+    for f in &failures {
+        println!("MISMATCH {f}");
+    }
+    println!("parity: {matched}/{total} request/config pairs matched");
+    assert!(
+        failures.is_empty(),
+        "{} mismatches (listed above)",
+        failures.len()
+    );
+}
+
+/// The import's contract on the command line: the error listing names
+/// `file:line` and why; exit 1 and nothing written when something that
+/// changes behaviour was dropped, unless --allow-partial; exit 2 when the
+/// nginx config cannot be read. (No nginx needed.)
+#[test]
+fn import_exit_codes_and_error_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        "events {}\nhttp {\n  gzip on;\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_pass http://127.0.0.1:9001;\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &Path| {
+        Command::new(AEGIS)
+            .arg("import-nginx")
+            .arg(&conf)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("strict");
+    let o = run(&[], &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("nginx.conf:3: dropped: `gzip on`"), "{err}");
+    assert!(
+        err.contains("nginx.conf:7: dropped: `proxy_set_header X-Real-IP $remote_addr`"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-partial"), "{err}");
+    assert!(!out.join("routes.yaml").exists());
+
+    let out = tmp.path().join("partial");
+    let o = run(&["--allow-partial", "--admin", "off"], &out);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.join("routes.yaml").exists());
+    let report = std::fs::read_to_string(out.join("IMPORT-REPORT.txt")).unwrap();
+    assert!(
+        report.contains("Dropped (clients would see a difference): 2"),
+        "{report}"
+    );
+    let check = Command::new(AEGIS)
+        .args(["check", "--config-dir"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // A second import into the same directory refuses to mix sets.
+    let o = run(&["--allow-partial"], &out);
+    assert_eq!(o.status.code(), Some(2));
+
+    std::fs::write(&conf, "http {\n  server {\n    listen 80\n  }\n").unwrap();
+    let o = run(&[], &tmp.path().join("broken"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("nginx.conf:4"), "{err}");
+}
