@@ -37,7 +37,8 @@ Endpoints (every response carries `x-backend: NAME`):
   POST /admin/freeze?ms=N  freezes the backend for N ms: every request arriving
                            in that window waits until the freeze ends (shows
                            coordinated omission); answers at once
-  GET  /admin/stats        JSON: backend name and requests served
+  GET  /admin/stats        JSON: backend name, requests served (admin excluded)
+                           and connections accepted
 Query parameters understood on every non-admin path:
   delay_ms=MS              wait MS milliseconds before answering
   fail=P                   answer 500 with probability P (0.0 to 1.0)
@@ -78,6 +79,7 @@ struct State {
     /// Microseconds since `epoch` until which the backend is frozen.
     frozen_until_us: AtomicU64,
     served: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl State {
@@ -127,6 +129,11 @@ impl BackendHandle {
         self.state.served.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     pub fn name(&self) -> &str {
         &self.state.name
     }
@@ -155,6 +162,7 @@ fn build_state(cfg: &BackendConfig) -> anyhow::Result<Arc<State>> {
         epoch: Instant::now(),
         frozen_until_us: AtomicU64::new(0),
         served: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     }))
 }
 
@@ -270,6 +278,7 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
@@ -364,6 +373,29 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, BoxError> {
+    let head = req.method() == Method::HEAD;
+    let resp = respond(state, peer, req).await?;
+    if !head {
+        return Ok(resp);
+    }
+    // HEAD: the headers of the GET answer, no body (HTTP/2 rejects one).
+    let (mut parts, body) = resp.into_parts();
+    let len = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(Response::from_parts(parts, Full::new(Bytes::new())))
+}
+
+async fn respond(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, BoxError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query();
@@ -387,6 +419,7 @@ async fn handle(
                 &serde_json::json!({
                     "backend": state.name,
                     "requests": state.served.load(Ordering::SeqCst),
+                    "connections": state.connections.load(Ordering::SeqCst),
                 }),
             ),
             _ => text(

@@ -8,6 +8,7 @@
 )]
 
 pub mod backend;
+pub mod h1;
 pub mod report;
 pub mod run;
 pub mod sample;

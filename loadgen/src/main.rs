@@ -88,7 +88,9 @@ Modes:
   open loop (--rate R)   requests are scheduled at R per second over all
                          connections; latency is measured from each request's
                          intended send time (like wrk2), so a stall shows up as
-                         latency for every request that should have been sent
+                         latency for every request that should have been sent.
+                         Send times have the timer's 1 ms granularity: a request
+                         may leave up to ~1 ms late, and that counts as latency
 
 Errors: refused (nothing listening), reset (connection reset or closed
 mid-request), timeout (no full response within --timeout), unexpected_status
@@ -105,6 +107,9 @@ struct RunArgs {
     /// Connections kept open (each with at most one request in flight).
     #[arg(short = 'c', long, default_value_t = 10)]
     connections: usize,
+    /// With --http2: requests in flight on each connection (HTTP/2 streams).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// Worker threads the connections are spread over (like wrk's -t).
     #[arg(short = 't', long, default_value_t = 2)]
     threads: usize,
@@ -216,6 +221,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let scenario = args.scenario.as_deref().map(Scenario::load).transpose()?;
     let mut cfg = RunConfig::new(&args.target);
     cfg.connections = args.connections;
+    cfg.streams = args.streams;
     cfg.threads = args.threads;
     cfg.duration = args.duration;
     cfg.requests = args.requests;

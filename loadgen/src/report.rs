@@ -200,6 +200,8 @@ pub struct Report {
     /// `http1` or `http2`.
     pub protocol: String,
     pub connections: usize,
+    /// HTTP/2 streams in flight per connection.
+    pub streams: usize,
     pub threads: usize,
     /// Requested rate for the open loop.
     pub rate: Option<f64>,
@@ -242,6 +244,7 @@ impl Report {
             mode: meta.mode,
             protocol: meta.protocol,
             connections: meta.connections,
+            streams: meta.streams,
             threads: meta.threads,
             rate: meta.rate,
             elapsed_s,
@@ -262,10 +265,15 @@ impl Report {
             Some(r) => format!(", rate {r} req/s"),
             None => String::new(),
         };
+        let streams = if self.streams > 1 {
+            format!(" x {} streams", self.streams)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "target {} ({}, {} loop{}), {} connections on {} threads",
-            self.target, self.protocol, self.mode, rate, self.connections, self.threads
+            "target {} ({}, {} loop{}), {} connections{} on {} threads",
+            self.target, self.protocol, self.mode, rate, self.connections, streams, self.threads
         );
         let _ = writeln!(
             s,
@@ -277,11 +285,15 @@ impl Report {
         );
         let _ = writeln!(s, "  throughput  {:.1} req/s", self.throughput_rps);
         let l = &self.latency_ms;
-        let _ = writeln!(
-            s,
-            "  latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3}, stdev {:.3})",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.stdev
-        );
+        if self.responses == 0 {
+            let _ = writeln!(s, "  latency ms  - (no responses)");
+        } else {
+            let _ = writeln!(
+                s,
+                "  latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3}, stdev {:.3})",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.stdev
+            );
+        }
         if self.mode == "open" {
             let _ = writeln!(
                 s,
@@ -327,6 +339,7 @@ pub struct ReportMeta {
     pub mode: String,
     pub protocol: String,
     pub connections: usize,
+    pub streams: usize,
     pub threads: usize,
     pub rate: Option<f64>,
 }
@@ -351,6 +364,7 @@ mod tests {
             mode: "closed".into(),
             protocol: "http1".into(),
             connections: 1,
+            streams: 1,
             threads: 1,
             rate: None,
         };

@@ -4,9 +4,17 @@
 //! Connections are spread over `threads` OS threads, each running a
 //! single-threaded tokio runtime (as wrk's threads run their own event loop).
 //! Every connection is one task that owns one keep-alive HTTP/1.1 connection
-//! (`hyper::client::conn::http1`) or one HTTP/2 connection and keeps at most
-//! one request in flight on it. Each thread records into its own
+//! (the minimal client in [`crate::h1`]: requests serialized once, responses
+//! parsed in place) or one HTTP/2 connection (hyper), and keeps at most one
+//! request in flight on it. Each thread records into its own
 //! HdrHistogram; the histograms are merged at the end.
+//!
+//! In the open loop, connection `c` of `C` sends the requests numbered
+//! `c, c + C, c + 2C, ...`, request `i` being intended for `start + i / rate`.
+//! Latency runs from the intended time, so a request held up behind a slow
+//! one carries the wait (wrk2's answer to coordinated omission). tokio's timer
+//! has 1 ms granularity, so a request may leave up to ~1 ms after its
+//! intended time; that delay is counted (the error is on the pessimistic side).
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use crate::h1::H1Conn;
 use crate::report::{ErrorKind, Report, ReportMeta, Stats, new_histogram};
 use crate::scenario::{Picker, Prepared, RequestSpec, Scenario, prepare};
 use crate::util::Rng;
@@ -36,6 +45,8 @@ pub struct RunConfig {
     /// request is a GET of this URL's path.
     pub target: String,
     pub connections: usize,
+    /// HTTP/2 only: requests in flight on each connection (default 1).
+    pub streams: usize,
     pub threads: usize,
     /// Stop after this long (default 10 s when `requests` is not set).
     pub duration: Option<Duration>,
@@ -68,6 +79,7 @@ impl RunConfig {
         Self {
             target: target.to_string(),
             connections: 10,
+            streams: 1,
             threads: 2,
             duration: None,
             requests: None,
@@ -125,13 +137,25 @@ impl Target {
         })
     }
 
+    /// Resolves the host once. With several addresses (`localhost` as ::1
+    /// and 127.0.0.1), the first that accepts a connection is used.
     fn resolve(&self) -> anyhow::Result<SocketAddr> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        (host, self.port)
+        let addrs: Vec<SocketAddr> = (host, self.port)
             .to_socket_addrs()
             .with_context(|| format!("resolving {}", self.host))?
-            .next()
-            .with_context(|| format!("{} has no address", self.host))
+            .collect();
+        let first = *addrs
+            .first()
+            .with_context(|| format!("{} has no address", self.host))?;
+        if addrs.len() == 1 {
+            return Ok(first);
+        }
+        Ok(addrs
+            .iter()
+            .copied()
+            .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
+            .unwrap_or(first))
     }
 }
 
@@ -152,7 +176,9 @@ struct Shared {
     requests: Option<u64>,
     tickets: AtomicU64,
     open: Option<OpenLoop>,
-    connections: u64,
+    /// Request loops in all: connections times streams.
+    loops: u64,
+    streams: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
     live: Option<Arc<Live>>,
@@ -179,6 +205,10 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         && !(r.is_finite() && r > 0.0)
     {
         bail!("--rate must be a positive number");
+    }
+    let streams = cfg.streams.max(1);
+    if streams > 1 && !cfg.http2 {
+        bail!("--streams needs --http2 (HTTP/1.1 has one request in flight per connection)");
     }
     if cfg.requests == Some(0) {
         bail!("--requests must be at least 1");
@@ -254,7 +284,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         open: cfg.rate.map(|r| OpenLoop {
             interval_ns: 1e9 / r,
         }),
-        connections: cfg.connections as u64,
+        loops: (cfg.connections * streams) as u64,
+        streams,
         seed: cfg.seed,
         stop: cfg.stop.clone(),
         live: live.clone(),
@@ -309,6 +340,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         mode: if cfg.rate.is_some() { "open" } else { "closed" }.to_string(),
         protocol: if cfg.http2 { "http2" } else { "http1" }.to_string(),
         connections: cfg.connections,
+        streams,
         threads,
         rate: cfg.rate,
     };
@@ -361,11 +393,18 @@ fn worker(shared: Arc<Shared>, index: usize, conns: Vec<usize>) -> anyhow::Resul
     local.block_on(&rt, async {
         let mut tasks = Vec::with_capacity(conns.len());
         for c in conns {
-            tasks.push(tokio::task::spawn_local(connection(
-                shared.clone(),
-                stats.clone(),
-                c,
-            )));
+            // With several HTTP/2 streams per connection, the connection's
+            // request loops share it through a slot.
+            let slot = (shared.streams > 1).then(|| Rc::new(H2Slot::default()));
+            for st in 0..shared.streams {
+                let lp = c * shared.streams + st;
+                tasks.push(tokio::task::spawn_local(connection(
+                    shared.clone(),
+                    stats.clone(),
+                    lp,
+                    slot.clone(),
+                )));
+            }
         }
         let ticker = shared.live.clone().map(|live| {
             let stats = stats.clone();
@@ -400,8 +439,78 @@ fn publish(live: &Live, index: usize, stats: &Stats) {
     }
 }
 
-/// One connection's loop.
-async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
+/// An HTTP/2 connection shared by several request loops.
+#[derive(Default)]
+struct H2Slot {
+    inner: RefCell<H2SlotInner>,
+    connected: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct H2SlotInner {
+    sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>,
+    generation: u64,
+    connecting: bool,
+}
+
+/// A connection for a request loop: its own, or a handle on the shared
+/// HTTP/2 connection (opened by whichever loop needs it first).
+async fn acquire(
+    shared: &Shared,
+    slot: Option<&H2Slot>,
+    generation: &mut u64,
+) -> Result<Conn, ErrorKind> {
+    let Some(slot) = slot else {
+        return connect(shared).await;
+    };
+    loop {
+        let notified = slot.connected.notified();
+        let busy = {
+            let inner = slot.inner.borrow();
+            if let Some(sender) = &inner.sender {
+                *generation = inner.generation;
+                return Ok(Conn::H2(sender.clone()));
+            }
+            inner.connecting
+        };
+        if busy {
+            // Another loop is connecting: wait for it, then look again.
+            notified.await;
+            continue;
+        }
+        slot.inner.borrow_mut().connecting = true;
+        let result = connect(shared).await;
+        let mut inner = slot.inner.borrow_mut();
+        inner.connecting = false;
+        if let Ok(Conn::H2(sender)) = &result {
+            inner.generation += 1;
+            inner.sender = Some(sender.clone());
+            *generation = inner.generation;
+        }
+        slot.connected.notify_waiters();
+        return result;
+    }
+}
+
+/// Drops the shared connection if it is still the one that failed.
+fn invalidate(slot: Option<&H2Slot>, generation: u64) {
+    if let Some(slot) = slot {
+        let mut inner = slot.inner.borrow_mut();
+        if inner.generation == generation {
+            inner.sender = None;
+        }
+    }
+}
+
+/// One request loop: a connection, or one stream of an HTTP/2 connection.
+async fn connection(
+    shared: Arc<Shared>,
+    stats: Rc<RefCell<Stats>>,
+    c: usize,
+    slot: Option<Rc<H2Slot>>,
+) {
+    let slot = slot.as_deref();
+    let mut generation = 0u64;
     let mut rng = Rng::new(shared.seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let open = shared.open.as_ref();
     let past_deadline = |t: Instant| shared.deadline.is_some_and(|d| t >= d);
@@ -410,7 +519,7 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
     let mut conn: Option<Conn> = if past_deadline(Instant::now()) {
         None
     } else {
-        connect(&shared).await.ok()
+        acquire(&shared, slot, &mut generation).await.ok()
     };
     let mut k: u64 = 0;
     loop {
@@ -419,7 +528,7 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
         }
         let intended = match open {
             Some(o) => {
-                let i = c as u64 + k * shared.connections;
+                let i = c as u64 + k * shared.loops;
                 if shared.requests.is_some_and(|n| i >= n) {
                     break;
                 }
@@ -451,10 +560,11 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
             && cn.ready().await.is_err()
         {
             conn = None;
+            invalidate(slot, generation);
         }
         let cn = match conn.as_mut() {
             Some(cn) => cn,
-            None => match connect(&shared).await {
+            None => match acquire(&shared, slot, &mut generation).await {
                 Ok(cn) => conn.insert(cn),
                 Err(kind) => {
                     stats.borrow_mut().record_error(kind);
@@ -484,6 +594,9 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
             }
             Ok(Err(kind)) => {
                 stats.borrow_mut().record_error(kind);
+                // A shared HTTP/2 connection stays in its slot: a stream
+                // error leaves it usable, and a connection error shows up in
+                // `ready` on the next request, which then replaces it.
                 conn = None;
             }
             Err(_) => {
@@ -495,41 +608,44 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, c: usize) {
 }
 
 enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Tcp(H1Conn<TcpStream>),
+    Tls(Box<H1Conn<tokio_rustls::client::TlsStream<TcpStream>>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 impl Conn {
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
+    async fn ready(&mut self) -> Result<(), ErrorKind> {
         match self {
-            Conn::H1(s) => s.ready().await,
-            Conn::H2(s) => s.ready().await,
+            Conn::Tcp(c) if c.is_reusable() => Ok(()),
+            Conn::Tls(c) if c.is_reusable() => Ok(()),
+            Conn::Tcp(_) | Conn::Tls(_) => Err(ErrorKind::Reset),
+            Conn::H2(s) => s.ready().await.map_err(|e| classify_hyper(&e)),
         }
     }
 
     async fn send(&mut self, p: &Prepared) -> Result<(u16, u64), ErrorKind> {
-        let mut req = Request::new(Full::new(p.body.clone()));
-        *req.method_mut() = p.method.clone();
-        *req.uri_mut() = p.uri.clone();
-        *req.headers_mut() = p.headers.clone();
-        let resp = match self {
-            Conn::H1(s) => s.send_request(req).await,
+        match self {
+            Conn::Tcp(c) => c.round_trip(&p.wire, p.head).await,
+            Conn::Tls(c) => c.round_trip(&p.wire, p.head).await,
             Conn::H2(s) => {
+                let mut req = Request::new(Full::new(p.body.clone()));
+                *req.method_mut() = p.method.clone();
+                *req.uri_mut() = p.uri.clone();
+                *req.headers_mut() = p.headers.clone();
                 *req.version_mut() = Version::HTTP_2;
-                s.send_request(req).await
+                let resp = s.send_request(req).await.map_err(|e| classify_hyper(&e))?;
+                let status = resp.status().as_u16();
+                let mut body = resp.into_body();
+                let mut bytes = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| classify_hyper(&e))?;
+                    if let Some(d) = frame.data_ref() {
+                        bytes += d.len() as u64;
+                    }
+                }
+                Ok((status, bytes))
             }
         }
-        .map_err(|e| classify_hyper(&e))?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| classify_hyper(&e))?;
-            if let Some(d) = frame.data_ref() {
-                bytes += d.len() as u64;
-            }
-        }
-        Ok((status, bytes))
     }
 }
 
@@ -539,14 +655,19 @@ async fn connect(shared: &Shared) -> Result<Conn, ErrorKind> {
             .await
             .map_err(|e| classify_io(&e, ErrorKind::Connect))?;
         let _ = tcp.set_nodelay(true);
-        match &shared.tls {
-            None => handshake(TokioIo::new(tcp), shared.http2).await,
-            Some((connector, name)) => {
+        match (&shared.tls, shared.http2) {
+            (None, false) => Ok(Conn::Tcp(H1Conn::new(tcp))),
+            (None, true) => handshake_h2(TokioIo::new(tcp)).await,
+            (Some((connector, name)), h2) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| classify_io(&e, ErrorKind::Tls))?;
-                handshake(TokioIo::new(tls), shared.http2).await
+                if h2 {
+                    handshake_h2(TokioIo::new(tls)).await
+                } else {
+                    Ok(Conn::Tls(Box::new(H1Conn::new(tls))))
+                }
             }
         }
     };
@@ -555,28 +676,18 @@ async fn connect(shared: &Shared) -> Result<Conn, ErrorKind> {
         .unwrap_or(Err(ErrorKind::Timeout))
 }
 
-async fn handshake<T>(io: T, h2: bool) -> Result<Conn, ErrorKind>
+async fn handshake_h2<T>(io: T) -> Result<Conn, ErrorKind>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    if h2 {
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(|e| classify_hyper(&e))?;
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn::H2(sender))
-    } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| classify_hyper(&e))?;
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn::H1(sender))
-    }
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(|e| classify_hyper(&e))?;
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn::H2(sender))
 }
 
 fn classify_io(e: &std::io::Error, default: ErrorKind) -> ErrorKind {

@@ -186,6 +186,10 @@ pub struct Prepared {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The whole HTTP/1.1 request as sent (head and body); empty for HTTP/2.
+    pub wire: Bytes,
+    /// True for HEAD requests (no response body).
+    pub head: bool,
     /// Bit set of expected statuses (empty = any status is fine).
     pub expect: StatusSet,
 }
@@ -269,15 +273,45 @@ pub fn prepare(
         }
         let size = usize::try_from(r.body_size).context("body too large")?;
         let body = Bytes::from(vec![b'x'; size]);
+        let wire = if absolute {
+            Bytes::new()
+        } else {
+            serialize(&method, &uri, &headers, &body)
+        };
         out.push(Prepared {
+            head: method == Method::HEAD,
             method,
             uri,
             headers,
             body,
+            wire,
             expect: StatusSet::new(scenario.expected(i)),
         });
     }
     Ok(out)
+}
+
+/// The HTTP/1.1 wire form of a request.
+fn serialize(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Bytes {
+    let mut w = Vec::with_capacity(128 + body.len());
+    w.extend_from_slice(method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(uri.to_string().as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    let needs_length =
+        !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if needs_length && !headers.contains_key(http::header::CONTENT_LENGTH) {
+        w.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    w.extend_from_slice(b"\r\n");
+    w.extend_from_slice(body);
+    Bytes::from(w)
 }
 
 #[cfg(test)]
@@ -310,6 +344,14 @@ requests:
         assert_eq!(p[0].headers[HOST], "127.0.0.1:8080");
         assert_eq!(p[1].headers[HOST], "b.example");
         assert_eq!(p[1].body.len(), 10);
+        assert_eq!(
+            &p[1].wire[..],
+            b"POST /b HTTP/1.1\r\nhost: b.example\r\nuser-agent: test\r\ncontent-length: 10\r\n\r\nxxxxxxxxxx"
+        );
+        assert_eq!(
+            &p[0].wire[..],
+            b"GET /a?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nuser-agent: test\r\n\r\n"
+        );
         assert!(p[0].expect.allows(200) && !p[0].expect.allows(500));
         let p2 = prepare(&s, "http", "127.0.0.1:8080", true).unwrap();
         assert_eq!(p2[1].uri, "http://b.example/b");

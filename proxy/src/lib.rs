@@ -4,6 +4,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod access_log;
+pub mod admin;
 pub mod cli;
+pub mod gate;
+pub mod pipeline;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
 
 pub use aegis_engine as engine;

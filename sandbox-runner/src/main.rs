@@ -1,1 +1,296 @@
-fn main() {}
+//! `aegis-sandbox`: the shadow stage of the config gate, in a process of its
+//! own. It limits itself (memory, CPU, files, network, core dumps, parent
+//! death: `limits.rs`), then compiles the candidate with the engine (the
+//! static stage: a config that compiles to 650 MB dies here, not in a
+//! worker), compiles the baseline, asks the gate which new upstreams answer,
+//! replays the traffic sample through the proxy's real request pipeline
+//! (`aegis_proxy::gate::replay`) and writes its report as one JSON line on
+//! stdout. Progress goes to stderr as `aegis-sandbox: stage <name>` so the
+//! gate can say where a runner died.
+//!
+//! Exit status: 0 with a report (also when the candidate is invalid: that is
+//! a result, not a failure), 2 on usage errors, 1 when the runner itself
+//! could not work (limits, I/O). Signals and aborts speak for themselves.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod limits;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_engine::CompiledConfig;
+use aegis_engine::config::{self, ConfigSource, Limits, Settings};
+use aegis_engine::sample::{SampleLimits, TrafficSample};
+use aegis_proxy::gate::replay::{self, ReplayOptions};
+use aegis_proxy::gate::report::{
+    ProbeAnswer, ProbeRequest, RunnerOutcome, SampleInfo, SandboxReport,
+};
+use aegis_proxy::gate::sandbox::STAGE_PREFIX;
+use aegis_proxy::pipeline::PipelineSettings;
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Replays a traffic sample through a candidate config under resource limits.
+#[derive(Parser, Debug)]
+#[command(name = "aegis-sandbox", version, about)]
+struct Args {
+    /// The candidate config directory (a snapshot).
+    #[arg(long)]
+    candidate: PathBuf,
+    /// The active config directory to compare against.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Traffic sample (JSON Lines).
+    #[arg(long)]
+    sample: Option<PathBuf>,
+    /// Memory limit, bytes (RLIMIT_AS, or the cgroup's memory.max).
+    #[arg(long, default_value_t = 512 << 20)]
+    memory: u64,
+    /// CPU limit, seconds (RLIMIT_CPU).
+    #[arg(long, default_value_t = 30)]
+    cpu_seconds: u64,
+    /// Open files (RLIMIT_NOFILE).
+    #[arg(long, default_value_t = 64)]
+    nofile: u64,
+    /// The gate's pid: the runner exits if it is no longer its parent.
+    #[arg(long)]
+    parent_pid: Option<u32>,
+    /// A cgroup v2 directory to join (the gate set its memory.max).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Do not ask the gate to probe new endpoints.
+    #[arg(long)]
+    no_probe: bool,
+    /// Below this many recorded requests the sample counts as thin and
+    /// synthetic requests are added from the baseline's routes.
+    #[arg(long, default_value_t = 1000)]
+    min_recorded: usize,
+    /// At most this many synthetic requests.
+    #[arg(long, default_value_t = 10_000)]
+    max_synthetic: usize,
+}
+
+/// Test hook: sleep this many milliseconds before the replay (so a test can
+/// signal a runner that is certainly alive).
+const HOLD_ENV: &str = "AEGIS_SANDBOX_TEST_HOLD_MS";
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aegis-sandbox: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn stage(name: &str) {
+    eprintln!("{STAGE_PREFIX}{name}");
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let isolation = limits::apply(&limits::Wanted {
+        memory: args.memory,
+        cpu_seconds: args.cpu_seconds,
+        nofile: args.nofile,
+        parent_pid: args.parent_pid,
+        cgroup: args.cgroup.clone(),
+    })?;
+    let mut report = SandboxReport::new(isolation);
+
+    stage("read sample");
+    let (recorded, mut sample_info) = read_sample(args.sample.as_deref())?;
+
+    stage("compile candidate");
+    let t = Instant::now();
+    let (cand_settings, candidate) = match compile_dir(&args.candidate) {
+        Ok(x) => x,
+        Err(diagnostics) => {
+            report.outcome = RunnerOutcome::Invalid;
+            report.diagnostics = diagnostics;
+            report.compile_ms.candidate = ms(t.elapsed());
+            report.sample = sample_info;
+            return finish(report);
+        }
+    };
+    report.compile_ms.candidate = ms(t.elapsed());
+    report.candidate_version = Some(candidate.version.clone());
+    report.candidate_summary = Some(candidate.summary());
+
+    let mut baseline: Option<(Settings, Arc<CompiledConfig>)> = None;
+    if let Some(dir) = &args.baseline {
+        stage("compile baseline");
+        let t = Instant::now();
+        match compile_dir(dir) {
+            Ok((s, c)) => {
+                report.baseline_version = Some(c.version.clone());
+                baseline = Some((s, Arc::new(c)));
+            }
+            Err(d) => {
+                report.baseline_error = Some(d.first().cloned().unwrap_or_default());
+            }
+        }
+        report.compile_ms.baseline = Some(ms(t.elapsed()));
+    }
+
+    stage("probe");
+    let unreachable = if args.no_probe {
+        Vec::new()
+    } else {
+        ask_probe(&candidate, baseline.as_ref().map(|(_, c)| c.as_ref()))?
+    };
+
+    stage("replay");
+    if let Some(ms) = std::env::var(HOLD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let mut requests = recorded;
+    if requests.len() < args.min_recorded {
+        let from = baseline.as_ref().map_or(&candidate, |(_, c)| c.as_ref());
+        let synthetic = replay::synthesize(from, args.max_synthetic);
+        sample_info.synthesized = synthetic.len();
+        requests.extend(synthetic);
+    }
+    report.sample = sample_info;
+    let candidate = Arc::new(candidate);
+    let opts = ReplayOptions {
+        unreachable,
+        settings: PipelineSettings::from_settings(&cand_settings),
+        baseline_settings: baseline
+            .as_ref()
+            .map(|(s, _)| PipelineSettings::from_settings(s))
+            .unwrap_or_default(),
+    };
+    // One thread: RLIMIT_AS is the memory limit of exactly this process.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the replay runtime")?;
+    let replayed = rt.block_on(replay::replay(
+        candidate,
+        baseline.map(|(_, c)| c),
+        &requests,
+        opts,
+    ));
+    report.replay = Some(replayed);
+    report.outcome = RunnerOutcome::Replayed;
+    finish(report)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn finish(mut report: SandboxReport) -> anyhow::Result<()> {
+    stage("report");
+    let (rss, cpu) = limits::usage();
+    report.peak_rss_bytes = rss;
+    report.cpu_seconds = cpu;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &report).context("writing the report")?;
+    out.write_all(b"\n").context("writing the report")?;
+    out.flush().context("writing the report")?;
+    Ok(())
+}
+
+fn read_sample(
+    path: Option<&Path>,
+) -> anyhow::Result<(Vec<aegis_engine::sample::SampledRequest>, SampleInfo)> {
+    let mut info = SampleInfo::default();
+    let Some(path) = path else {
+        return Ok((Vec::new(), info));
+    };
+    info.source = Some(path.display().to_string());
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // A missing sample is a thin one: the synthetic requests cover it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), info)),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let (sample, read) =
+        TrafficSample::read(std::io::BufReader::new(file), SampleLimits::default())
+            .with_context(|| format!("reading {}", path.display()))?;
+    info.recorded = sample.requests.len();
+    info.skipped_lines = read.invalid_lines.saturating_add(read.oversized_lines);
+    info.truncated = read.truncated;
+    Ok((sample.requests, info))
+}
+
+/// The static stage: read, parse settings, compile. Errors as
+/// `file:line:col: path: message`.
+fn compile_dir(dir: &Path) -> Result<(Settings, CompiledConfig), Vec<String>> {
+    let source = ConfigSource::read_dir(dir, Limits::default().max_file_size.0)
+        .map_err(|e| vec![e.to_string()])?;
+    let settings = config::parse_settings(&source)
+        .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let compiled = config::compile(&source, &settings.limits)
+        .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok((settings, compiled))
+}
+
+/// Asks the gate to probe the candidate's endpoints that the baseline does
+/// not have; returns the pools it found unreachable.
+fn ask_probe(
+    candidate: &CompiledConfig,
+    baseline: Option<&CompiledConfig>,
+) -> anyhow::Result<Vec<String>> {
+    let known: HashSet<&str> = baseline
+        .map(|b| {
+            b.upstreams
+                .iter()
+                .flat_map(|u| u.endpoints.iter().map(|e| e.address.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut probe: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pool in &candidate.upstreams {
+        // A pool with one known endpoint is served by it: no probe needed.
+        if pool
+            .endpoints
+            .iter()
+            .any(|e| known.contains(e.address.as_str()))
+        {
+            continue;
+        }
+        let eps: Vec<String> = pool.endpoints.iter().map(|e| e.address.clone()).collect();
+        if !eps.is_empty() {
+            probe.insert(pool.name.clone(), eps);
+        }
+    }
+    if probe.is_empty() {
+        return Ok(Vec::new());
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, &ProbeRequest { probe }).context("asking for probes")?;
+        out.write_all(b"\n").context("asking for probes")?;
+        out.flush().context("asking for probes")?;
+    }
+    let mut line = String::new();
+    std::io::Read::take(std::io::stdin().lock(), 1 << 20)
+        .read_line(&mut line)
+        .context("reading the probe answer")?;
+    let answer: ProbeAnswer = serde_json::from_str(line.trim()).unwrap_or_default();
+    Ok(answer.unreachable)
+}

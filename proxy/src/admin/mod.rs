@@ -1,0 +1,225 @@
+//! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text from
+//! the metrics exporter, rendered by this handler), and JSON endpoints under
+//! `/admin/` that other parts of the proxy register (`/admin/config` is
+//! built in; the gate and supervisor add `/admin/verdicts` and
+//! `/admin/workers`). Off loopback, every request must carry
+//! `Authorization: Bearer <token>`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::ConfigHandle;
+
+/// A JSON endpoint's producer.
+pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "the admin listener {addr} is not on loopback: set a token in ${env} or admin_token_file"
+    )]
+    TokenRequired { addr: String, env: String },
+    #[error("cannot read the admin token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("admin address `{0}` is not host:port")]
+    BadAddress(String),
+}
+
+/// Shared state of the admin API.
+#[derive(Clone)]
+pub struct AdminState {
+    config: ConfigHandle,
+    prometheus: Option<PrometheusHandle>,
+    token: Option<Arc<str>>,
+    endpoints: Arc<RwLock<HashMap<String, JsonFn>>>,
+}
+
+impl AdminState {
+    pub fn new(
+        config: ConfigHandle,
+        prometheus: Option<PrometheusHandle>,
+        token: Option<String>,
+    ) -> Self {
+        let state = Self {
+            config,
+            prometheus,
+            token: token.map(Arc::from),
+            endpoints: Arc::new(RwLock::new(HashMap::new())),
+        };
+        let cfg = state.config.clone();
+        state.register(
+            "/admin/config",
+            Arc::new(move || {
+                let c = cfg.load();
+                serde_json::json!({
+                    "version": c.version,
+                    "summary": c.summary(),
+                    "files": c.files,
+                    "routes": c.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                    "upstreams": c.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>(),
+                })
+            }),
+        );
+        for path in ["/admin/verdicts", "/admin/workers"] {
+            state.register(path, Arc::new(|| serde_json::json!([])));
+        }
+        state
+    }
+
+    /// Adds or replaces a JSON endpoint (`GET path`).
+    pub fn register(&self, path: &str, f: JsonFn) {
+        self.endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string(), f);
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Length-independent comparison of the bytes.
+        let (a, b) = (given.as_bytes(), token.as_bytes());
+        let mut diff = u8::from(a.len() != b.len());
+        for (x, y) in a.iter().zip(b.iter()) {
+            diff |= x ^ y;
+        }
+        diff == 0
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(req) {
+            return text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+                "text/plain",
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
+            "/metrics" => match &self.prometheus {
+                Some(h) => {
+                    h.run_upkeep();
+                    text(StatusCode::OK, &h.render(), "text/plain; version=0.0.4")
+                }
+                None => text(StatusCode::NOT_FOUND, "no metrics recorder\n", "text/plain"),
+            },
+            path => {
+                let f = self
+                    .endpoints
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(path)
+                    .cloned();
+                match f {
+                    Some(f) => {
+                        let body = serde_json::to_string_pretty(&f()).unwrap_or_default();
+                        text(StatusCode::OK, &body, "application/json")
+                    }
+                    None => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+                }
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str, ctype: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// The bearer token the admin listener requires at `addr`: none on loopback
+/// unless one is configured, else from `token_file` or the `token_env`
+/// variable; an error when required and missing.
+pub fn resolve_token(
+    addr: &SocketAddr,
+    token_env: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, AdminError> {
+    let from_file = match token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|source| AdminError::TokenFile {
+                    path: p.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let token = from_file
+        .or_else(|| std::env::var(token_env).ok().map(|s| s.trim().to_string()))
+        .filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(AdminError::TokenRequired {
+            addr: addr.to_string(),
+            env: token_env.to_string(),
+        });
+    }
+    Ok(token)
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+            };
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let resp = state.handle(&req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    })
+}

@@ -1,0 +1,699 @@
+//! The config gate: no config reaches live traffic until it has run, in a
+//! separate and limited process, against a sample of real traffic, and
+//! behaved.
+//!
+//! ```text
+//! watch (watch.rs) ─► snapshot (store.rs) ─► judged before? reuse the verdict
+//!                                     └─► aegis-sandbox (sandbox.rs; the runner
+//!                                         compiles = static stage, then replays
+//!                                         the sample through the real Pipeline,
+//!                                         replay.rs) ─► verdict (verdict.rs)
+//!                                         ─► promote: active pointer + swap into
+//!                                            every serving process (`Promote`)
+//! ```
+//!
+//! The gate process never parses or compiles a candidate before its verdict
+//! (a config that compiles to 650 MB must die in the runner, not here); it
+//! reads bytes and hashes them. After an accept it compiles the snapshot the
+//! runner already compiled within the limits, and hands it to [`Promote`].
+//! `docs/GATE.md` is the user's guide; `docs/LIFECYCLE.md` follows a config
+//! from the file write to the serving process, pointing at this code.
+
+pub mod replay;
+pub mod report;
+pub mod reservoir;
+pub mod sandbox;
+pub mod store;
+pub mod verdict;
+pub mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aegis_engine::CompiledConfig;
+use aegis_engine::config::settings::{GatePolicy, SandboxLimits};
+use aegis_engine::config::{ConfigSource, Limits, Settings, SourceFile};
+use tokio_util::sync::CancellationToken;
+
+use self::sandbox::{Sandbox, SandboxRequest, SandboxRun};
+use self::store::{Record, Snapshot, Store};
+use self::verdict::{SandboxOutcome, Verdict};
+use crate::pipeline::ConfigHandle;
+
+pub use self::sandbox::SandboxError;
+pub use self::store::{DEFAULT_STATE_DIR, StoreError};
+
+/// The seed traffic sample's file name in the config directory.
+pub const SEED_SAMPLE: &str = "sample.jsonl";
+/// Time for one TCP probe of a new upstream endpoint.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where an accepted config goes: every serving process. For now the single
+/// serving process's [`ConfigHandle`]; the supervisor fans out to workers.
+pub trait Promote: Send + Sync {
+    fn promote(&self, config: Arc<CompiledConfig>);
+}
+
+impl Promote for ConfigHandle {
+    fn promote(&self, config: Arc<CompiledConfig>) {
+        self.store(config);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("version {id} was accepted but does not load in the serving process: {why}")]
+    Load { id: String, why: String },
+}
+
+/// Why `aegis run` does not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "the config in {dir} was rejected by the gate ({code}): {sentence}\nnothing is served: fix the config and start again (state in {state})"
+    )]
+    Rejected {
+        dir: String,
+        code: String,
+        sentence: String,
+        state: String,
+    },
+    #[error(transparent)]
+    Gate(#[from] GateError),
+}
+
+/// Where the gate works.
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub sandbox: Sandbox,
+    pub probe_timeout: Duration,
+}
+
+impl GateOptions {
+    /// The state directory: `explicit`, else `state_dir` from the config
+    /// directory's aegis.yaml, else [`DEFAULT_STATE_DIR`] in the working
+    /// directory. Locates the runner ([`Sandbox::locate`]).
+    pub fn new(config_dir: &Path, explicit: Option<&Path>) -> Result<Self, GateError> {
+        let state_dir = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => settings_of_dir(config_dir)
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        };
+        Ok(Self {
+            config_dir: config_dir.to_path_buf(),
+            state_dir,
+            sandbox: Sandbox::locate()?,
+            probe_timeout: PROBE_TIMEOUT,
+        })
+    }
+}
+
+/// Settings from a directory's aegis.yaml alone (small, no compilation);
+/// defaults when missing or invalid (the static stage reports it).
+pub fn settings_of_dir(dir: &Path) -> Settings {
+    let path = dir.join(aegis_engine::config::source::SETTINGS_FILE);
+    let text = match std::fs::metadata(&path) {
+        Ok(m) if m.len() <= Limits::default().max_file_size.0 => {
+            std::fs::read_to_string(&path).unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    settings_of_text(dir, &text)
+}
+
+fn settings_of_text(dir: &Path, text: &str) -> Settings {
+    if text.is_empty() {
+        return Settings::default();
+    }
+    let src = ConfigSource::from_files(
+        dir,
+        vec![SourceFile {
+            name: aegis_engine::config::source::SETTINGS_FILE.to_string(),
+            text: text.to_string(),
+        }],
+    );
+    aegis_engine::config::parse_settings(&src).unwrap_or_default()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "aegis_config_candidates_total",
+        "Config candidates taken by the gate"
+    );
+    metrics::describe_counter!("aegis_config_promotions_total", "Config versions promoted");
+    metrics::describe_counter!(
+        "aegis_config_rejections_total",
+        "Config candidates rejected, by primary reason"
+    );
+    metrics::describe_counter!(
+        "aegis_config_rollbacks_total",
+        "Promotions of a version that had been active before"
+    );
+    metrics::describe_histogram!(
+        "aegis_gate_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a candidate's snapshot to its verdict"
+    );
+}
+
+/// The promoted version in this process.
+#[derive(Debug, Clone)]
+struct Active {
+    id: String,
+    engine_version: String,
+    settings: Settings,
+    since_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    active: Option<Active>,
+    watcher: String,
+    judging: Option<String>,
+    recent_candidates: VecDeque<String>,
+    flaps: u64,
+    candidates: u64,
+    promotions: u64,
+    rollbacks: u64,
+    rejections: BTreeMap<String, u64>,
+}
+
+/// What the gate is doing, for `GET /admin/config` and `GET /admin/verdicts`.
+#[derive(Clone)]
+pub struct GateStatus {
+    inner: Arc<Mutex<StatusInner>>,
+    store: Store,
+    config_dir: PathBuf,
+}
+
+impl GateStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `GET /admin/config`: the active version and the gate's state.
+    pub fn config_json(&self) -> serde_json::Value {
+        let g = self.lock();
+        serde_json::json!({
+            "active": g.active.as_ref().map(|a| serde_json::json!({
+                "id": a.id,
+                "engine_version": a.engine_version,
+                "since_ms": a.since_ms,
+                "files": self.store.files_dir(&a.id).display().to_string(),
+            })),
+            "config_dir": self.config_dir.display().to_string(),
+            "state_dir": self.store.root().display().to_string(),
+            "watcher": g.watcher,
+            "judging": g.judging,
+            "candidates": g.candidates,
+            "promotions": g.promotions,
+            "rollbacks": g.rollbacks,
+            "rejections": g.rejections,
+            "flaps": g.flaps,
+        })
+    }
+
+    /// `GET /admin/verdicts`: the last 50 verdicts, newest first.
+    pub fn verdicts_json(&self) -> serde_json::Value {
+        let mut h = self.store.history(50);
+        h.reverse();
+        serde_json::to_value(h).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The active snapshot id.
+    pub fn active_id(&self) -> Option<String> {
+        self.lock().active.as_ref().map(|a| a.id.clone())
+    }
+}
+
+/// What happened to one look at the config directory.
+#[derive(Debug, Clone)]
+pub enum Considered {
+    /// The directory holds the active version.
+    Unchanged,
+    /// A candidate was judged (or its earlier verdict reused).
+    Judged {
+        record: Record,
+        cached: bool,
+        promoted: bool,
+    },
+}
+
+/// How the serving process starts.
+#[derive(Debug)]
+pub struct Started {
+    pub id: String,
+    pub settings: Settings,
+    pub compiled: CompiledConfig,
+    /// `restored` (the last promoted version) or `gated` (the config dir
+    /// passed the gate just now).
+    pub how: &'static str,
+}
+
+/// The gate of one config directory.
+pub struct Gate {
+    opts: GateOptions,
+    store: Store,
+    status: GateStatus,
+    /// Serializes judgements (one sandbox at a time).
+    busy: tokio::sync::Mutex<()>,
+    wake: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub fn open(opts: GateOptions) -> Result<Arc<Self>, GateError> {
+        describe_metrics();
+        let store = Store::open(&opts.state_dir)?;
+        let status = GateStatus {
+            inner: Arc::new(Mutex::new(StatusInner {
+                watcher: "not started".to_string(),
+                ..StatusInner::default()
+            })),
+            store: store.clone(),
+            config_dir: opts.config_dir.clone(),
+        };
+        Ok(Arc::new(Self {
+            opts,
+            store,
+            status,
+            busy: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn status(&self) -> GateStatus {
+        self.status.clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Makes the watch loop look at the directory now (SIGHUP).
+    pub fn trigger(&self) {
+        self.wake.notify_one();
+    }
+
+    fn active(&self) -> Option<Active> {
+        self.status.lock().active.clone()
+    }
+
+    /// The traffic sample to replay: the serving process's, else the seed
+    /// shipped in the config directory.
+    pub fn sample_path(&self) -> Option<PathBuf> {
+        let recorded = self.store.sample_path();
+        if std::fs::metadata(&recorded).is_ok_and(|m| m.len() > 0) {
+            return Some(recorded);
+        }
+        let seed = self.opts.config_dir.join(SEED_SAMPLE);
+        seed.is_file().then_some(seed)
+    }
+
+    /// Snapshots the config directory (the debounce already happened): reads
+    /// until two reads 50 ms apart agree, so a file still being written is
+    /// not taken half-way (at most 20 tries; then the last read is judged).
+    async fn snapshot(&self) -> Result<Snapshot, GateError> {
+        let max = self
+            .active()
+            .map_or(Limits::default().max_file_size.0, |a| {
+                a.settings.limits.max_file_size.0
+            });
+        let dir = &self.opts.config_dir;
+        let mut last = Snapshot::read(dir, max)?;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let next = Snapshot::read(dir, max)?;
+            if next == last {
+                return Ok(next);
+            }
+            last = next;
+        }
+        Ok(last)
+    }
+
+    /// Judges a snapshot (reusing an earlier verdict for the same content).
+    async fn judge(&self, snap: &Snapshot) -> Result<(Record, bool), GateError> {
+        metrics::counter!("aegis_config_candidates_total").increment(1);
+        {
+            let mut g = self.status.lock();
+            g.candidates = g.candidates.saturating_add(1);
+            let seen_before = g.recent_candidates.iter().any(|c| *c == snap.id);
+            let last = g.recent_candidates.back().cloned();
+            if seen_before && last.as_deref() != Some(snap.id.as_str()) {
+                g.flaps = g.flaps.saturating_add(1);
+                tracing::warn!(
+                    candidate = %snap.id,
+                    "config is flapping: {} comes back after {}; the earlier verdict is reused",
+                    snap.id,
+                    last.unwrap_or_default()
+                );
+            }
+            g.recent_candidates.push_back(snap.id.clone());
+            if g.recent_candidates.len() > 16 {
+                g.recent_candidates.pop_front();
+            }
+        }
+        if let Some(rec) = self.store.record(&snap.id) {
+            tracing::info!(
+                target: "aegis::gate",
+                "verdict {} {} (reused: judged before): {}",
+                rec.id,
+                rec.verdict.code(),
+                rec.verdict.sentence
+            );
+            return Ok((rec, true));
+        }
+        let files = self.store.save_snapshot(snap)?;
+        self.status.lock().judging = Some(snap.id.clone());
+        let active = self.active();
+        let (policy, limits) = match &active {
+            Some(a) => (
+                a.settings.gate.policy.clone(),
+                a.settings.gate.sandbox.clone(),
+            ),
+            None => {
+                let s = settings_of_text(&files, &snap.settings_text().unwrap_or_default());
+                (s.gate.policy, s.gate.sandbox)
+            }
+        };
+        let baseline = active.as_ref().map(|a| self.store.files_dir(&a.id));
+        let start = Instant::now();
+        let run = self
+            .opts
+            .sandbox
+            .run(&SandboxRequest {
+                candidate: files,
+                baseline,
+                sample: self.sample_path(),
+                limits: limits.clone(),
+                probe_timeout: self.opts.probe_timeout,
+                no_probe: false,
+            })
+            .await;
+        self.status.lock().judging = None;
+        let run = run?;
+        let verdict = verdict::judge(&run.outcome, &policy, &limits);
+        let rec = self.record(snap, &run, verdict, start.elapsed());
+        metrics::histogram!("aegis_gate_duration_seconds").record(rec.duration_s);
+        Ok((rec, false))
+    }
+
+    fn record(&self, snap: &Snapshot, run: &SandboxRun, v: Verdict, took: Duration) -> Record {
+        let (engine_version, replayed) = match &run.outcome {
+            SandboxOutcome::Report(r) => (
+                r.candidate_version.clone(),
+                r.replay.as_ref().map(|x| x.requests),
+            ),
+            SandboxOutcome::Failed { .. } => (None, None),
+        };
+        let rec = Record {
+            id: snap.id.clone(),
+            engine_version,
+            verdict: v,
+            at_ms: now_ms(),
+            duration_s: took.as_secs_f64(),
+            source: self.opts.config_dir.display().to_string(),
+            replayed,
+        };
+        let artifact = match &run.outcome {
+            SandboxOutcome::Report(r) => (
+                "report.json",
+                serde_json::to_vec_pretty(r).unwrap_or_default(),
+            ),
+            SandboxOutcome::Failed { .. } => ("stderr.txt", run.stderr.clone().into_bytes()),
+        };
+        if let Err(e) = self.store.save_artifact(&rec.id, artifact.0, &artifact.1) {
+            tracing::warn!(error = %e, "cannot keep the sandbox report");
+        }
+        if let Err(e) = self.store.save_record(&rec) {
+            tracing::warn!(error = %e, "cannot keep the verdict");
+        }
+        tracing::info!(
+            target: "aegis::gate",
+            "verdict {} {} ({:.2}s): {}",
+            rec.id,
+            rec.verdict.code(),
+            rec.duration_s,
+            rec.verdict.sentence
+        );
+        rec
+    }
+
+    /// Compiles an accepted version in this process and makes it active.
+    fn promote_version(
+        &self,
+        id: &str,
+        promoter: Option<&dyn Promote>,
+    ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
+        let dir = self.store.files_dir(id);
+        let (settings, compiled) = aegis_engine::load_dir(&dir).map_err(|e| GateError::Load {
+            id: id.to_string(),
+            why: e.to_string(),
+        })?;
+        let compiled = Arc::new(compiled);
+        let was_active_before = self
+            .store
+            .history(1000)
+            .iter()
+            .any(|r| r.id == id && r.verdict.accepted);
+        self.store.set_active(id)?;
+        if let Some(p) = promoter {
+            p.promote(compiled.clone());
+        }
+        let mut g = self.status.lock();
+        let previous = g.active.as_ref().map(|a| a.id.clone());
+        if previous.is_some() && was_active_before {
+            g.rollbacks = g.rollbacks.saturating_add(1);
+            metrics::counter!("aegis_config_rollbacks_total").increment(1);
+        }
+        g.promotions = g.promotions.saturating_add(1);
+        metrics::counter!("aegis_config_promotions_total").increment(1);
+        g.active = Some(Active {
+            id: id.to_string(),
+            engine_version: compiled.version.clone(),
+            settings: settings.clone(),
+            since_ms: now_ms(),
+        });
+        drop(g);
+        tracing::info!(target: "aegis::gate", "promoted {id}: {}", compiled.summary());
+        Ok((settings, compiled))
+    }
+
+    fn count_rejection(&self, rec: &Record) {
+        let code = rec.verdict.code().to_string();
+        metrics::counter!("aegis_config_rejections_total", "reason" => code.clone()).increment(1);
+        let mut g = self.status.lock();
+        let n = g.rejections.entry(code).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// Looks at the config directory; judges and promotes a new candidate.
+    pub async fn consider(&self, promoter: &dyn Promote) -> Result<Considered, GateError> {
+        let _busy = self.busy.lock().await;
+        let snap = self.snapshot().await?;
+        if self.active().is_some_and(|a| a.id == snap.id) {
+            return Ok(Considered::Unchanged);
+        }
+        let (record, cached) = self.judge(&snap).await?;
+        let mut promoted = false;
+        if record.verdict.accepted {
+            self.promote_version(&record.id, Some(promoter))?;
+            promoted = true;
+        } else {
+            self.count_rejection(&record);
+        }
+        Ok(Considered::Judged {
+            record,
+            cached,
+            promoted,
+        })
+    }
+
+    /// At start: the last promoted version if there is one; else the config
+    /// directory must pass the gate now.
+    pub async fn startup(&self) -> Result<Started, StartupError> {
+        if let Some(id) = self.store.active() {
+            match self.promote_version(&id, None) {
+                Ok((settings, compiled)) => {
+                    let compiled = Arc::try_unwrap(compiled).map_err(|_| GateError::Load {
+                        id: id.clone(),
+                        why: "still shared".to_string(),
+                    })?;
+                    return Ok(Started {
+                        id,
+                        settings,
+                        compiled,
+                        how: "restored",
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the last promoted version does not load; gating the config directory");
+                }
+            }
+        }
+        let _busy = self.busy.lock().await;
+        let snap = self.snapshot().await?;
+        let (record, _) = self.judge(&snap).await?;
+        if !record.verdict.accepted {
+            self.count_rejection(&record);
+            return Err(StartupError::Rejected {
+                dir: self.opts.config_dir.display().to_string(),
+                code: record.verdict.code().to_string(),
+                sentence: record.verdict.sentence.clone(),
+                state: self.store.root().display().to_string(),
+            });
+        }
+        let (settings, compiled) = self.promote_version(&record.id, None)?;
+        let compiled = Arc::try_unwrap(compiled).map_err(|_| GateError::Load {
+            id: record.id.clone(),
+            why: "still shared".to_string(),
+        })?;
+        Ok(Started {
+            id: record.id,
+            settings,
+            compiled,
+            how: "gated",
+        })
+    }
+
+    /// Watches the config directory until `shutdown`, judging every change
+    /// and promoting what passes into `promoter`.
+    pub fn spawn(
+        self: Arc<Self>,
+        promoter: Arc<dyn Promote>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let debounce = self
+                .active()
+                .map_or(Duration::from_millis(300), |a| a.settings.gate.debounce.0);
+            let max = self
+                .active()
+                .map_or(Limits::default().max_file_size.0, |a| {
+                    a.settings.limits.max_file_size.0
+                });
+            let mut watcher = watch::DirWatcher::new(&self.opts.config_dir, debounce, max);
+            self.status.lock().watcher = match watcher.polling() {
+                Some(why) => format!("polling ({why})"),
+                None => format!("notify, debounce {debounce:?}"),
+            };
+            // A change made while the process started up.
+            self.look(promoter.as_ref()).await;
+            loop {
+                let go = tokio::select! {
+                    ok = watcher.changed(&shutdown) => ok,
+                    _ = self.wake.notified() => true,
+                };
+                if !go {
+                    return;
+                }
+                if let Some(why) = watcher.polling() {
+                    self.status.lock().watcher = format!("polling ({why})");
+                }
+                self.look(promoter.as_ref()).await;
+            }
+        })
+    }
+
+    async fn look(&self, promoter: &dyn Promote) {
+        match self.consider(promoter).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the gate could not judge the config directory; the active version keeps serving")
+            }
+        }
+    }
+}
+
+/// `aegis check` with the replay: judges `candidate` against `baseline`
+/// (when given) without a state directory. The policy and sandbox limits
+/// are the baseline's (the candidate's when there is none).
+pub async fn check_offline(
+    sandbox: &Sandbox,
+    candidate: &Path,
+    baseline: Option<&Path>,
+    sample: Option<&Path>,
+    no_probe: bool,
+) -> Result<(Verdict, SandboxRun, GatePolicy, SandboxLimits), GateError> {
+    let settings = settings_of_dir(baseline.unwrap_or(candidate));
+    let (policy, limits) = (settings.gate.policy, settings.gate.sandbox);
+    let run = sandbox
+        .run(&SandboxRequest {
+            candidate: candidate.to_path_buf(),
+            baseline: baseline.map(Path::to_path_buf),
+            sample: sample.map(Path::to_path_buf),
+            limits: limits.clone(),
+            probe_timeout: PROBE_TIMEOUT,
+            no_probe,
+        })
+        .await?;
+    let v = verdict::judge(&run.outcome, &policy, &limits);
+    Ok((v, run, policy, limits))
+}
+
+/// For `aegis run`, before the listeners open: opens the gate of
+/// `config_dir` and gets the version to serve (the last promoted one, or the
+/// config directory judged now). On its own single-threaded runtime, so it
+/// can run before the serving runtime is sized from the settings it returns.
+pub fn start_blocking(
+    config_dir: &Path,
+    state_dir: Option<&Path>,
+) -> Result<(Arc<Gate>, Started), StartupError> {
+    let opts = GateOptions::new(config_dir, state_dir)?;
+    let gate = Gate::open(opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| {
+            GateError::Store(StoreError::State {
+                path: PathBuf::from("(runtime)"),
+                source,
+            })
+        })?;
+    let started = rt.block_on(gate.startup())?;
+    Ok((gate, started))
+}
+
+/// Registers `GET /admin/config` (the engine's summary of the served config
+/// plus the gate's state) and `GET /admin/verdicts` on the admin listener.
+pub fn register_admin(admin: &crate::admin::AdminState, status: GateStatus, config: ConfigHandle) {
+    let s = status.clone();
+    admin.register(
+        "/admin/config",
+        Arc::new(move || {
+            let c = config.load();
+            let mut v = s.config_json();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("version".into(), c.version.clone().into());
+                o.insert("summary".into(), c.summary().into());
+                o.insert("files".into(), serde_json::json!(c.files));
+                o.insert(
+                    "routes".into(),
+                    serde_json::json!(c.routes.iter().map(|r| &r.name).collect::<Vec<_>>()),
+                );
+                o.insert(
+                    "upstreams".into(),
+                    serde_json::json!(c.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>()),
+                );
+            }
+            v
+        }),
+    );
+    admin.register("/admin/verdicts", Arc::new(move || status.verdicts_json()));
+}

@@ -1,0 +1,761 @@
+//! The request path: one `tower::Service` from a client request to a
+//! response, built from the compiled config and generic over the
+//! [`Connector`] that reaches upstreams.
+//!
+//! The workers run it with [`crate::upstream::PooledConnector`] behind real
+//! listeners; the sandbox runs the identical service with a stub connector and
+//! `tower::ServiceExt::oneshot`. Every decision about a request is made here:
+//! framing checks, `decide`, 400/403/404/redirect/respond, rate limits, body
+//! limits, header edits, hop-by-hop removal, `X-Forwarded-*`, `Via`, the
+//! score header, forwarding, the mapping of upstream errors to 502/503/504,
+//! upgrades, the access log line and the metrics.
+
+pub mod body;
+pub mod headers;
+pub mod ratelimit;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use aegis_engine::compiled::{RouteAction, UpstreamId};
+use aegis_engine::config::Settings;
+use aegis_engine::config::settings::FailMode;
+use aegis_engine::decide::Scored;
+use aegis_engine::{CompiledConfig, DecideOptions, DecisionSummary, Outcome, RequestHead};
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+
+pub use body::{BoxError, ProxyBody, boxed, empty, full};
+
+use crate::access_log::{AccessLog, AccessRecord, rfc3339};
+
+/// The active compiled config. A request loads the snapshot once and keeps it
+/// to the end; [`ConfigHandle::store`] never disturbs requests in flight.
+#[derive(Debug, Clone)]
+pub struct ConfigHandle(Arc<ArcSwap<CompiledConfig>>);
+
+impl ConfigHandle {
+    pub fn new(config: CompiledConfig) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(config)))
+    }
+
+    pub fn from_arc(config: Arc<CompiledConfig>) -> Self {
+        Self(Arc::new(ArcSwap::new(config)))
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<CompiledConfig> {
+        self.0.load_full()
+    }
+
+    /// Makes `config` the active one and records `aegis_config_info`.
+    pub fn store(&self, config: Arc<CompiledConfig>) {
+        let old = self.0.swap(config.clone());
+        metrics::gauge!("aegis_config_info", "version" => old.version.clone()).set(0.0);
+        metrics::gauge!("aegis_config_info", "version" => config.version.clone()).set(1.0);
+    }
+}
+
+/// Who sent the request: inserted as a request extension by the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// True on a TLS listener (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+impl Default for ClientInfo {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            tls: false,
+        }
+    }
+}
+
+/// Request extension set by the HTTP/1 transport when the raw head carried
+/// both `Content-Length` and `Transfer-Encoding` (hyper resolves that case
+/// silently); the pipeline answers 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousFraming;
+
+/// Response extension: what the pipeline decided for the request, for the
+/// sandbox and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutcome {
+    pub route: Option<String>,
+    pub summary: DecisionSummary,
+    /// The status the client got.
+    pub status: u16,
+    /// Which endpoint served it, when forwarded.
+    pub endpoint: Option<String>,
+    /// Set when the pipeline answered before `decide` (framing, header size).
+    pub rejected: Option<&'static str>,
+}
+
+/// Response extension set by a connector: the endpoint that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamEndpoint(pub Arc<str>);
+
+/// What a connector needs to forward one request.
+#[derive(Debug, Clone)]
+pub struct ForwardCtx {
+    /// The snapshot the request started with.
+    pub config: Arc<CompiledConfig>,
+    pub upstream: UpstreamId,
+    pub route: Arc<str>,
+    /// Time to the response head; `None` means the pool's `response_timeout`.
+    pub timeout: Option<Duration>,
+    /// Further endpoints to try after a failure that is safe to retry.
+    pub retries: u32,
+    pub client_ip: IpAddr,
+}
+
+/// Why forwarding failed. [`UpstreamError::status`] is the one place these
+/// become status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{upstream}` has no healthy endpoint")]
+    NoHealthyEndpoint { upstream: String },
+    #[error("no upstream with id {0} in the config")]
+    UnknownUpstream(UpstreamId),
+    #[error("connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("connect to {endpoint}: timed out after {timeout:?}")]
+    ConnectTimeout { endpoint: String, timeout: Duration },
+    #[error("{endpoint}: {source}")]
+    Protocol {
+        endpoint: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{endpoint}: no response head within {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+    /// The client's request body failed (aborted, or over the limit): the
+    /// client's fault, never counted against the endpoint.
+    #[error("request body: {source}")]
+    ClientBody {
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl UpstreamError {
+    /// 503 when no endpoint can be tried, 504 on timeouts, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            UpstreamError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            UpstreamError::UnknownUpstream(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The endpoint involved, if any.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Connect { endpoint, .. }
+            | UpstreamError::ConnectTimeout { endpoint, .. }
+            | UpstreamError::Protocol { endpoint, .. }
+            | UpstreamError::Timeout { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+}
+
+/// Reaches upstreams. The workers use [`crate::upstream::PooledConnector`];
+/// the sandbox uses a stub.
+pub trait Connector: Clone + Send + Sync + 'static {
+    /// Sends `req` (already rewritten for the upstream: origin-form URI,
+    /// hop-by-hop headers removed, `Host` set) to an endpoint of
+    /// `ctx.upstream` and returns the response head with a streaming body.
+    /// A 101 response carries hyper's `OnUpgrade` in its extensions when the
+    /// connection can be tunnelled.
+    fn forward(
+        &self,
+        ctx: ForwardCtx,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, UpstreamError>> + Send;
+}
+
+/// Per-process settings the pipeline reads on every request (from
+/// `aegis.yaml`, fixed at start).
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// `limits.max_request_body`; a route's `max_request_body` overrides it.
+    pub max_request_body: u64,
+    /// `limits.max_header_bytes`: total request header bytes, else 431.
+    pub max_header_bytes: u64,
+    /// `features_module.on_error`.
+    pub fail_closed: bool,
+}
+
+impl PipelineSettings {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            max_request_body: s.limits.max_request_body.0,
+            max_header_bytes: s.limits.max_header_bytes.0,
+            fail_closed: s.features_module.on_error == FailMode::Closed,
+        }
+    }
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
+    }
+}
+
+struct Shared {
+    config: ConfigHandle,
+    settings: PipelineSettings,
+    features_enabled: Arc<AtomicBool>,
+    limiter: ratelimit::RateLimiter,
+    access_log: AccessLog,
+}
+
+/// The request pipeline. Cheap to clone (one `Arc` and the connector).
+pub struct Pipeline<C> {
+    shared: Arc<Shared>,
+    connector: C,
+}
+
+impl<C: Clone> Clone for Pipeline<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            connector: self.connector.clone(),
+        }
+    }
+}
+
+/// Builds a [`Pipeline`].
+pub struct PipelineBuilder<C> {
+    config: ConfigHandle,
+    connector: C,
+    settings: PipelineSettings,
+    features_enabled: Option<Arc<AtomicBool>>,
+    access_log: AccessLog,
+}
+
+impl<C: Connector> PipelineBuilder<C> {
+    pub fn settings(mut self, settings: PipelineSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The features module kill switch (default: a new switch, on).
+    pub fn features_switch(mut self, switch: Arc<AtomicBool>) -> Self {
+        self.features_enabled = Some(switch);
+        self
+    }
+
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    pub fn build(self) -> Pipeline<C> {
+        Pipeline {
+            shared: Arc::new(Shared {
+                config: self.config,
+                settings: self.settings,
+                features_enabled: self
+                    .features_enabled
+                    .unwrap_or_else(|| Arc::new(AtomicBool::new(true))),
+                limiter: ratelimit::RateLimiter::default(),
+                access_log: self.access_log,
+            }),
+            connector: self.connector,
+        }
+    }
+}
+
+impl<C: Connector> Pipeline<C> {
+    /// Starts a builder with default settings, no access log and the features
+    /// module on.
+    pub fn builder(config: ConfigHandle, connector: C) -> PipelineBuilder<C> {
+        PipelineBuilder {
+            config,
+            connector,
+            settings: PipelineSettings::default(),
+            features_enabled: None,
+            access_log: AccessLog::off(),
+        }
+    }
+
+    pub fn config(&self) -> &ConfigHandle {
+        &self.shared.config
+    }
+
+    /// The features module kill switch.
+    pub fn features_switch(&self) -> Arc<AtomicBool> {
+        self.shared.features_enabled.clone()
+    }
+
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+}
+
+impl<C, B> tower::Service<Request<B>> for Pipeline<C>
+where
+    C: Connector,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        let req = req.map(boxed);
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// What the access log and metrics need, carried to the end of the body.
+struct LogCtx {
+    start: Instant,
+    wall: SystemTime,
+    client: IpAddr,
+    method: Method,
+    host: Option<String>,
+    path: String,
+    route: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<String>,
+    version: String,
+    score: Option<f64>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// A response the pipeline makes itself: short text body.
+fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(format!("{text}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+}
+
+fn reject_summary(status: StatusCode, action: &str) -> DecisionSummary {
+    DecisionSummary {
+        route: None,
+        action: action.to_string(),
+        upstream: None,
+        upstream_path: None,
+        location: None,
+        status: Some(status.as_u16()),
+        score: None,
+        blocked: false,
+        scoring_failed: false,
+    }
+}
+
+/// Methods whose request may be sent twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl<C: Connector> Pipeline<C> {
+    /// Serves one request. Never fails: every error is a response.
+    pub async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let config = self.shared.config.load();
+        let client = req
+            .extensions()
+            .get::<ClientInfo>()
+            .copied()
+            .unwrap_or_default();
+        let host: Option<String> = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        let mut log = LogCtx {
+            start,
+            wall,
+            client: client.addr.ip(),
+            method: req.method().clone(),
+            host: host.clone(),
+            path: req.uri().path().to_string(),
+            route: None,
+            upstream: None,
+            endpoint: None,
+            version: config.version.clone(),
+            score: None,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+        };
+
+        // Framing and size checks hyper does not make for us.
+        let framing_bad = req.extensions().get::<AmbiguousFraming>().is_some()
+            || headers::check_framing(req.headers()).is_err();
+        if framing_bad {
+            let mut resp = plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: ambiguous framing",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_framing");
+            return self.finish(resp, log, summary, Some("framing"));
+        }
+        if headers::header_bytes(req.headers()) > self.shared.settings.max_header_bytes {
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            let resp = plain(status, &status_text(status));
+            return self.finish(
+                resp,
+                log,
+                reject_summary(status, "header_too_large"),
+                Some("headers"),
+            );
+        }
+
+        // Decide.
+        let opts = DecideOptions {
+            features_enabled: self.shared.features_enabled.load(Ordering::Relaxed),
+            fail_closed: self.shared.settings.fail_closed,
+        };
+        let scheme = if client.tls { "https" } else { "http" };
+        let path_owned = req.uri().path().to_string();
+        let query_owned = req.uri().query().map(str::to_string);
+        let (summary, route_id, score, redirect, upstream_path) = {
+            let head = RequestHead {
+                method: req.method(),
+                scheme,
+                host: host.as_deref(),
+                path: &path_owned,
+                query: query_owned.as_deref(),
+                headers: req.headers(),
+                client_ip: client.addr.ip(),
+            };
+            let d = aegis_engine::decide(&config, &head, opts);
+            if let Scored::Failed(e) = &d.scored {
+                metrics::counter!("aegis_feature_errors_total").increment(1);
+                tracing::warn!(error = %e, fail_closed = opts.fail_closed, "feature scoring failed");
+            }
+            let redirect = match &d.outcome {
+                Outcome::Redirect { status, location } => Some((*status, location.clone())),
+                _ => None,
+            };
+            let up_path = match &d.outcome {
+                Outcome::Forward { .. } => Some(d.upstream_path().into_owned()),
+                _ => None,
+            };
+            (d.summary(), d.route_id, d.score(), redirect, up_path)
+        };
+        log.route = summary.route.clone();
+        log.upstream = summary.upstream.clone();
+        log.score = score;
+        let route = route_id.and_then(|id| config.routes.get(id));
+
+        match summary.action.as_str() {
+            "bad_path" => {
+                let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
+                return self.finish(resp, log, summary, None);
+            }
+            "block" => {
+                let resp = plain(StatusCode::FORBIDDEN, "403 Forbidden");
+                return self.finish(resp, log, summary, None);
+            }
+            "no_route" => {
+                let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
+                return self.finish(resp, log, summary, None);
+            }
+            _ => {}
+        }
+        let Some(route) = route else {
+            let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
+            return self.finish(resp, log, summary, None);
+        };
+
+        // Per-client rate limit.
+        if let Some(spec) = route.rate_limit.and_then(|i| config.rate_limits.get(i))
+            && let Err(wait) = self.shared.limiter.check(spec, client.addr.ip())
+        {
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            let mut resp = plain(status, &status_text(status));
+            let secs = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0))
+                .max(1);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            let mut summary = summary;
+            summary.status = Some(429);
+            return self.finish(resp, log, summary, Some("rate_limit"));
+        }
+
+        // Body limit, from the declared length first.
+        let limit = route
+            .max_request_body
+            .unwrap_or(self.shared.settings.max_request_body);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            let mut resp = plain(status, &status_text(status));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let mut summary = summary;
+            summary.status = Some(413);
+            return self.finish(resp, log, summary, Some("body_limit"));
+        }
+
+        let fwd = match &route.action {
+            RouteAction::Forward(f) => f,
+            RouteAction::Redirect { .. } => {
+                let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = status;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                route.response_edits.apply(resp.headers_mut());
+                return self.finish(resp, log, summary, None);
+            }
+            RouteAction::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                let mut resp = Response::new(full(bytes::Bytes::copy_from_slice(body.as_bytes())));
+                *resp.status_mut() = *status;
+                for (n, v) in headers {
+                    resp.headers_mut().append(n.clone(), v.clone());
+                }
+                route.response_edits.apply(resp.headers_mut());
+                return self.finish(resp, log, summary, None);
+            }
+        };
+
+        // Forward: rewrite the request for the upstream.
+        let client_upgrade = headers::wants_upgrade(req.headers())
+            .then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        let version = req.version();
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = match &query_owned {
+            Some(q) => format!("{}?{q}", upstream_path.as_deref().unwrap_or("/")),
+            None => upstream_path.clone().unwrap_or_else(|| "/".to_string()),
+        };
+        parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
+            Ok(u) => u,
+            Err(_) => {
+                let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
+                return self.finish(resp, log, summary, None);
+            }
+        };
+        parts.version = Version::HTTP_11;
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h, client_upgrade.is_some(), true);
+        h.remove(header::EXPECT);
+        headers::set_forwarded(h, client.addr.ip(), client.tls, host.as_deref());
+        headers::append_via(h, version);
+        match (&fwd.host_rewrite, &host) {
+            (Some(v), _) => {
+                h.insert(header::HOST, v.clone());
+            }
+            (None, Some(orig)) => {
+                if let Ok(v) = HeaderValue::from_str(orig) {
+                    h.insert(header::HOST, v);
+                }
+            }
+            (None, None) => {}
+        }
+        h.remove(&config.scoring.header);
+        if let Some(s) = score
+            && let Ok(v) = HeaderValue::from_str(&format!("{s}"))
+        {
+            h.insert(config.scoring.header.clone(), v);
+        }
+        route.request_edits.apply(h);
+        parts.extensions = http::Extensions::new();
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = boxed(body::LimitedBody::new(
+            body,
+            limit,
+            log.bytes_in.clone(),
+            exceeded.clone(),
+        ));
+        let upstream_req = Request::from_parts(parts, body);
+
+        let ctx = ForwardCtx {
+            config: config.clone(),
+            upstream: fwd.upstream,
+            route: Arc::from(route.name.as_str()),
+            timeout: fwd.timeout,
+            // Non-idempotent methods are retried only when the request never
+            // left (connect failures); the connector knows which is which.
+            retries: fwd.retries,
+            client_ip: client.addr.ip(),
+        };
+        let result = self.connector.forward(ctx, upstream_req).await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if exceeded.load(Ordering::Relaxed) {
+                    let status = StatusCode::PAYLOAD_TOO_LARGE;
+                    let mut resp = plain(status, &status_text(status));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return self.finish(resp, log, summary, Some("body_limit"));
+                }
+                let status = e.status();
+                log.endpoint = e.endpoint().map(str::to_string);
+                tracing::warn!(
+                    route = %route.name,
+                    upstream = summary.upstream.as_deref().unwrap_or(""),
+                    endpoint = e.endpoint().unwrap_or(""),
+                    status = status.as_u16(),
+                    error = %e,
+                    "upstream request failed"
+                );
+                metrics::counter!("aegis_upstream_errors_total", "route" => route.name.clone(), "status" => status.as_str().to_string()).increment(1);
+                let resp = plain(status, &status_text(status));
+                return self.finish(resp, log, summary, None);
+            }
+        };
+        log.endpoint = resp
+            .extensions()
+            .get::<UpstreamEndpoint>()
+            .map(|e| e.0.to_string());
+
+        // The response, on its way back.
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade = if upgraded {
+            resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        *resp.version_mut() = Version::HTTP_11;
+        headers::strip_hop_by_hop(resp.headers_mut(), upgraded, false);
+        headers::append_via(resp.headers_mut(), Version::HTTP_11);
+        route.response_edits.apply(resp.headers_mut());
+        if upgraded {
+            match (client_upgrade, upstream_upgrade) {
+                (Some(c), Some(u)) => {
+                    let route_name = route.name.clone();
+                    tokio::spawn(async move {
+                        match tokio::try_join!(c, u) {
+                            Ok((c, u)) => {
+                                let mut c = hyper_util::rt::TokioIo::new(c);
+                                let mut u = hyper_util::rt::TokioIo::new(u);
+                                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await
+                                {
+                                    tracing::debug!(route = %route_name, error = %e, "tunnel closed");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(route = %route_name, error = %e, "upgrade failed");
+                            }
+                        }
+                    });
+                }
+                _ => {
+                    // A 101 we cannot tunnel is a broken upstream answer.
+                    let status = StatusCode::BAD_GATEWAY;
+                    return self.finish(plain(status, &status_text(status)), log, summary, None);
+                }
+            }
+        }
+        self.finish(resp, log, summary, None)
+    }
+
+    /// Attaches the outcome extension, counts the request, and wraps the body
+    /// so the access log line is written when it ends.
+    fn finish(
+        &self,
+        resp: Response<ProxyBody>,
+        log: LogCtx,
+        summary: DecisionSummary,
+        rejected: Option<&'static str>,
+    ) -> Response<ProxyBody> {
+        let status = resp.status().as_u16();
+        let route_label = log.route.clone().unwrap_or_else(|| "-".to_string());
+        metrics::counter!("aegis_requests_total", "route" => route_label, "status" => status.to_string())
+            .increment(1);
+        let outcome = RequestOutcome {
+            route: summary.route.clone(),
+            summary,
+            status,
+            endpoint: log.endpoint.clone(),
+            rejected,
+        };
+        let access_log = self.shared.access_log.clone();
+        let (mut parts, body) = resp.into_parts();
+        parts.extensions.insert(outcome);
+        let body = body::CountingBody::new(
+            body,
+            Box::new(move |bytes_out, ok| {
+                let elapsed = log.start.elapsed();
+                metrics::histogram!("aegis_request_duration_seconds").record(elapsed.as_secs_f64());
+                if access_log.is_enabled() {
+                    access_log.log(AccessRecord {
+                        time: rfc3339(log.wall),
+                        client: log.client.to_string(),
+                        method: log.method.to_string(),
+                        host: log.host,
+                        path: log.path,
+                        status,
+                        bytes_in: log.bytes_in.load(Ordering::Relaxed),
+                        bytes_out,
+                        duration_ms: elapsed.as_secs_f64() * 1000.0,
+                        route: log.route,
+                        upstream: log.upstream,
+                        endpoint: log.endpoint,
+                        config_version: log.version,
+                        score: log.score,
+                        aborted: !ok,
+                    });
+                }
+            }),
+        );
+        Response::from_parts(parts, boxed(body))
+    }
+}
+
+#[cfg(test)]
+mod tests;

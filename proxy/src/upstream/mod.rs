@@ -1,0 +1,604 @@
+//! Upstream pools: endpoint selection by the pool's balance policy, health
+//! state (active checks and passive ejection), a keep-alive connection pool
+//! per endpoint, timeouts and retries. [`PooledConnector`] is the real
+//! [`Connector`]; the sandbox plugs in its own.
+//!
+//! Connections are HTTP/1.1 (hyper's `client::conn::http1`), one request at a
+//! time, returned to the endpoint's idle list when the response body ends and
+//! dropped when it does not. A request is retried on another endpoint when it
+//! never left (connect failure, or a pooled connection found closed before
+//! the request was written), for any method, as nginx does; after it left,
+//! only idempotent requests without a body are retried.
+
+pub mod balance;
+pub mod health;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use aegis_engine::CompiledConfig;
+use aegis_engine::compiled::UpstreamPool;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::pipeline::{
+    BoxError, Connector, ForwardCtx, ProxyBody, UpstreamEndpoint, UpstreamError, boxed,
+    is_idempotent,
+};
+
+/// Idle connections kept per endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How long an idle upstream connection is kept (nginx's upstream
+/// `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Sender = http1::SendRequest<ProxyBody>;
+
+struct IdleConn {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Live state of one endpoint of one pool.
+pub struct Endpoint {
+    pub pool: String,
+    pub address: Arc<str>,
+    pub weight: u32,
+    pub backup: bool,
+    /// Active health: false after `fall` failed checks, true after `rise` good ones.
+    healthy: AtomicBool,
+    /// Passive ejection: unavailable until this instant (ms since `epoch`).
+    ejected_until_ms: AtomicU64,
+    /// Requests in flight (least_conn).
+    active: AtomicUsize,
+    idle: Mutex<Vec<IdleConn>>,
+    passive: Mutex<PassiveState>,
+    pub(crate) check: Mutex<health::CheckState>,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct PassiveState {
+    fails: u32,
+    window_start: Option<Instant>,
+}
+
+impl Endpoint {
+    fn new(pool: &str, spec: &aegis_engine::compiled::EndpointSpec, epoch: Instant) -> Self {
+        Self {
+            pool: pool.to_string(),
+            address: Arc::from(spec.address.as_str()),
+            weight: spec.weight.max(1),
+            backup: spec.backup,
+            healthy: AtomicBool::new(true),
+            ejected_until_ms: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            passive: Mutex::new(PassiveState::default()),
+            check: Mutex::new(health::CheckState::default()),
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Healthy by the active checks and not passively ejected.
+    pub fn is_available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self, up: bool) {
+        let was = self.healthy.swap(up, Ordering::Relaxed);
+        metrics::gauge!("aegis_upstream_endpoint_healthy", "upstream" => self.pool.clone(), "endpoint" => self.address.to_string())
+            .set(if up { 1.0 } else { 0.0 });
+        if was != up {
+            if up {
+                tracing::info!(upstream = %self.pool, endpoint = %self.address, "endpoint back up");
+            } else {
+                tracing::warn!(upstream = %self.pool, endpoint = %self.address, "endpoint down");
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+        }
+    }
+
+    fn record_failure(&self, max_fails: u32, fail_timeout: Duration) {
+        if max_fails == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = p
+            .window_start
+            .is_none_or(|s| now.saturating_duration_since(s) > fail_timeout);
+        if fresh {
+            p.window_start = Some(now);
+            p.fails = 0;
+        }
+        p.fails = p.fails.saturating_add(1);
+        if p.fails >= max_fails {
+            let ms = u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX);
+            self.ejected_until_ms
+                .store(self.now_ms().saturating_add(ms), Ordering::Relaxed);
+            p.fails = 0;
+            p.window_start = None;
+            tracing::warn!(upstream = %self.pool, endpoint = %self.address, ?fail_timeout, "endpoint ejected after failures");
+        }
+    }
+
+    fn record_success(&self) {
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        p.fails = 0;
+        p.window_start = None;
+    }
+
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() || !self.is_healthy() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// One pool as served: the compiled spec's numbers and the endpoints' state.
+pub struct PoolRuntime {
+    pub name: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) rr: AtomicUsize,
+}
+
+struct PoolSet {
+    version: String,
+    pools: Vec<Arc<PoolRuntime>>,
+}
+
+struct Inner {
+    /// Endpoint state by (pool, address): kept across config swaps.
+    registry: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    current: ArcSwap<PoolSet>,
+    epoch: Instant,
+}
+
+/// The real connector: pooled keep-alive HTTP/1.1 to upstream endpoints.
+#[derive(Clone)]
+pub struct PooledConnector {
+    inner: Arc<Inner>,
+}
+
+impl Default for PooledConnector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PooledConnector {
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(HashMap::new()),
+                current: ArcSwap::from_pointee(PoolSet {
+                    version: String::new(),
+                    pools: Vec::new(),
+                }),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// The pools of `config`, building their runtime state on first use of a
+    /// version (endpoint state carries over by pool name and address).
+    pub fn pools(&self, config: &CompiledConfig) -> Vec<Arc<PoolRuntime>> {
+        let cur = self.inner.current.load();
+        if cur.version == config.version && cur.pools.len() == config.upstreams.len() {
+            return cur.pools.clone();
+        }
+        drop(cur);
+        let mut reg = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        let mut keep = std::collections::HashSet::new();
+        for up in &config.upstreams {
+            let mut endpoints = Vec::with_capacity(up.endpoints.len());
+            for spec in &up.endpoints {
+                let key = (up.name.clone(), spec.address.clone());
+                let ep = reg
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        let ep = Arc::new(Endpoint::new(&up.name, spec, self.inner.epoch));
+                        ep.set_healthy(true);
+                        ep
+                    })
+                    .clone();
+                keep.insert(key);
+                endpoints.push(ep);
+            }
+            pools.push(Arc::new(PoolRuntime {
+                name: up.name.clone(),
+                endpoints,
+                rr: AtomicUsize::new(0),
+            }));
+        }
+        reg.retain(|k, _| keep.contains(k));
+        let set = Arc::new(PoolSet {
+            version: config.version.clone(),
+            pools: pools.clone(),
+        });
+        self.inner.current.store(set);
+        pools
+    }
+
+    /// Starts the active health checks of the pools of `config` (whatever
+    /// config the handle holds at each round). Runs until `shutdown` fires.
+    pub fn spawn_health_checks(
+        &self,
+        config: crate::pipeline::ConfigHandle,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        health::spawn(self.clone(), config, shutdown)
+    }
+
+    async fn send_once(
+        &self,
+        pool: &UpstreamPool,
+        ep: &Arc<Endpoint>,
+        mut req: Request<ProxyBody>,
+        response_timeout: Duration,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        // A pooled connection first; if it turns out closed before the request
+        // was written, a fresh one (the request comes back to us).
+        let mut pooled = ep.checkout();
+        loop {
+            let reused = pooled.is_some();
+            let mut sender = match pooled.take() {
+                Some(s) => s,
+                None => match connect(ep, pool.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            request: Some(req),
+                            sent: false,
+                        });
+                    }
+                },
+            };
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            let fut = sender.try_send_request(req);
+            match tokio::time::timeout(response_timeout, fut).await {
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let guard = ConnGuard {
+                        ep: ep.clone(),
+                        sender: Some(sender),
+                    };
+                    let body = PooledBody {
+                        inner: body,
+                        guard: Some(guard),
+                    };
+                    let mut resp = Response::from_parts(parts, boxed(body));
+                    resp.extensions_mut()
+                        .insert(UpstreamEndpoint(ep.address.clone()));
+                    return Ok(resp);
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) if reused => {
+                        req = back;
+                        continue;
+                    }
+                    None if e.error().is_user() => {
+                        return Err(Failure {
+                            error: UpstreamError::ClientBody {
+                                source: Box::new(e.into_error()),
+                            },
+                            request: None,
+                            sent: true,
+                        });
+                    }
+                    back => {
+                        return Err(Failure {
+                            error: UpstreamError::Protocol {
+                                endpoint: ep.address.to_string(),
+                                source: Box::new(e.into_error()),
+                            },
+                            sent: back.is_none(),
+                            request: back,
+                        });
+                    }
+                },
+                Err(_) => {
+                    return Err(Failure {
+                        error: UpstreamError::Timeout {
+                            endpoint: ep.address.to_string(),
+                            timeout: response_timeout,
+                        },
+                        request: None,
+                        sent: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct Failure {
+    error: UpstreamError,
+    /// The request, when it never left and can be sent elsewhere.
+    request: Option<Request<ProxyBody>>,
+    /// Whether any of it may have reached the endpoint.
+    sent: bool,
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, std::io::Error> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamError> {
+    let endpoint = ep.address.to_string();
+    let attempt = async {
+        let addr = resolve(&ep.address).await?;
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        Ok::<_, std::io::Error>(stream)
+    };
+    let stream = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(UpstreamError::Connect {
+                endpoint,
+                source: Box::new(e),
+            });
+        }
+        Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint, timeout }),
+    };
+    let (sender, conn) = http1::Builder::new()
+        .handshake::<_, ProxyBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            endpoint: ep.address.to_string(),
+            source: Box::new(e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection closed");
+        }
+    });
+    metrics::counter!("aegis_upstream_connections_total").increment(1);
+    Ok(sender)
+}
+
+impl Connector for PooledConnector {
+    async fn forward(
+        &self,
+        ctx: ForwardCtx,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let Some(spec) = ctx.config.upstreams.get(ctx.upstream) else {
+            return Err(UpstreamError::UnknownUpstream(ctx.upstream));
+        };
+        let pools = self.pools(&ctx.config);
+        let Some(pool) = pools.get(ctx.upstream).cloned() else {
+            return Err(UpstreamError::UnknownUpstream(ctx.upstream));
+        };
+        let response_timeout = ctx.timeout.unwrap_or(spec.response_timeout);
+        let idempotent = is_idempotent(req.method());
+        let body_empty = req.body().is_end_stream();
+        // The head, kept to rebuild a bodiless idempotent request after a
+        // failure past the point of no return.
+        let replay = (idempotent && body_empty).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let mut req = Some(req);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retries_left = ctx.retries;
+        let mut last_err: Option<UpstreamError> = None;
+        loop {
+            let hash_key = balance::hash_key(spec, ctx.client_ip, req.as_ref());
+            let Some(idx) = balance::pick(spec, &pool, &tried, hash_key) else {
+                return Err(last_err.unwrap_or(UpstreamError::NoHealthyEndpoint {
+                    upstream: spec.name.clone(),
+                }));
+            };
+            let Some(ep) = pool.endpoints.get(idx).cloned() else {
+                return Err(UpstreamError::NoHealthyEndpoint {
+                    upstream: spec.name.clone(),
+                });
+            };
+            let Some(r) = req.take() else {
+                return Err(last_err.unwrap_or(UpstreamError::NoHealthyEndpoint {
+                    upstream: spec.name.clone(),
+                }));
+            };
+            ep.active.fetch_add(1, Ordering::Relaxed);
+            let active = ActiveGuard(ep.clone());
+            match self.send_once(spec, &ep, r, response_timeout).await {
+                Ok(resp) => {
+                    ep.record_success();
+                    let (parts, body) = resp.into_parts();
+                    let body = WithGuard {
+                        inner: body,
+                        _guard: active,
+                    };
+                    return Ok(Response::from_parts(parts, boxed(body)));
+                }
+                Err(f) if matches!(f.error, UpstreamError::ClientBody { .. }) => {
+                    return Err(f.error);
+                }
+                Err(f) => {
+                    drop(active);
+                    ep.record_failure(spec.max_fails, spec.fail_timeout);
+                    tried.push(idx);
+                    tracing::debug!(upstream = %spec.name, endpoint = %ep.address, error = %f.error, sent = f.sent, "attempt failed");
+                    let again = match (f.request, &replay) {
+                        (Some(r), _) => Some(r),
+                        (None, Some((m, u, h))) if f.sent => {
+                            let mut r = Request::new(crate::pipeline::empty());
+                            *r.method_mut() = m.clone();
+                            *r.uri_mut() = u.clone();
+                            *r.headers_mut() = h.clone();
+                            Some(r)
+                        }
+                        _ => None,
+                    };
+                    // Timeouts after sending are not retried: the upstream may
+                    // still be working on it, and a second try doubles the wait.
+                    let timed_out = matches!(f.error, UpstreamError::Timeout { .. });
+                    match again {
+                        Some(r) if retries_left > 0 && !timed_out => {
+                            retries_left = retries_left.saturating_sub(1);
+                            req = Some(r);
+                            last_err = Some(f.error);
+                        }
+                        _ => return Err(f.error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decrements an endpoint's in-flight count when the response is done.
+struct ActiveGuard(Arc<Endpoint>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct WithGuard {
+    inner: ProxyBody,
+    _guard: ActiveGuard,
+}
+
+impl Body for WithGuard {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Returns the connection to the idle list when the body ended cleanly.
+struct ConnGuard {
+    ep: Arc<Endpoint>,
+    sender: Option<Sender>,
+}
+
+struct PooledBody {
+    inner: hyper::body::Incoming,
+    guard: Option<ConnGuard>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(mut g) = self.guard.take()
+            && let Some(s) = g.sender.take()
+        {
+            g.ep.checkin(s);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                // Trailers end an HTTP/1 body, and a length-delimited body
+                // may be complete with its last data frame: the reader need
+                // not poll again, so hand the connection back now.
+                if f.is_trailers() || this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
