@@ -131,6 +131,8 @@ pub enum LocationPart {
     Args,
     /// `?` when there is a query string, else nothing (nginx `$is_args`).
     IsArgs,
+    /// The client's address (nginx `$remote_addr`).
+    RemoteAddr,
 }
 
 #[derive(Debug, Default)]
@@ -138,14 +140,37 @@ pub struct HeaderEditList {
     pub set: Vec<(HeaderName, HeaderValue)>,
     pub add: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
+    /// Request header values with variables (`X-Real-IP: $remote_addr`),
+    /// rendered per request by [`HeaderEditList::apply_request`].
+    pub set_vars: Vec<(HeaderName, LocationTemplate)>,
+    pub add_vars: Vec<(HeaderName, LocationTemplate)>,
+}
+
+/// What request header variables are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderVars<'a> {
+    pub scheme: &'a str,
+    /// The normalized host (no port).
+    pub host: &'a str,
+    /// The normalized path (`$uri`).
+    pub path: &'a str,
+    /// The path as sent (`$request_uri` is this and the query).
+    pub request_path: &'a str,
+    pub query: Option<&'a str>,
+    pub client_ip: std::net::IpAddr,
 }
 
 impl HeaderEditList {
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.set_vars.is_empty()
+            && self.add_vars.is_empty()
     }
 
-    /// Applies the edits: remove, then set (replacing), then add (appending).
+    /// Applies the static edits: remove, then set (replacing), then add
+    /// (appending). Response edits have no variables.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
@@ -156,6 +181,54 @@ impl HeaderEditList {
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
         }
+    }
+
+    /// Applies every edit of a request, rendering variables from `vars`. A
+    /// rendered value that is not a valid header value is skipped.
+    pub fn apply_request(&self, headers: &mut http::HeaderMap, vars: &HeaderVars<'_>) {
+        self.apply(headers);
+        for (list, append) in [(&self.set_vars, false), (&self.add_vars, true)] {
+            for (name, t) in list {
+                let Ok(value) = HeaderValue::from_str(&t.render(vars)) else {
+                    continue;
+                };
+                if append {
+                    headers.append(name.clone(), value);
+                } else {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+    }
+}
+
+impl LocationTemplate {
+    /// Renders the template for one request.
+    pub fn render(&self, v: &HeaderVars<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                LocationPart::Literal(s) => out.push_str(s),
+                LocationPart::Scheme => out.push_str(v.scheme),
+                LocationPart::Host => out.push_str(v.host),
+                LocationPart::Uri => out.push_str(v.path),
+                LocationPart::RequestUri => {
+                    out.push_str(v.request_path);
+                    if let Some(q) = v.query {
+                        out.push('?');
+                        out.push_str(q);
+                    }
+                }
+                LocationPart::Args => out.push_str(v.query.unwrap_or("")),
+                LocationPart::IsArgs => {
+                    if v.query.is_some() {
+                        out.push('?');
+                    }
+                }
+                LocationPart::RemoteAddr => out.push_str(&v.client_ip.to_string()),
+            }
+        }
+        out
     }
 }
 

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::compiled::{
-    CompiledConfig, CompiledRoute, HeaderCondition, LocationPart, LocationTemplate, RouteAction,
+    CompiledConfig, CompiledRoute, HeaderCondition, HeaderVars, LocationTemplate, RouteAction,
     RouteId, UpstreamPool,
 };
 use crate::features::{FeatureInput, Score, ScoreError};
@@ -353,29 +353,14 @@ fn is_dot_segment(seg: &str) -> Option<u8> {
 }
 
 fn render_location(t: &LocationTemplate, req: &RequestHead<'_>, host: &str, path: &str) -> String {
-    let mut out = String::new();
-    for part in &t.0 {
-        match part {
-            LocationPart::Literal(s) => out.push_str(s),
-            LocationPart::Scheme => out.push_str(req.scheme),
-            LocationPart::Host => out.push_str(host),
-            LocationPart::Uri => out.push_str(path),
-            LocationPart::Args => out.push_str(req.query.unwrap_or("")),
-            LocationPart::IsArgs => {
-                if req.query.is_some() {
-                    out.push('?');
-                }
-            }
-            LocationPart::RequestUri => {
-                out.push_str(req.path);
-                if let Some(q) = req.query {
-                    out.push('?');
-                    out.push_str(q);
-                }
-            }
-        }
-    }
-    out
+    t.render(&HeaderVars {
+        scheme: req.scheme,
+        host,
+        path,
+        request_path: req.path,
+        query: req.query,
+        client_ip: req.client_ip,
+    })
 }
 
 #[cfg(test)]
@@ -403,6 +388,8 @@ mod tests {
         assert_eq!(normalize_host("[::1]:443"), "[::1]");
         assert_eq!(normalize_host(""), "");
     }
+
+    use crate::compiled::LocationPart;
 
     #[test]
     fn query_variables_in_locations() {

@@ -421,3 +421,47 @@ fn ten_thousand_routes_compile_and_route() {
     );
     assert_eq!(route(&c, &get("h42.example.com", "/p4243/x")), None);
 }
+
+#[test]
+fn request_header_variables() {
+    use aegis_engine::compiled::HeaderVars;
+    let c = config(
+        r#"
+upstreams:
+  - { name: u, endpoints: ["127.0.0.1:9"] }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    request_headers:
+      set: { x-real-ip: "$remote_addr", x-orig: "$scheme://$host$request_uri", x-static: plain }
+      add: { x-trace: "ip=$remote_addr" }
+"#,
+    );
+    let mut h = HeaderMap::new();
+    let vars = HeaderVars {
+        scheme: "https",
+        host: "example.com",
+        path: "/a",
+        request_path: "/a",
+        query: Some("q=1"),
+        client_ip: "192.0.2.7".parse().unwrap(),
+    };
+    c.routes[0].request_edits.apply_request(&mut h, &vars);
+    assert_eq!(h["x-real-ip"], "192.0.2.7");
+    assert_eq!(h["x-orig"], "https://example.com/a?q=1");
+    assert_eq!(h["x-static"], "plain");
+    assert_eq!(h["x-trace"], "ip=192.0.2.7");
+    let bad = ConfigSource::from_files(
+        Path::new("."),
+        vec![SourceFile {
+            name: "r.yaml".into(),
+            text: "routes:\n  - name: r\n    respond: { status: 200 }\n    response_headers: { set: { x-a: \"$remote_addr\" } }\n".into(),
+        }],
+    );
+    let e = compile(&bad, &Limits::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("variables are supported in request_headers only"),
+        "{e}"
+    );
+}

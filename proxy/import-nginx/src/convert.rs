@@ -1694,10 +1694,11 @@ impl<'o> Cx<'o> {
                 (var.get(..n).unwrap_or(""), n)
             };
             match name {
-                "scheme" | "host" | "request_uri" | "uri" => {
+                "scheme" | "host" | "request_uri" | "uri" | "args" | "is_args" => {
                     out.push('$');
                     out.push_str(name);
                 }
+                "query_string" => out.push_str("$args"),
                 "document_uri" => out.push_str("$uri"),
                 "http_host" => out.push_str("$host"),
                 "server_name" => out.push_str(sctx.primary_name),
@@ -1708,7 +1709,7 @@ impl<'o> Cx<'o> {
                 other => {
                     return Err(format!(
                         "`${other}` is not available in Aegis redirects \
-                         (only $scheme, $host, $request_uri, $uri, $server_name)"
+                         (only $scheme, $host, $request_uri, $uri, $args, $is_args, $server_name)"
                     ));
                 }
             }
@@ -1831,11 +1832,10 @@ impl<'o> Cx<'o> {
                     r.request_set.push((lname, v.to_string()));
                 }
             }
-            _ => self.note(
-                d,
-                Impact::Dropped,
-                "request headers with variables are not expressible in Aegis (only fixed values)",
-            ),
+            (_, v) => match request_value_template(v) {
+                Ok(t) => r.request_set.push((lname, t)),
+                Err(why) => self.note(d, Impact::Dropped, &why),
+            },
         }
     }
 
@@ -2611,3 +2611,45 @@ fn parse_rate(s: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests;
+
+/// A `proxy_set_header` value with variables → an Aegis request-header
+/// template (`$remote_addr`, `$scheme`, `$host`, `$request_uri`, `$uri`,
+/// `$args`, `$is_args`).
+fn request_value_template(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        let (lit, var) = rest.split_at(i);
+        out.push_str(lit);
+        let var = var.get(1..).unwrap_or("");
+        let (name, len) = if let Some(inner) = var.strip_prefix('{') {
+            match inner.find('}') {
+                Some(j) => (inner.get(..j).unwrap_or(""), j.saturating_add(2)),
+                None => return Err("unterminated `${` in a request header".into()),
+            }
+        } else {
+            let n = var
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            (var.get(..n).unwrap_or(""), n)
+        };
+        let mapped = match name {
+            "remote_addr" | "scheme" | "host" | "request_uri" | "uri" | "args" | "is_args" => name,
+            "http_host" => "host",
+            "document_uri" => "uri",
+            "query_string" => "args",
+            other => {
+                return Err(format!(
+                    "request header with `${other}`: Aegis request headers take $remote_addr, \
+                     $scheme, $host, $request_uri, $uri, $args and $is_args"
+                ));
+            }
+        };
+        out.push('$');
+        out.push_str(mapped);
+        rest = var.get(len..).unwrap_or("");
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -773,12 +773,14 @@ impl Cx<'_> {
             at,
             &format!("{path}.request_headers"),
             &raw.request_headers,
+            true,
         );
         let response_edits = self.edits(
             file,
             at,
             &format!("{path}.response_headers"),
             &raw.response_headers,
+            false,
         );
         let rate_limit = match &raw.rate_limit {
             None => None,
@@ -820,24 +822,37 @@ impl Cx<'_> {
         at: Location,
         path: &str,
         raw: &raw::HeaderEdits,
+        allow_vars: bool,
     ) -> HeaderEditList {
         let mut out = HeaderEditList::default();
-        for (list, target, field) in [
-            (&raw.set, &mut out.set, "set"),
-            (&raw.add, &mut out.add, "add"),
-        ] {
+        for (list, field, append) in [(&raw.set, "set", false), (&raw.add, "add", true)] {
             for (k, v) in list {
-                match (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
-                    (Ok(k), Ok(v)) => target.push((k, v)),
-                    _ => self.diags.push(Diagnostic::new(
-                        &file.name,
-                        at,
-                        format!("{path}.{field}.{k}"),
-                        "not a valid header",
-                    )),
+                let at_key = format!("{path}.{field}.{k}");
+                let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+                    self.err(file, at, &at_key, "not a valid header name");
+                    continue;
+                };
+                if v.contains('$') {
+                    if !allow_vars {
+                        self.err(
+                            file,
+                            at,
+                            &at_key,
+                            "variables are supported in request_headers only",
+                        );
+                        continue;
+                    }
+                    match parse_location(v) {
+                        Ok(t) if append => out.add_vars.push((name, t)),
+                        Ok(t) => out.set_vars.push((name, t)),
+                        Err(why) => self.err(file, at, &at_key, why),
+                    }
+                    continue;
+                }
+                match HeaderValue::from_str(v) {
+                    Ok(v) if append => out.add.push((name, v)),
+                    Ok(v) => out.set.push((name, v)),
+                    Err(_) => self.err(file, at, &at_key, "not a valid header value"),
                 }
             }
         }
@@ -1184,9 +1199,10 @@ fn parse_location(text: &str) -> Result<LocationTemplate, String> {
             "uri" => LocationPart::Uri,
             "args" | "query_string" => LocationPart::Args,
             "is_args" => LocationPart::IsArgs,
+            "remote_addr" => LocationPart::RemoteAddr,
             other => {
                 return Err(format!(
-                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args)"
+                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr)"
                 ));
             }
         });
