@@ -19,10 +19,16 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-COPY . .
+# The workspace only: an edit to docs, demo or configs keeps the build layer.
+COPY Cargo.toml Cargo.lock ./
+COPY proxy proxy
+COPY sandbox-runner sandbox-runner
+COPY loadgen loadgen
 RUN cargo build --release --locked -p aegis-proxy -p aegis-loadgen -p aegis-sandbox \
  && mkdir -p /out \
  && cp target/release/aegis target/release/aegis-sandbox target/release/aegis-loadgen /out/
+# The release profile keeps debuginfo (~50 MB a binary); the image does not.
+RUN strip --strip-debug /out/*
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \

@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 export AEGIS_IMAGE_SOURCE="${AEGIS_IMAGE_SOURCE:-local}"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-aegis-ci}"
 export NO_COLOR=1
+# A verdict on a small config takes seconds; on a missing part, wait less.
+export AEGIS_DEMO_TIMEOUT="${AEGIS_DEMO_TIMEOUT:-30}"
 
 for tool in docker curl jq; do
     command -v "$tool" >/dev/null || { echo "demo/ci.sh: $tool is required" >&2; exit 1; }

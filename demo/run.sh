@@ -43,7 +43,7 @@ for a in "$@"; do
     esac
 done
 
-TIMEOUT="${AEGIS_DEMO_TIMEOUT:-60}"     # seconds a step waits for the proxy to act
+TIMEOUT="${AEGIS_DEMO_TIMEOUT:-45}"     # seconds a step waits for the proxy to act
 export AEGIS_DEMO_RATE="${AEGIS_DEMO_RATE:-200}"
 LIVE_CONNS=20                            # docker-compose.yml: loadgen --connections
 M_RATE=100 M_CONNS=10                    # the measuring run of each step
@@ -122,7 +122,8 @@ measure_stop() { # -> M_ERRORS, M_RESPONSES, M_SUMMARY
     M_SUMMARY=$(jq -r '"\(.responses) responses in \(.elapsed_s | floor)s, \(.errors.total) errors, p99 \(.latency_ms.p99 // "?") ms, statuses \(.statuses | tojson)"' "$j")
 }
 
-# /admin/verdicts and /admin/workers: tolerant of a bare array or {"verdicts": [...]}.
+# /admin/verdicts (newest first, docs/GATE.md) and /admin/workers: a bare
+# array, or {"verdicts": [...]} / {"workers": [...]}.
 entries() { jq -c 'if type == "array" then . elif type == "object" then (.verdicts // .workers // [.]) else [] end'; }
 list() { # GET path as an array of entries; [] when unreachable
     local out
@@ -133,7 +134,7 @@ new_entries() { # before-json after-json
     jq -cn --argjson b "$1" --argjson a "$2" '($b | map(tojson)) as $bs | [$a[] | select(tojson as $t | $bs | index($t) | not)]'
 }
 verdict_of() { jq -c 'first(.. | objects | select(has("accepted")))'; }
-config_version() { admin /admin/config | jq -r '.version // empty'; }
+config_version() { admin /admin/config | jq -r '.version // .active // empty'; }
 backend_counts() { # "b1 b2 b3" requests served
     in_proxy sh -c 'for i in 1 2 3; do curl -fsS --max-time 2 http://backend-$i:900$i/admin/stats || echo "{}"; echo; done' \
         | jq -rs 'map(.requests // -1) | join(" ")'
@@ -169,7 +170,7 @@ say "proxy $PROXY_URL, admin $ADMIN_URL (loopback only)"
 mkdir -p "$DEMO_WORK"
 CONF="$DEMO_WORK/configs"
 rm -rf "$CONF" && mkdir -p "$CONF"
-cp "$REPO"/configs/*.yaml "$CONF/"
+find "$REPO/configs" -maxdepth 1 -type f -exec cp {} "$CONF/" \;   # the set and the seed sample, no examples/
 chmod -R a+rX "$CONF"
 export AEGIS_CONFIG_DIR="$CONF"
 
@@ -279,7 +280,7 @@ for ((i = 0; i < TIMEOUT; i++)); do
     [[ "$new" != '[]' || "$V1" != "$V0" ]] && break
     sleep 1
 done
-verdict=$(jq -c 'last // empty' <<<"$new" | verdict_of)
+verdict=$(jq -c 'first // empty' <<<"$new" | verdict_of)
 if [[ "$new" == '[]' && "$V1" == "$V0" ]]; then
     measure_stop
     pending_step "$step" "config gate" "after ${TIMEOUT}s no verdict at GET /admin/verdicts and /admin/config still serves $V0: nothing watches configs/ and decides yet (the gate: watcher → sandbox → verdict → promotion)"
@@ -303,7 +304,7 @@ else
     read -r b1 b2 b3 <<<"$C1"
     say "  backends served after:  $C1"
     if [[ -z "$verdict" ]]; then
-        verdict=$(new_entries "$VB" "$(list /admin/verdicts)" | jq -c 'last // empty' | verdict_of)
+        verdict=$(new_entries "$VB" "$(list /admin/verdicts)" | jq -c 'first // empty' | verdict_of)
     fi
     if [[ -z "$verdict" ]]; then
         fail_step "$step" "config version $V0 → $V1 without a verdict at GET /admin/verdicts"
@@ -340,7 +341,7 @@ sleep 3     # traffic keeps flowing after the verdict
 measure_stop
 V1=$(config_version)
 L1=$(live_line | live_field errors)
-verdict=$(jq -c 'last // empty' <<<"$new" | verdict_of)
+verdict=$(jq -c 'first // empty' <<<"$new" | verdict_of)
 dl=$(( ${L1:-0} - ${L0:-0} ))
 say "  load during the change: $M_SUMMARY; live line errors +$dl"
 if [[ "$V1" != "$V0" ]]; then

@@ -33,7 +33,7 @@ routes:
   - name: default
     match: {{ path_prefix: "/" }}
     upstream: pool-a
-    request_headers: {{ set: {{ x-edit: "yes" }} }}
+    request_headers: {{ set: {{ x-edit: "yes", x-real-ip: "$remote_addr", x-orig: "$scheme://$host$request_uri" }} }}
     response_headers: {{ set: {{ x-resp-edit: "1" }} }}
 "#,
         a.addr, b.addr
@@ -50,6 +50,8 @@ routes:
     let r = get(&c, &p.url("/other"), Some("www.test")).await;
     assert_eq!(r.backend().as_deref(), Some("a"));
     assert_eq!(r.json()["headers"]["x-edit"][0], "yes");
+    assert_eq!(r.json()["headers"]["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(r.json()["headers"]["x-orig"][0], "http://www.test/other");
     assert_eq!(r.header("x-resp-edit").as_deref(), Some("1"));
 }
 
@@ -178,6 +180,7 @@ upstreams:
   - name: slow
     endpoints: ["{slow}"]
     response_timeout: 300ms
+    passive: {{ max_fails: 0 }}
   - name: checked-dead
     endpoints: ["{dead}"]
     health_check: {{ path: /health, interval: 100ms, timeout: 200ms, fall: 1, rise: 1 }}
@@ -189,6 +192,10 @@ routes:
   - name: dead-route
     match: {{ path_prefix: "/dead" }}
     upstream: dead
+  - name: slow-body
+    match: {{ path_prefix: "/slow-body/" }}
+    upstream: slow
+    strip_prefix: /slow-body
   - name: slow-route
     match: {{ path_prefix: "/slow" }}
     upstream: slow
@@ -210,6 +217,26 @@ routes:
     assert!(r.text().contains("502"));
     let r = get(&c, &p.url("/slow/2000"), None).await;
     assert_eq!(r.status, 504);
+    // A body that stalls longer than the timeout is cut off; one that pauses
+    // less passes whole.
+    let ok = get(&c, &p.url("/slow-body/stall/100"), None).await;
+    assert_eq!(ok.text(), "part one part two");
+    let resp = c
+        .request(
+            Request::get(p.url("/slow-body/stall/2000"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    assert!(
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_err()
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
     assert!(
         eventually(Duration::from_secs(5), || async {
             get(&c, &p.url("/none"), None).await.status == 503

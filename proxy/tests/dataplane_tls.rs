@@ -153,3 +153,51 @@ routes:
         assert_eq!(back, msg);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_swap_with_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = make_cert(dir.path(), "a", &["a.test"]);
+    let routes = |cert: &str| {
+        format!(
+            r#"
+tls:
+  - {{ server_names: [a.test], certificate: {cert}.pem, key: {cert}.key, default: true }}
+routes:
+  - name: r
+    match: {{ path_prefix: "/" }}
+    respond: {{ body: "ok" }}
+"#
+        )
+    };
+    let p = Proxy::start_in(
+        dir,
+        "listen_tls: [\"127.0.0.1:0\"]\ntls_unknown_sni: default_certificate\n",
+        &[("routes.yaml", &routes("a"))],
+    );
+    let new = make_cert(p.path(), "a2", &["a.test"]);
+    let connector = tokio_rustls::TlsConnector::from(client_config(&[old.clone(), new.clone()]));
+    let addr = p.https.unwrap();
+    let leaf = |name: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = connector
+                .connect(ServerName::try_from(name).unwrap().to_owned(), tcp)
+                .await;
+            tls.map(|t| {
+                t.get_ref().1.peer_certificates().unwrap()[0]
+                    .as_ref()
+                    .to_vec()
+            })
+        }
+    };
+    assert_eq!(leaf("a.test").await.unwrap(), old);
+    p.write("routes.yaml", &routes("a2"));
+    let pp = std::sync::Arc::new(p);
+    let p2 = pp.clone();
+    tokio::task::spawn_blocking(move || p2.reload())
+        .await
+        .unwrap();
+    assert_eq!(leaf("a.test").await.unwrap(), new);
+}

@@ -76,6 +76,30 @@ pub async fn serve(
     settings: Settings,
     compiled: CompiledConfig,
 ) -> anyhow::Result<()> {
+    start(settings, compiled)
+        .await?
+        .run_until_signal(config_dir)
+        .await
+}
+
+/// A serving process, between [`start`] and [`Serving::run_until_signal`]:
+/// the seam where the gate plugs in (it promotes through `config`, registers
+/// its admin endpoints on `admin`, and stops with `shutdown`).
+pub struct Serving {
+    pub config: ConfigHandle,
+    pub connector: PooledConnector,
+    pub pipeline: Pipeline<PooledConnector>,
+    /// The admin API, when `admin` is not `off`.
+    pub admin: Option<AdminState>,
+    /// Cancelled on SIGTERM/SIGINT: listeners stop accepting and drain.
+    pub shutdown: CancellationToken,
+    pub drain_timeout: std::time::Duration,
+    tasks: Vec<server::ListenerTask>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds every listener of `settings` and starts serving `compiled`.
+pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Result<Serving> {
     let prometheus = match crate::telemetry::install_prometheus() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -83,6 +107,17 @@ pub async fn serve(
             None
         }
     };
+    if let Some(h) = prometheus.clone() {
+        // Histograms keep raw samples until drained: drain them on a timer,
+        // not only on scrape, so an unscraped worker does not grow.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
     let config = ConfigHandle::new(compiled);
     config.store(config.load());
     tracing::info!("{}", config.load().summary());
@@ -132,7 +167,8 @@ pub async fn serve(
             tasks.push(t);
         }
     }
-    let mut admin_task = None;
+    let mut background = Vec::new();
+    let mut admin_state = None;
     if settings.admin != "off" {
         let addr: std::net::SocketAddr = settings
             .admin
@@ -148,21 +184,44 @@ pub async fn serve(
             .with_context(|| format!("binding admin {addr}"))?;
         eprintln!("aegis: listening admin {}", l.local_addr()?);
         let state = AdminState::new(config.clone(), prometheus, token);
-        admin_task = Some(admin::serve(l, state, shutdown.clone()));
+        background.push(admin::serve(l, state.clone(), shutdown.clone()));
+        admin_state = Some(state);
     }
-    let health = connector.spawn_health_checks(config.clone(), shutdown.clone());
+    background.push(connector.spawn_health_checks(config.clone(), shutdown.clone()));
+    Ok(Serving {
+        config,
+        connector,
+        pipeline,
+        admin: admin_state,
+        shutdown,
+        drain_timeout: drain,
+        tasks,
+        background,
+    })
+}
 
-    wait_for_signals(config_dir, &config).await?;
-    tracing::info!(?drain, "shutting down: draining requests in flight");
-    shutdown.cancel();
-    for t in tasks {
-        let _ = t.handle.await;
+impl Serving {
+    /// Serves until SIGTERM or SIGINT (SIGHUP reloads `config_dir`), then
+    /// stops accepting and waits for requests in flight, up to the drain
+    /// timeout.
+    pub async fn run_until_signal(self, config_dir: &Path) -> anyhow::Result<()> {
+        wait_for_signals(config_dir, &self.config).await?;
+        self.drain().await;
+        Ok(())
     }
-    let _ = health.await;
-    if let Some(a) = admin_task {
-        let _ = a.await;
+
+    /// Stops accepting and waits for requests in flight (each listener gives
+    /// up after the drain timeout).
+    pub async fn drain(self) {
+        tracing::info!(drain = ?self.drain_timeout, "shutting down: draining requests in flight");
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.handle.await;
+        }
+        for b in self.background {
+            let _ = b.await;
+        }
     }
-    Ok(())
 }
 
 async fn wait_for_signals(config_dir: &Path, config: &ConfigHandle) -> anyhow::Result<()> {

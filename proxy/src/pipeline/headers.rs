@@ -123,16 +123,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: O
 
 /// Appends a `Via` entry (`1.1 aegis`).
 pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
-    let proto = match version {
-        http::Version::HTTP_09 => "0.9",
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2.0",
-        http::Version::HTTP_3 => "3.0",
-        _ => "1.1",
+    let v = match version {
+        http::Version::HTTP_09 => "0.9 aegis",
+        http::Version::HTTP_10 => "1.0 aegis",
+        http::Version::HTTP_2 => "2.0 aegis",
+        http::Version::HTTP_3 => "3.0 aegis",
+        _ => "1.1 aegis",
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("{proto} aegis")) {
-        headers.append(header::VIA, v);
-    }
+    headers.append(header::VIA, HeaderValue::from_static(v));
 }
 
 /// Why a request's framing is refused.

@@ -611,7 +611,22 @@ impl<C: Connector> Pipeline<C> {
         {
             h.insert(config.scoring.header.clone(), v);
         }
-        route.request_edits.apply(h);
+        if route.request_edits.set_vars.is_empty() && route.request_edits.add_vars.is_empty() {
+            route.request_edits.apply(h);
+        } else {
+            // Variables (`X-Real-IP: $remote_addr`) see what `decide` saw.
+            let norm_host = aegis_engine::decide::normalize_host(host.as_deref().unwrap_or(""));
+            let norm_path = aegis_engine::decide::normalize_path(&path_owned);
+            let vars = aegis_engine::compiled::HeaderVars {
+                scheme,
+                host: &norm_host,
+                path: norm_path.as_deref().unwrap_or(&path_owned),
+                request_path: &path_owned,
+                query: query_owned.as_deref(),
+                client_ip: client.addr.ip(),
+            };
+            route.request_edits.apply_request(h, &vars);
+        }
         parts.extensions = http::Extensions::new();
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = boxed(body::LimitedBody::new(

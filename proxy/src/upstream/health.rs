@@ -33,6 +33,7 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_prune = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -41,7 +42,7 @@ pub(crate) fn spawn(
                 _ = tick.tick() => {}
             }
             let cfg = config.load();
-            let pools = connector.pools(&cfg);
+            let pools = connector.pools_for(&cfg, prune_due(&mut last_prune));
             for (spec, pool) in cfg.upstreams.iter().zip(pools.iter()) {
                 let Some(hc) = &spec.health_check else {
                     continue;
@@ -68,6 +69,17 @@ pub(crate) fn spawn(
             }
         }
     })
+}
+
+/// Prunes endpoint state every few seconds rather than every tick (a prune
+/// rebuilds the pool set).
+fn prune_due(last: &mut Instant) -> bool {
+    if last.elapsed() >= Duration::from_secs(5) {
+        *last = Instant::now();
+        true
+    } else {
+        false
+    }
 }
 
 fn record(ep: &Arc<Endpoint>, hc: &HealthCheckSpec, ok: bool) {

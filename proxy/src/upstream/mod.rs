@@ -14,6 +14,7 @@ pub mod balance;
 pub mod health;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -223,8 +224,16 @@ impl PooledConnector {
     /// The pools of `config`, building their runtime state on first use of a
     /// version (endpoint state carries over by pool name and address).
     pub fn pools(&self, config: &CompiledConfig) -> Vec<Arc<PoolRuntime>> {
+        self.pools_for(config, false)
+    }
+
+    /// As [`PooledConnector::pools`]; with `prune`, endpoint state that
+    /// `config` no longer names is dropped. Only the health loop prunes, with
+    /// the active config: a request still holding an older snapshot must not
+    /// wipe the state of endpoints the new one added.
+    pub(crate) fn pools_for(&self, config: &CompiledConfig, prune: bool) -> Vec<Arc<PoolRuntime>> {
         let cur = self.inner.current.load();
-        if cur.version == config.version && cur.pools.len() == config.upstreams.len() {
+        if !prune && cur.version == config.version && cur.pools.len() == config.upstreams.len() {
             return cur.pools.clone();
         }
         drop(cur);
@@ -256,7 +265,9 @@ impl PooledConnector {
                 rr: AtomicUsize::new(0),
             }));
         }
-        reg.retain(|k, _| keep.contains(k));
+        if prune {
+            reg.retain(|k, _| keep.contains(k));
+        }
         let set = Arc::new(PoolSet {
             version: config.version.clone(),
             pools: pools.clone(),
@@ -314,6 +325,9 @@ impl PooledConnector {
                     let body = PooledBody {
                         inner: body,
                         guard: Some(guard),
+                        idle: response_timeout,
+                        timer: Box::pin(tokio::time::sleep(response_timeout)),
+                        waiting: false,
                     };
                     let mut resp = Response::from_parts(parts, boxed(body));
                     resp.extensions_mut()
@@ -543,10 +557,22 @@ struct ConnGuard {
     sender: Option<Sender>,
 }
 
+/// The upstream response body: hands the connection back when it ends, and
+/// fails when the upstream sends nothing for `idle` while we wait on it
+/// (nginx's `proxy_read_timeout`; time the client takes to read does not
+/// count).
 struct PooledBody {
     inner: hyper::body::Incoming,
     guard: Option<ConnGuard>,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
 }
+
+/// The upstream stopped sending a response body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent no body bytes for {0:?}")]
+pub struct BodyIdleTimeout(pub Duration);
 
 impl PooledBody {
     fn release(&mut self) {
@@ -566,7 +592,16 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.timer.as_mut().reset(deadline);
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.waiting = false;
+        }
+        match polled {
             Poll::Ready(None) => {
                 this.release();
                 Poll::Ready(None)
@@ -584,7 +619,14 @@ impl Body for PooledBody {
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.guard = None;
+                    this.waiting = false;
+                    Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
     fn is_end_stream(&self) -> bool {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -65,9 +66,49 @@ impl Body for Zeros {
     }
 }
 
+/// "part one", a pause of `pause`, then "part two".
+pub struct Stalling {
+    step: u8,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stalling {
+    pub fn new(pause: Duration) -> Self {
+        Self {
+            step: 0,
+            sleep: Box::pin(tokio::time::sleep(pause)),
+        }
+    }
+}
+
+impl Body for Stalling {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.step {
+            0 => {
+                self.step = 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part one ")))))
+            }
+            1 => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.step = 2;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part two")))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            _ => Poll::Ready(None),
+        }
+    }
+}
+
 /// An origin server. Paths:
 /// - `/slow/{ms}`: answers after `ms` milliseconds;
 /// - `/bytes/{n}`: `n` bytes, streamed;
+/// - `/stall/{ms}`: a chunked body that pauses `ms` between two parts;
 /// - `/upload`: reads the body, answers its length;
 /// - `/health`: 200, or 503 while [`Backend::set_down`];
 /// - `/ws` with `Upgrade`: 101, then echoes bytes;
@@ -177,6 +218,9 @@ async fn origin(
     let mut resp = if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         Response::new(full("slow"))
+    } else if let Some(ms) = path.strip_prefix("/stall/") {
+        let pause = Duration::from_millis(ms.parse().unwrap_or(0));
+        Response::new(Stalling::new(pause).boxed_unsync())
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         Response::new(Zeros::new(n.parse().unwrap_or(0)).boxed_unsync())
     } else if path == "/upload" {
