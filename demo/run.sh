@@ -140,7 +140,7 @@ backend_counts() { # "b1 b2 b3" requests served
         | jq -rs 'map(.requests // -1) | join(" ")'
 }
 
-procs() { in_proxy ps -eo pid=,comm= | awk '$2 != "ps" && $2 !~ /^runc/ { printf "%s%s %s", sep, $1, $2; sep = ", " }'; }
+procs() { in_proxy ps -eo pid=,comm= | awk '$2 != "ps" && $2 != "curl" && $2 !~ /^runc/ { printf "%s%s %s", sep, $1, $2; sep = ", " }'; }
 
 cleanup() {
     local rc=$?

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod gate;
 pub mod pipeline;
 pub mod server;
+pub mod supervisor;
 pub mod telemetry;
 pub mod upstream;
 

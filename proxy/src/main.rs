@@ -23,6 +23,9 @@ enum Command {
     Check(aegis_proxy::cli::check::CheckArgs),
     /// Convert an nginx configuration into an Aegis config set.
     ImportNginx(aegis_proxy::cli::import_nginx::ImportArgs),
+    /// A worker process, started by the supervisor (not for direct use).
+    #[command(hide = true)]
+    Worker(aegis_proxy::supervisor::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +44,6 @@ fn main() -> ExitCode {
         Command::Run(args) => aegis_proxy::cli::run::main(args),
         Command::Check(args) => aegis_proxy::cli::check::main(args),
         Command::ImportNginx(args) => aegis_proxy::cli::import_nginx::main(args),
+        Command::Worker(args) => aegis_proxy::supervisor::worker::main(args),
     }
 }

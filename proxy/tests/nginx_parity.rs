@@ -927,7 +927,7 @@ fn import_exit_codes_and_error_listing() {
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(
         &conf,
-        "events {}\nhttp {\n  gzip on;\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_pass http://127.0.0.1:9001;\n    }\n  }\n}\n",
+        "events {}\nhttp {\n  gzip on;\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n      proxy_set_header X-Request-Id $request_id;\n      proxy_pass http://127.0.0.1:9001;\n    }\n  }\n}\n",
     )
     .unwrap();
     let run = |extra: &[&str], out: &Path| {
@@ -946,7 +946,7 @@ fn import_exit_codes_and_error_listing() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("nginx.conf:3: dropped: `gzip on`"), "{err}");
     assert!(
-        err.contains("nginx.conf:7: dropped: `proxy_set_header X-Real-IP $remote_addr`"),
+        err.contains("nginx.conf:7: dropped: `proxy_set_header X-Request-Id $request_id`"),
         "{err}"
     );
     assert!(err.contains("--allow-partial"), "{err}");

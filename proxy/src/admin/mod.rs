@@ -25,6 +25,9 @@ use crate::pipeline::ConfigHandle;
 /// A JSON endpoint's producer.
 pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// More Prometheus text for `/metrics` (the supervisor's merged workers).
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(
@@ -47,6 +50,7 @@ pub struct AdminState {
     prometheus: Option<PrometheusHandle>,
     token: Option<Arc<str>>,
     endpoints: Arc<RwLock<HashMap<String, JsonFn>>>,
+    metrics_sources: Arc<RwLock<Vec<MetricsFn>>>,
 }
 
 impl AdminState {
@@ -60,6 +64,7 @@ impl AdminState {
             prometheus,
             token: token.map(Arc::from),
             endpoints: Arc::new(RwLock::new(HashMap::new())),
+            metrics_sources: Arc::new(RwLock::new(Vec::new())),
         };
         let cfg = state.config.clone();
         state.register(
@@ -79,6 +84,27 @@ impl AdminState {
             state.register(path, Arc::new(|| serde_json::json!([])));
         }
         state
+    }
+
+    /// Adds Prometheus text to every `/metrics` answer.
+    pub fn add_metrics_source(&self, f: MetricsFn) {
+        self.metrics_sources.write().unwrap_or_else(|e| e.into_inner()).push(f);
+    }
+
+    fn render_metrics(&self) -> Option<String> {
+        let sources = self.metrics_sources.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.prometheus.is_none() && sources.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        if let Some(h) = &self.prometheus {
+            h.run_upkeep();
+            out.push_str(&h.render());
+        }
+        for f in sources {
+            out.push_str(&f());
+        }
+        Some(out)
     }
 
     /// Adds or replaces a JSON endpoint (`GET path`).
@@ -123,11 +149,8 @@ impl AdminState {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
-            "/metrics" => match &self.prometheus {
-                Some(h) => {
-                    h.run_upkeep();
-                    text(StatusCode::OK, &h.render(), "text/plain; version=0.0.4")
-                }
+            "/metrics" => match self.render_metrics() {
+                Some(body) => text(StatusCode::OK, &body, "text/plain; version=0.0.4"),
                 None => text(StatusCode::NOT_FOUND, "no metrics recorder\n", "text/plain"),
             },
             path => {

@@ -1,13 +1,18 @@
-//! `aegis run`: serve a config directory in this process (the supervisor
-//! issue splits it into worker processes; the gate puts itself in front of
-//! the config swaps). SIGHUP reloads the directory (a set that fails to load
-//! leaves the active one in place); SIGTERM or SIGINT stop accepting and
-//! drain requests in flight up to `drain_timeout`.
+//! `aegis run`: serve a config directory behind the gate.
+//!
+//! At start the gate gives the version to serve: the last promoted one from
+//! the state directory, or the config directory judged now (a rejected
+//! directory serves nothing: exit code 3). Then either a supervisor with
+//! `workers` worker processes ([`crate::supervisor`]) or, with `--workers
+//! 0`, this one process serves it. The gate watches the directory; SIGHUP
+//! makes it look at once. SIGTERM or SIGINT stop accepting and drain
+//! requests in flight up to `drain_timeout`.
 //!
 //! Once bound, one line per listener goes to stderr, for scripts and tests:
-//! `aegis: listening http 127.0.0.1:8080` (`https`, `admin` likewise).
+//! `aegis: listening http 127.0.0.1:8080` (`https`, `admin` likewise), and
+//! one line per promoted version: `aegis: config <version>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -20,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
+use crate::gate;
 use crate::pipeline::{ConfigHandle, Pipeline, PipelineSettings};
 use crate::server::{self, ConnOptions, tls};
 use crate::upstream::PooledConnector;
@@ -29,17 +35,34 @@ pub struct RunArgs {
     /// The config directory (watched).
     #[arg(long, default_value = "configs")]
     pub config_dir: PathBuf,
-    /// Runtime threads (default: `workers` from aegis.yaml, `auto` = one per core).
+    /// Where versions, verdicts and the traffic sample are kept (default:
+    /// `state_dir` in aegis.yaml, else ./aegis-state).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Worker processes, overriding `workers` in aegis.yaml. `0` serves in
+    /// this one process: development mode, no supervisor, no self-healing.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Runtime threads in single-process mode (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
 }
+
+/// Exit code when the config directory fails the gate at start.
+pub const EXIT_REJECTED: u8 = 3;
 
 pub fn main(args: RunArgs) -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aegis run: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<gate::StartupError>()
+                .is_some_and(|s| matches!(s, gate::StartupError::Rejected { .. }))
+            {
+                ExitCode::from(EXIT_REJECTED)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -47,13 +70,31 @@ pub fn main(args: RunArgs) -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::telemetry::init_tracing();
-    let (settings, compiled) = aegis_engine::load_dir(&args.config_dir)
-        .with_context(|| format!("loading {}", args.config_dir.display()))?;
+    let (gate, started) = gate::start_blocking(&args.config_dir, args.state_dir.as_deref())?;
+    eprintln!("aegis: config {} ({})", started.compiled.version, started.how);
+    let serve_dir = gate.store().files_dir(&started.id);
+    let settings = started.settings;
+    let compiled = started.compiled;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = args
-        .threads
-        .unwrap_or_else(|| settings.workers.resolve(cores))
-        .max(1);
+    let workers = args.workers.unwrap_or_else(|| settings.workers.resolve(cores));
+    if workers > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        return rt.block_on(crate::supervisor::serve::run(
+            crate::supervisor::serve::Supervised {
+                config_dir: args.config_dir,
+                serve_dir,
+                settings,
+                compiled,
+                workers,
+            },
+            gate,
+        ));
+    }
+    let threads = args.threads.unwrap_or(cores).max(1);
     // One thread: a current-thread runtime, without the work-stealing
     // scheduler's cross-thread wake-ups (the shape of an nginx worker).
     let rt = if threads == 1 {
@@ -67,19 +108,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .build()
     }
     .context("starting the runtime")?;
-    rt.block_on(serve(&args.config_dir, settings, compiled))
+    rt.block_on(async move {
+        let serving = start(settings, compiled).await?;
+        if let Some(admin) = &serving.admin {
+            gate::register_admin(admin, gate.status(), serving.config.clone());
+        }
+        let watcher = gate.clone().spawn(Arc::new(serving.config.clone()), serving.shutdown.clone());
+        wait_for_signals(&gate).await?;
+        serving.drain().await;
+        let _ = watcher.await;
+        Ok(())
+    })
 }
 
-/// Binds every listener of `settings`, serves until SIGTERM/SIGINT, drains.
-pub async fn serve(
-    config_dir: &Path,
-    settings: Settings,
-    compiled: CompiledConfig,
-) -> anyhow::Result<()> {
-    start(settings, compiled)
-        .await?
-        .run_until_signal(config_dir)
-        .await
+/// Listeners bound by this process ([`bind`]) or inherited from the
+/// supervisor.
+pub struct Listeners {
+    pub plain: Vec<TcpListener>,
+    pub tls: Vec<TcpListener>,
+}
+
+/// Binds every listener of `settings`.
+pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+    let mut plain = Vec::new();
+    for addr in &settings.listen {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        plain.push(l);
+    }
+    let mut tls = Vec::new();
+    for addr in &settings.listen_tls {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tls.push(l);
+    }
+    Ok(Listeners { plain, tls })
 }
 
 /// A serving process, between [`start`] and [`Serving::run_until_signal`]:
@@ -91,6 +152,8 @@ pub struct Serving {
     pub pipeline: Pipeline<PooledConnector>,
     /// The admin API, when `admin` is not `off`.
     pub admin: Option<AdminState>,
+    /// This process's metrics recorder (a worker sends its text up).
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting and drain.
     pub shutdown: CancellationToken,
     pub drain_timeout: std::time::Duration,
@@ -98,8 +161,21 @@ pub struct Serving {
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Binds every listener of `settings` and starts serving `compiled`.
+/// Binds every listener of `settings` and starts serving `compiled`, with
+/// the admin listener.
 pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Result<Serving> {
+    let listeners = bind(&settings).await?;
+    start_with(settings, compiled, listeners, true).await
+}
+
+/// Serves `compiled` on `listeners`; the admin listener too when
+/// `with_admin` (a worker process has none: its supervisor serves it).
+pub async fn start_with(
+    settings: Settings,
+    compiled: CompiledConfig,
+    listeners: Listeners,
+    with_admin: bool,
+) -> anyhow::Result<Serving> {
     let prometheus = match crate::telemetry::install_prometheus() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -137,24 +213,20 @@ pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Resu
     };
 
     let mut tasks = Vec::new();
-    for addr in &settings.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+    for l in listeners.plain {
         let t = server::serve_plain(l, pipeline.clone(), opts.clone(), shutdown.clone(), drain)?;
-        eprintln!("aegis: listening http {}", t.local_addr);
+        if with_admin {
+            eprintln!("aegis: listening http {}", t.local_addr);
+        }
         tasks.push(t);
     }
-    if !settings.listen_tls.is_empty() {
+    if !listeners.tls.is_empty() {
         let resolver = Arc::new(tls::SniResolver::new(
             config.clone(),
             settings.tls_unknown_sni,
         ));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)));
-        for addr in &settings.listen_tls {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
+        for l in listeners.tls {
             let t = server::serve_tls(
                 l,
                 acceptor.clone(),
@@ -163,13 +235,15 @@ pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Resu
                 shutdown.clone(),
                 drain,
             )?;
-            eprintln!("aegis: listening https {}", t.local_addr);
+            if with_admin {
+                eprintln!("aegis: listening https {}", t.local_addr);
+            }
             tasks.push(t);
         }
     }
     let mut background = Vec::new();
     let mut admin_state = None;
-    if settings.admin != "off" {
+    if with_admin && settings.admin != "off" {
         let addr: std::net::SocketAddr = settings
             .admin
             .parse()
@@ -183,7 +257,7 @@ pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Resu
             .await
             .with_context(|| format!("binding admin {addr}"))?;
         eprintln!("aegis: listening admin {}", l.local_addr()?);
-        let state = AdminState::new(config.clone(), prometheus, token);
+        let state = AdminState::new(config.clone(), prometheus.clone(), token);
         background.push(admin::serve(l, state.clone(), shutdown.clone()));
         admin_state = Some(state);
     }
@@ -193,6 +267,7 @@ pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Resu
         connector,
         pipeline,
         admin: admin_state,
+        prometheus,
         shutdown,
         drain_timeout: drain,
         tasks,
@@ -201,13 +276,10 @@ pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Resu
 }
 
 impl Serving {
-    /// Serves until SIGTERM or SIGINT (SIGHUP reloads `config_dir`), then
-    /// stops accepting and waits for requests in flight, up to the drain
-    /// timeout.
-    pub async fn run_until_signal(self, config_dir: &Path) -> anyhow::Result<()> {
-        wait_for_signals(config_dir, &self.config).await?;
-        self.drain().await;
-        Ok(())
+    /// Swaps in a compiled config (requests in flight keep theirs).
+    pub fn promote(&self, compiled: CompiledConfig) {
+        self.connector.pools(&compiled);
+        self.config.store(Arc::new(compiled));
     }
 
     /// Stops accepting and waits for requests in flight (each listener gives
@@ -224,7 +296,9 @@ impl Serving {
     }
 }
 
-async fn wait_for_signals(config_dir: &Path, config: &ConfigHandle) -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP makes the gate look at the config
+/// directory at once.
+pub async fn wait_for_signals(gate: &gate::Gate) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -233,19 +307,7 @@ async fn wait_for_signals(config_dir: &Path, config: &ConfigHandle) -> anyhow::R
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(config_dir, config),
+            _ = hup.recv() => gate.trigger(),
         }
-    }
-}
-
-fn reload(config_dir: &Path, config: &ConfigHandle) {
-    match aegis_engine::load_dir(config_dir) {
-        Ok((_, compiled)) => {
-            let summary = compiled.summary();
-            config.store(Arc::new(compiled));
-            tracing::info!("config reloaded: {summary}");
-            eprintln!("aegis: config {}", config.load().version);
-        }
-        Err(e) => tracing::error!("config reload failed, keeping the active set: {e}"),
     }
 }

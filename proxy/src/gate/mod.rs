@@ -53,11 +53,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where an accepted config goes: every serving process. For now the single
 /// serving process's [`ConfigHandle`]; the supervisor fans out to workers.
 pub trait Promote: Send + Sync {
-    fn promote(&self, config: Arc<CompiledConfig>);
+    /// `files_dir` holds the version's files (the worker processes compile
+    /// them themselves); `config` is the parent's compiled copy.
+    fn promote(&self, files_dir: &Path, config: Arc<CompiledConfig>);
 }
 
 impl Promote for ConfigHandle {
-    fn promote(&self, config: Arc<CompiledConfig>) {
+    fn promote(&self, _files_dir: &Path, config: Arc<CompiledConfig>) {
         self.store(config);
     }
 }
@@ -474,7 +476,7 @@ impl Gate {
             .any(|r| r.id == id && r.verdict.accepted);
         self.store.set_active(id)?;
         if let Some(p) = promoter {
-            p.promote(compiled.clone());
+            p.promote(&dir, compiled.clone());
         }
         let mut g = self.status.lock();
         let previous = g.active.as_ref().map(|a| a.id.clone());
@@ -492,6 +494,8 @@ impl Gate {
         });
         drop(g);
         tracing::info!(target: "aegis::gate", "promoted {id}: {}", compiled.summary());
+        // For scripts and tests, like the listener lines.
+        eprintln!("aegis: config {}", compiled.version);
         Ok((settings, compiled))
     }
 

@@ -304,6 +304,7 @@ pub struct Proxy {
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
+    pub state: tempfile::TempDir,
     lines: Mutex<mpsc::Receiver<String>>,
 }
 
@@ -337,8 +338,10 @@ impl Proxy {
         if !aegis_yaml.contains("access_log:") {
             settings.push_str("access_log: \"off\"\n");
         }
+        // Single-process mode unless the test asks for workers: the data
+        // plane tests measure and signal the serving process itself.
         if !aegis_yaml.contains("workers:") {
-            settings.push_str("workers: 2\n");
+            settings.push_str("workers: 0\n");
         }
         settings.push_str(aegis_yaml);
         std::fs::write(dir.path().join("aegis.yaml"), settings).unwrap();
@@ -349,10 +352,15 @@ impl Proxy {
     }
 
     fn spawn(dir: tempfile::TempDir) -> Proxy {
+        let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_aegis"))
             .arg("run")
             .arg("--config-dir")
             .arg(dir.path())
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--threads")
+            .arg("2")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -396,6 +404,7 @@ impl Proxy {
             https,
             admin,
             dir,
+            state,
             lines: Mutex::new(rx),
         }
     }

@@ -1,0 +1,692 @@
+//! The supervisor: binds the listeners once, runs N worker processes of the
+//! same binary that inherit them, watches each one and replaces it when it
+//! misbehaves, without the other workers' traffic noticing.
+//!
+//! - **exited or killed**: respawned at once; with exponential backoff when
+//!   it keeps dying.
+//! - **hung** (`health.fall` probes in a row unanswered; a probe is answered
+//!   from inside the worker's event loop): SIGTERM, SIGKILL after
+//!   `health.grace`, respawn.
+//! - **leaking** (RSS over `health.max_rss`): the replacement is started
+//!   first; once it serves, the old worker drains and exits.
+//! - **crash loop** (`health.crash_loop_deaths` deaths within
+//!   `health.crash_window`): respawning stops for one window, loudly, and the
+//!   owner is told (the gate rolls back a promotion the deaths followed).
+//!
+//! The supervisor serves no traffic. Workers die with it (PR_SET_PDEATHSIG).
+
+pub mod fds;
+pub mod ipc;
+pub mod metrics_merge;
+pub mod serve;
+pub mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aegis_engine::config::settings::Health;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use ipc::{FromWorker, ToWorker};
+
+/// How the supervisor runs its workers.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// The `aegis` binary to run workers from.
+    pub exe: PathBuf,
+    pub config_dir: PathBuf,
+    pub workers: usize,
+    pub threads_per_worker: usize,
+    pub health: Health,
+    pub drain_timeout: Duration,
+}
+
+/// Why a worker was replaced (also the `reason` label of
+/// `aegis_worker_restarts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    Exited,
+    Killed,
+    Hung,
+    Rss,
+}
+
+impl RestartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Exited => "exited",
+            RestartReason::Killed => "killed",
+            RestartReason::Hung => "hung",
+            RestartReason::Rss => "rss",
+        }
+    }
+}
+
+/// One row of `GET /admin/workers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub started_unix: Option<u64>,
+    pub version: Option<String>,
+    pub healthy: bool,
+    pub rss_bytes: u64,
+    pub cpu_percent: f32,
+    pub restarts: u64,
+    pub last_restart_reason: Option<RestartReason>,
+    /// Set while respawning is paused after a crash loop.
+    pub paused_until_unix: Option<u64>,
+}
+
+/// Something the owner of the supervisor should act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// Workers kept dying: respawning is paused for `pause`.
+    CrashLoop { deaths: usize, pause: Duration },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("starting worker {slot}: {source}")]
+    Spawn { slot: usize, source: std::io::Error },
+    #[error("worker {slot} did not become ready: {why}")]
+    NotReady { slot: usize, why: String },
+}
+
+/// Binds a listener with SO_REUSEADDR and a deep backlog, close-on-exec
+/// until a worker spawn clears it.
+pub fn bind_listener(addr: &str) -> Result<TcpListener, SupervisorError> {
+    let bind_err = |source| SupervisorError::Bind { addr: addr.to_string(), source };
+    let sock_addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| bind_err(std::io::Error::other(format!("`{addr}` is not ip:port"))))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sock_addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    socket.bind(&sock_addr.into()).map_err(bind_err)?;
+    socket.listen(4096).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+/// A running worker process.
+struct WorkerProc {
+    pid: u32,
+    started: SystemTime,
+    tx: mpsc::Sender<ToWorker>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
+    version: Arc<Mutex<Option<String>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Option<WorkerProc>,
+    /// Replaced workers still draining.
+    draining: Vec<u32>,
+    restarts: u64,
+    last_reason: Option<RestartReason>,
+    failed_probes: u32,
+    rss: u64,
+    cpu: f32,
+    healthy: bool,
+    /// The reason to record when the current process exits (set when the
+    /// supervisor itself kills it).
+    kill_reason: Option<RestartReason>,
+}
+
+enum Event {
+    Exited { slot: usize, pid: u32, status: std::process::ExitStatus },
+    Ready { slot: usize, pid: u32 },
+}
+
+struct Inner {
+    cfg: SupervisorConfig,
+    plain: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+    serve_dir: Mutex<(PathBuf, Option<String>)>,
+    slots: Mutex<Vec<Slot>>,
+    deaths: Mutex<VecDeque<Instant>>,
+    paused_until: Mutex<Option<(Instant, SystemTime)>>,
+    seq: AtomicU64,
+    stopping: AtomicBool,
+    metrics_text: Mutex<String>,
+    events: mpsc::UnboundedSender<Event>,
+    owner_events: mpsc::UnboundedSender<SupervisorEvent>,
+}
+
+/// The supervisor's handle: cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// Takes the bound listeners; `serve_dir` is the hot content workers
+    /// start with (the active version). Returns the handle, the event loop to
+    /// run, and the receiver of events the owner should act on.
+    pub fn new(
+        cfg: SupervisorConfig,
+        plain: Vec<TcpListener>,
+        tls: Vec<TcpListener>,
+        serve_dir: PathBuf,
+    ) -> (Self, SupervisorLoop, mpsc::UnboundedReceiver<SupervisorEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let (owner_tx, owner_rx) = mpsc::unbounded_channel();
+        let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
+        let inner = Arc::new(Inner {
+            cfg,
+            plain,
+            tls,
+            serve_dir: Mutex::new((serve_dir, None)),
+            slots: Mutex::new(slots),
+            deaths: Mutex::new(VecDeque::new()),
+            paused_until: Mutex::new(None),
+            seq: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            metrics_text: Mutex::new(String::new()),
+            events,
+            owner_events: owner_tx,
+        });
+        let sup = Supervisor { inner };
+        let lp = SupervisorLoop { sup: sup.clone(), rx };
+        (sup, lp, owner_rx)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts every worker and waits until each serves.
+    pub async fn start_all(&self) -> Result<(), SupervisorError> {
+        let mut ready = Vec::new();
+        for slot in 0..self.inner.cfg.workers {
+            ready.push((slot, self.spawn(slot)?));
+        }
+        for (slot, r) in ready {
+            match tokio::time::timeout(Duration::from_secs(30), r).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(SupervisorError::NotReady { slot, why: "it exited".into() });
+                }
+                Err(_) => return Err(SupervisorError::NotReady { slot, why: "timeout".into() }),
+            }
+        }
+        metrics::gauge!("aegis_workers_healthy").set(self.inner.cfg.workers as f64);
+        Ok(())
+    }
+
+    /// Spawns the worker of `slot`; the receiver fires once it serves.
+    fn spawn(&self, slot: usize) -> Result<oneshot::Receiver<()>, SupervisorError> {
+        let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|source| SupervisorError::Spawn { slot, source })?;
+        let serve_dir = self.inner.serve_dir.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+        let cfg = &self.inner.cfg;
+        let mut cmd = tokio::process::Command::new(&cfg.exe);
+        cmd.arg("worker")
+            .arg("--config-dir")
+            .arg(&cfg.config_dir)
+            .arg("--serve-dir")
+            .arg(&serve_dir)
+            .arg("--control-fd")
+            .arg(fds::raw(&child_end).to_string())
+            .arg("--supervisor-pid")
+            .arg(std::process::id().to_string())
+            .arg("--worker-id")
+            .arg(slot.to_string())
+            .arg("--threads")
+            .arg(cfg.threads_per_worker.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false);
+        for l in &self.inner.plain {
+            cmd.arg("--listen-fd").arg(fds::raw(l).to_string());
+        }
+        for l in &self.inner.tls {
+            cmd.arg("--tls-fd").arg(fds::raw(l).to_string());
+        }
+        let mut inherit: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
+        inherit.push(child_end.as_fd());
+        inherit.extend(self.inner.plain.iter().map(|l| l.as_fd()));
+        inherit.extend(self.inner.tls.iter().map(|l| l.as_fd()));
+        let mut child = fds::spawn_inheriting(&inherit, || cmd.spawn())
+            .map_err(|source| SupervisorError::Spawn { slot, source })?;
+        drop(child_end);
+        let pid = child.id().unwrap_or(0);
+
+        let (tx, mut to_worker) = mpsc::channel::<ToWorker>(64);
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>> = Arc::default();
+        let version: Arc<Mutex<Option<String>>> = Arc::default();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        parent_end
+            .set_nonblocking(true)
+            .map_err(|source| SupervisorError::Spawn { slot, source })?;
+        let stream = tokio::net::UnixStream::from_std(parent_end)
+            .map_err(|source| SupervisorError::Spawn { slot, source })?;
+        let (mut rd, mut wr) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(msg) = to_worker.recv().await {
+                if ipc::write_msg(&mut wr, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        {
+            let pending = pending.clone();
+            let version = version.clone();
+            let events = self.inner.events.clone();
+            tokio::spawn(async move {
+                let mut ready_tx = Some(ready_tx);
+                loop {
+                    let msg = match ipc::read_msg::<_, FromWorker>(&mut rd).await {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    };
+                    let seq = match &msg {
+                        FromWorker::Ready { version: v, .. } => {
+                            *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                            if let Some(r) = ready_tx.take() {
+                                let _ = r.send(());
+                            }
+                            let _ = events.send(Event::Ready { slot, pid });
+                            continue;
+                        }
+                        FromWorker::Pong { seq, version: v } => {
+                            *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                            *seq
+                        }
+                        FromWorker::MetricsText { seq, .. } => *seq,
+                        FromWorker::Loaded { version: v } => {
+                            *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                            0
+                        }
+                        FromWorker::LoadFailed { .. } => 0,
+                    };
+                    let waiter = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+                    if let Some(w) = waiter {
+                        let _ = w.send(msg);
+                    }
+                }
+            });
+        }
+        {
+            let events = self.inner.events.clone();
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await {
+                    let _ = events.send(Event::Exited { slot, pid, status });
+                }
+            });
+        }
+        let proc = WorkerProc { pid, started: SystemTime::now(), tx, pending, version };
+        let mut slots = self.slots();
+        if let Some(s) = slots.get_mut(slot) {
+            if let Some(old) = s.current.take() {
+                s.draining.push(old.pid);
+            }
+            s.current = Some(proc);
+            s.failed_probes = 0;
+            s.healthy = false;
+        }
+        tracing::info!(slot, pid, "worker started");
+        Ok(ready_rx)
+    }
+
+    /// Sends a request and waits for its answer.
+    async fn ask(&self, slot: usize, make: impl FnOnce(u64) -> ToWorker, wait: Duration) -> Option<FromWorker> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, pending) = {
+            let slots = self.slots();
+            let w = slots.get(slot)?.current.as_ref()?;
+            (w.tx.clone(), w.pending.clone())
+        };
+        let (otx, orx) = oneshot::channel();
+        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, otx);
+        if tx.send(make(seq)).await.is_err() {
+            return None;
+        }
+        let answer = tokio::time::timeout(wait, orx).await.ok().and_then(|r| r.ok());
+        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        answer
+    }
+
+    /// Hands a promoted version to every worker; true when all serve it.
+    pub async fn promote(&self, dir: PathBuf, version: String) -> bool {
+        *self.inner.serve_dir.lock().unwrap_or_else(|e| e.into_inner()) =
+            (dir.clone(), Some(version.clone()));
+        let mut all = true;
+        for slot in 0..self.inner.cfg.workers {
+            let (d, v) = (dir.clone(), version.clone());
+            // `Load` is answered by Loaded/LoadFailed with seq 0; probe after
+            // it instead, which reports the version the worker serves.
+            let sent = {
+                let tx = self.slots().get(slot).and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
+                match tx {
+                    Some(tx) => tx.send(ToWorker::Load { dir: d, version: v }).await.is_ok(),
+                    None => false,
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut ok = false;
+            while sent && Instant::now() < deadline {
+                if let Some(FromWorker::Pong { version: v, .. }) =
+                    self.ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1)).await
+                    && v == version
+                {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            all &= ok;
+        }
+        all
+    }
+
+    /// The rows of `GET /admin/workers`.
+    pub fn status(&self) -> Vec<WorkerStatus> {
+        let paused = *self.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).ok();
+        self.slots()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| WorkerStatus {
+                slot: i,
+                pid: s.current.as_ref().map(|w| w.pid),
+                started_unix: s.current.as_ref().and_then(|w| unix(w.started)),
+                version: s
+                    .current
+                    .as_ref()
+                    .and_then(|w| w.version.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                healthy: s.healthy,
+                rss_bytes: s.rss,
+                cpu_percent: s.cpu,
+                restarts: s.restarts,
+                last_restart_reason: s.last_reason,
+                paused_until_unix: paused.and_then(|(_, t)| unix(t)),
+            })
+            .collect()
+    }
+
+    /// The merged Prometheus text of every worker (refreshed each health
+    /// interval), labelled by worker slot.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics_text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops every worker: drain, then SIGKILL whatever is left after
+    /// `drain_timeout` + `health.grace`.
+    pub async fn stop_all(&self) {
+        let (txs, mut pids): (Vec<_>, Vec<u32>) = {
+            let slots = self.slots();
+            let txs = slots.iter().filter_map(|s| s.current.as_ref().map(|w| w.tx.clone())).collect();
+            let pids = slots
+                .iter()
+                .flat_map(|s| s.current.iter().map(|w| w.pid).chain(s.draining.iter().copied()))
+                .collect();
+            (txs, pids)
+        };
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        for tx in txs {
+            let _ = tx.send(ToWorker::Stop).await;
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(i32::try_from(*pid).unwrap_or(0)), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + self.inner.cfg.drain_timeout + self.inner.cfg.health.grace.0;
+        while !pids.is_empty() && Instant::now() < deadline {
+            pids.retain(|p| alive(*p));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for pid in pids {
+            tracing::warn!(pid, "worker did not drain in time: SIGKILL");
+            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGKILL);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(p) = i32::try_from(pid) else { return false };
+    // Signal 0 checks existence; a zombie (exited, not reaped) counts as gone
+    // once its exit watcher reaps it.
+    kill(Pid::from_raw(p), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+/// The supervisor's event loop: exits, probes, resource checks.
+pub struct SupervisorLoop {
+    sup: Supervisor,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl SupervisorLoop {
+    pub async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
+        let cfg = self.sup.inner.cfg.clone();
+        let mut tick = tokio::time::interval(cfg.health.interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sys = sysinfo::System::new().ok();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => return,
+                },
+                _ = tick.tick() => self.on_tick(&mut sys).await,
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready { slot, pid } => {
+                let old: Vec<u32> = {
+                    let mut slots = self.sup.slots();
+                    let Some(s) = slots.get_mut(slot) else { return };
+                    if s.current.as_ref().map(|w| w.pid) == Some(pid) {
+                        s.healthy = true;
+                    }
+                    s.draining.clone()
+                };
+                // A replacement serves: let the workers it replaced drain.
+                for p in old {
+                    tracing::info!(slot, pid = p, "replacement ready: draining the old worker");
+                    let _ = kill(Pid::from_raw(i32::try_from(p).unwrap_or(0)), Signal::SIGTERM);
+                    let grace = self.sup.inner.cfg.drain_timeout + self.sup.inner.cfg.health.grace.0;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        if alive(p) {
+                            let _ = kill(Pid::from_raw(i32::try_from(p).unwrap_or(0)), Signal::SIGKILL);
+                        }
+                    });
+                }
+            }
+            Event::Exited { slot, pid, status } => self.on_exit(slot, pid, status),
+        }
+    }
+
+    fn on_exit(&mut self, slot: usize, pid: u32, status: std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        let reason = {
+            let mut slots = self.sup.slots();
+            let Some(s) = slots.get_mut(slot) else { return };
+            if let Some(i) = s.draining.iter().position(|p| *p == pid) {
+                // A replaced worker finished draining: expected.
+                s.draining.swap_remove(i);
+                return;
+            }
+            if s.current.as_ref().map(|w| w.pid) != Some(pid) {
+                return;
+            }
+            s.current = None;
+            s.healthy = false;
+            if self.sup.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let reason = s.kill_reason.take().unwrap_or(if status.signal().is_some() {
+                RestartReason::Killed
+            } else {
+                RestartReason::Exited
+            });
+            s.restarts = s.restarts.saturating_add(1);
+            s.last_reason = Some(reason);
+            reason
+        };
+        tracing::warn!(slot, pid, %status, reason = reason.as_str(), "worker died");
+        metrics::counter!("aegis_worker_restarts_total", "reason" => reason.as_str()).increment(1);
+        let h = &self.sup.inner.cfg.health;
+        let (recent, backoff) = {
+            let mut deaths = self.sup.inner.deaths.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            deaths.push_back(now);
+            while deaths.front().is_some_and(|t| now.duration_since(*t) > h.crash_window.0) {
+                deaths.pop_front();
+            }
+            let n = deaths.len();
+            // 0 ms for the first death in the window, then 100 ms doubling, capped at 10 s.
+            let exp = u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX).min(7);
+            let backoff = if n <= 1 { Duration::ZERO } else { Duration::from_millis(100u64 << exp).min(Duration::from_secs(10)) };
+            (n, backoff)
+        };
+        let mut delay = backoff;
+        if recent >= usize::try_from(h.crash_loop_deaths).unwrap_or(usize::MAX) {
+            let pause = h.crash_window.0;
+            tracing::error!(deaths = recent, ?pause, "CRASH LOOP: workers keep dying; respawning paused");
+            *self.sup.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now() + pause, SystemTime::now() + pause));
+            let _ = self.sup.inner.owner_events.send(SupervisorEvent::CrashLoop { deaths: recent, pause });
+            self.sup.inner.deaths.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            delay = pause;
+        }
+        let sup = self.sup.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if sup.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            *sup.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if let Err(e) = sup.spawn(slot) {
+                tracing::error!(error = %e, "respawn failed");
+            }
+        });
+    }
+
+    async fn on_tick(&mut self, sys: &mut Option<sysinfo::System>) {
+        let cfg = &self.sup.inner.cfg;
+        let n = cfg.workers;
+        // Probes, in parallel, through each worker's event loop.
+        let probes = (0..n).map(|slot| {
+            let sup = self.sup.clone();
+            let timeout = cfg.health.timeout.0;
+            async move {
+                let pong = sup.ask(slot, |seq| ToWorker::Ping { seq }, timeout).await;
+                let metrics = match pong {
+                    Some(_) => sup.ask(slot, |seq| ToWorker::Metrics { seq }, timeout).await,
+                    None => None,
+                };
+                (slot, pong.is_some(), metrics)
+            }
+        });
+        let results = futures_join_all(probes).await;
+        let mut texts = Vec::new();
+        let pids: Vec<sysinfo::Pid> = self
+            .sup
+            .slots()
+            .iter()
+            .filter_map(|s| s.current.as_ref().map(|w| sysinfo::Pid::from_u32(w.pid)))
+            .collect();
+        if let Some(sys) = sys.as_mut() {
+            sys.refresh_processes_specifics(
+                sysinfo::ProcessesToUpdate::Some(&pids),
+                true,
+                sysinfo::ProcessRefreshKind::nothing().with_memory().with_cpu(),
+            );
+        }
+        let mut to_kill = Vec::new();
+        let mut to_replace = Vec::new();
+        let mut healthy = 0usize;
+        {
+            let mut slots = self.sup.slots();
+            for (slot, ok, metrics) in results {
+                let Some(s) = slots.get_mut(slot) else { continue };
+                let Some(w) = s.current.as_ref() else { continue };
+                let pid = w.pid;
+                if let Some(FromWorker::MetricsText { text, .. }) = metrics {
+                    texts.push((slot, text));
+                }
+                if let Some(p) = sys.as_ref().and_then(|sys| sys.process(sysinfo::Pid::from_u32(pid))) {
+                    s.rss = p.memory();
+                    s.cpu = p.cpu_usage();
+                }
+                if ok {
+                    s.failed_probes = 0;
+                    s.healthy = true;
+                    healthy += 1;
+                } else {
+                    s.failed_probes = s.failed_probes.saturating_add(1);
+                    s.healthy = false;
+                    if s.failed_probes >= cfg.health.fall && s.kill_reason.is_none() {
+                        tracing::warn!(slot, pid, probes = s.failed_probes, cpu = s.cpu, "worker hung: replacing");
+                        s.kill_reason = Some(RestartReason::Hung);
+                        to_kill.push(pid);
+                    }
+                }
+                if ok && s.rss > cfg.health.max_rss.0 && s.kill_reason.is_none() && s.draining.is_empty() {
+                    tracing::warn!(slot, pid, rss = s.rss, limit = cfg.health.max_rss.0, "worker over max_rss: replacing");
+                    s.restarts = s.restarts.saturating_add(1);
+                    s.last_reason = Some(RestartReason::Rss);
+                    to_replace.push(slot);
+                }
+            }
+        }
+        metrics::gauge!("aegis_workers_healthy").set(healthy as f64);
+        *self.sup.inner.metrics_text.lock().unwrap_or_else(|e| e.into_inner()) =
+            metrics_merge::merge(&texts);
+        for pid in to_kill {
+            let p = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+            let _ = kill(p, Signal::SIGTERM);
+            let grace = cfg.health.grace.0;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = kill(p, Signal::SIGKILL);
+            });
+        }
+        for slot in to_replace {
+            metrics::counter!("aegis_worker_restarts_total", "reason" => "rss").increment(1);
+            // The old one keeps serving until the replacement is ready
+            // (Event::Ready drains it).
+            if let Err(e) = self.sup.spawn(slot) {
+                tracing::error!(error = %e, "replacement failed");
+            }
+        }
+    }
+}
+
+/// Awaits every future (a tiny join_all, to avoid a dependency).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

@@ -1,0 +1,165 @@
+//! `aegis run` with workers: the supervisor process binds the listeners,
+//! starts the workers, serves the admin API (with the workers' metrics
+//! merged and `/admin/workers`), and waits for signals: SIGTERM/SIGINT drain
+//! and stop everything, SIGHUP re-reads the config directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aegis_engine::config::Settings;
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{Supervisor, SupervisorConfig, SupervisorEvent, bind_listener};
+use crate::admin::{self, AdminState};
+use crate::gate::{Gate, Promote};
+use crate::pipeline::ConfigHandle;
+
+/// What the supervised process needs to start.
+pub struct Supervised {
+    pub config_dir: PathBuf,
+    /// The hot content the workers serve first (the active version's files).
+    pub serve_dir: PathBuf,
+    pub settings: Settings,
+    pub compiled: aegis_engine::CompiledConfig,
+    pub workers: usize,
+}
+
+/// The running supervisor, for the gate to promote through.
+pub struct Running {
+    pub supervisor: Supervisor,
+    pub config: ConfigHandle,
+    pub admin: Option<AdminState>,
+    pub shutdown: CancellationToken,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<SupervisorEvent>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds, starts the workers and the admin listener.
+pub async fn start(s: Supervised) -> anyhow::Result<Running> {
+    let prometheus = crate::telemetry::install_prometheus().ok();
+    let exe = std::env::current_exe().context("locating the aegis binary")?;
+    let mut plain = Vec::new();
+    for addr in &s.settings.listen {
+        let l = bind_listener(addr)?;
+        eprintln!("aegis: listening http {}", l.local_addr()?);
+        plain.push(l);
+    }
+    let mut tls = Vec::new();
+    for addr in &s.settings.listen_tls {
+        let l = bind_listener(addr)?;
+        eprintln!("aegis: listening https {}", l.local_addr()?);
+        tls.push(l);
+    }
+    let cfg = SupervisorConfig {
+        exe,
+        config_dir: s.config_dir.clone(),
+        workers: s.workers,
+        threads_per_worker: 1,
+        health: s.settings.health.clone(),
+        drain_timeout: s.settings.drain_timeout.0,
+    };
+    let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve_dir.clone());
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(event_loop.run(shutdown.clone())));
+    supervisor.start_all().await.context("starting the workers")?;
+    eprintln!("aegis: {} workers serving", s.workers);
+
+    let config = ConfigHandle::new(s.compiled);
+    let mut admin_state = None;
+    if s.settings.admin != "off" {
+        let addr: std::net::SocketAddr = s
+            .settings
+            .admin
+            .parse()
+            .map_err(|_| admin::AdminError::BadAddress(s.settings.admin.clone()))?;
+        let token = admin::resolve_token(
+            &addr,
+            &s.settings.admin_token_env,
+            s.settings.admin_token_file.as_deref(),
+        )?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding admin {addr}"))?;
+        eprintln!("aegis: listening admin {}", l.local_addr()?);
+        let state = AdminState::new(config.clone(), prometheus, token);
+        let sup = supervisor.clone();
+        state.register(
+            "/admin/workers",
+            Arc::new(move || serde_json::to_value(sup.status()).unwrap_or_default()),
+        );
+        let sup = supervisor.clone();
+        state.add_metrics_source(Arc::new(move || sup.metrics_text()));
+        tasks.push(admin::serve(l, state.clone(), shutdown.clone()));
+        admin_state = Some(state);
+    }
+    Ok(Running { supervisor, config, admin: admin_state, shutdown, events, tasks })
+}
+
+impl Running {
+    /// Stops the workers (drain), then the supervisor's own tasks.
+    pub async fn stop(self) {
+        self.supervisor.stop_all().await;
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Hands every version the gate promotes to the workers (and keeps the
+/// supervisor's copy for `/admin/config`).
+struct WorkerPromoter {
+    supervisor: Supervisor,
+    config: ConfigHandle,
+}
+
+impl Promote for WorkerPromoter {
+    fn promote(&self, files_dir: &Path, config: Arc<aegis_engine::CompiledConfig>) {
+        let version = config.version.clone();
+        self.config.store(config);
+        let sup = self.supervisor.clone();
+        let dir = files_dir.to_path_buf();
+        tokio::spawn(async move {
+            let all = sup.promote(dir, version.clone()).await;
+            if all {
+                tracing::info!(version, "every worker serves the promoted version");
+            } else {
+                tracing::error!(version, "not every worker acknowledged the promoted version");
+            }
+        });
+    }
+}
+
+/// Supervised `aegis run`: the gate watches the config directory and
+/// promotes through the supervisor to every worker.
+pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut running = start(s).await?;
+    if let Some(admin) = &running.admin {
+        crate::gate::register_admin(admin, gate.status(), running.config.clone());
+    }
+    let promoter = Arc::new(WorkerPromoter {
+        supervisor: running.supervisor.clone(),
+        config: running.config.clone(),
+    });
+    let watcher = gate.clone().spawn(promoter, running.shutdown.clone());
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => gate.trigger(),
+            ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause }) = ev {
+                tracing::error!(deaths, ?pause, "crash loop: respawning paused");
+            },
+        }
+    }
+    tracing::info!("shutting down: draining the workers");
+    running.stop().await;
+    let _ = watcher.await;
+    Ok(())
+}
