@@ -88,11 +88,18 @@ impl AdminState {
 
     /// Adds Prometheus text to every `/metrics` answer.
     pub fn add_metrics_source(&self, f: MetricsFn) {
-        self.metrics_sources.write().unwrap_or_else(|e| e.into_inner()).push(f);
+        self.metrics_sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     fn render_metrics(&self) -> Option<String> {
-        let sources = self.metrics_sources.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let sources = self
+            .metrics_sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if self.prometheus.is_none() && sources.is_empty() {
             return None;
         }

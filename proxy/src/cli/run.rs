@@ -71,12 +71,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::telemetry::init_tracing();
     let (gate, started) = gate::start_blocking(&args.config_dir, args.state_dir.as_deref())?;
-    eprintln!("aegis: config {} ({})", started.compiled.version, started.how);
+    eprintln!(
+        "aegis: config {} ({})",
+        started.compiled.version, started.how
+    );
     let serve_dir = gate.store().files_dir(&started.id);
     let settings = started.settings;
     let compiled = started.compiled;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.workers.unwrap_or_else(|| settings.workers.resolve(cores));
+    let workers = args
+        .workers
+        .unwrap_or_else(|| settings.workers.resolve(cores));
     if workers > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -113,7 +118,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(admin) = &serving.admin {
             gate::register_admin(admin, gate.status(), serving.config.clone());
         }
-        let watcher = gate.clone().spawn(Arc::new(serving.config.clone()), serving.shutdown.clone());
+        let watcher = gate
+            .clone()
+            .spawn(Arc::new(serving.config.clone()), serving.shutdown.clone());
         wait_for_signals(&gate).await?;
         serving.drain().await;
         let _ = watcher.await;
@@ -132,12 +139,16 @@ pub struct Listeners {
 pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     let mut plain = Vec::new();
     for addr in &settings.listen {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         plain.push(l);
     }
     let mut tls = Vec::new();
     for addr in &settings.listen_tls {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         tls.push(l);
     }
     Ok(Listeners { plain, tls })

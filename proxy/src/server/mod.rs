@@ -108,18 +108,8 @@ pub fn serve_plain<C: Connector>(
     let local_addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-            };
+        let mut stopping = false;
+        while let Some((stream, peer)) = next_conn(&listener, &shutdown, &mut stopping).await {
             let _ = stream.set_nodelay(true);
             let info = ClientInfo {
                 addr: peer,
@@ -145,18 +135,8 @@ pub fn serve_tls<C: Connector>(
     let local_addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         let graceful = Arc::new(GracefulShutdown::new());
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-            };
+        let mut stopping = false;
+        while let Some((stream, peer)) = next_conn(&listener, &shutdown, &mut stopping).await {
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let pipeline = pipeline.clone();
@@ -213,7 +193,43 @@ pub fn serve_tls<C: Connector>(
     Ok(ListenerTask { local_addr, handle })
 }
 
+/// The next connection to serve. After `shutdown`, the connections the
+/// kernel already queued are still taken (until the queue stays empty for a
+/// moment), so stopping a worker resets none that completed their handshake;
+/// other workers sharing the socket keep accepting new ones.
+async fn next_conn(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    stopping: &mut bool,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        if *stopping {
+            return match tokio::time::timeout(Duration::from_millis(2), listener.accept()).await {
+                Ok(Ok(x)) => Some(x),
+                _ => None,
+            };
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => *stopping = true,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+/// How long connections keep going after accepting stopped, before the
+/// graceful close: a client that connected just before the stop has its
+/// request head read and served, instead of finding its idle-looking
+/// connection closed.
+const LINGER: Duration = Duration::from_millis(300);
+
 async fn drain(graceful: GracefulShutdown, timeout: Duration) {
+    tokio::time::sleep(LINGER.min(timeout)).await;
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()

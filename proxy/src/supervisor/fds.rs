@@ -23,7 +23,11 @@ pub static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 
 /// Sets or clears close-on-exec.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> nix::Result<()> {
-    let flags = if on { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
     fcntl(fd, FcntlArg::F_SETFD(flags)).map(|_| ())
 }
 
@@ -69,7 +73,10 @@ pub fn adopt(fd: RawFd) -> std::io::Result<OwnedFd> {
 
 fn unsafe_free_borrow(fd: RawFd) -> std::io::Result<BorrowedFd<'static>> {
     if fd < 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "negative descriptor"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "negative descriptor",
+        ));
     }
     // SAFETY: only used for the F_GETFD probe above, which fails cleanly
     // (EBADF) on a closed number; the borrow does not outlive the call.

@@ -32,11 +32,25 @@ pub enum ToWorker {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromWorker {
     /// Sent once the worker serves its listeners.
-    Ready { pid: u32, version: String },
-    Pong { seq: u64, version: String },
-    Loaded { version: String },
-    LoadFailed { version: String, error: String },
-    MetricsText { seq: u64, text: String },
+    Ready {
+        pid: u32,
+        version: String,
+    },
+    Pong {
+        seq: u64,
+        version: String,
+    },
+    Loaded {
+        version: String,
+    },
+    LoadFailed {
+        version: String,
+        error: String,
+    },
+    MetricsText {
+        seq: u64,
+        text: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +110,23 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_limits() {
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
-        let msg = ToWorker::Load { dir: "/x".into(), version: "abc".into() };
+        let msg = ToWorker::Load {
+            dir: "/x".into(),
+            version: "abc".into(),
+        };
         write_msg(&mut a, &msg).await.unwrap();
         let back: ToWorker = read_msg(&mut b).await.unwrap();
         assert_eq!(back, msg);
         // A length over the limit ends the channel instead of allocating.
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        assert!(matches!(read_msg::<_, ToWorker>(&mut b).await, Err(IpcError::TooLarge(_))));
+        assert!(matches!(
+            read_msg::<_, ToWorker>(&mut b).await,
+            Err(IpcError::TooLarge(_))
+        ));
         drop(a);
-        assert!(matches!(read_msg::<_, ToWorker>(&mut b).await, Err(IpcError::Closed)));
+        assert!(matches!(
+            read_msg::<_, ToWorker>(&mut b).await,
+            Err(IpcError::Closed)
+        ));
     }
 }

@@ -97,7 +97,10 @@ pub enum SupervisorEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("starting worker {slot}: {source}")]
     Spawn { slot: usize, source: std::io::Error },
     #[error("worker {slot} did not become ready: {why}")]
@@ -107,7 +110,10 @@ pub enum SupervisorError {
 /// Binds a listener with SO_REUSEADDR and a deep backlog, close-on-exec
 /// until a worker spawn clears it.
 pub fn bind_listener(addr: &str) -> Result<TcpListener, SupervisorError> {
-    let bind_err = |source| SupervisorError::Bind { addr: addr.to_string(), source };
+    let bind_err = |source| SupervisorError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
     let sock_addr: std::net::SocketAddr = addr
         .parse()
         .map_err(|_| bind_err(std::io::Error::other(format!("`{addr}` is not ip:port"))))?;
@@ -149,14 +155,22 @@ struct Slot {
 }
 
 enum Event {
-    Exited { slot: usize, pid: u32, status: std::process::ExitStatus },
-    Ready { slot: usize, pid: u32 },
+    Exited {
+        slot: usize,
+        pid: u32,
+        status: std::process::ExitStatus,
+    },
+    Ready {
+        slot: usize,
+        pid: u32,
+    },
 }
 
 struct Inner {
     cfg: SupervisorConfig,
-    plain: Vec<TcpListener>,
-    tls: Vec<TcpListener>,
+    /// The listening sockets, until the supervisor stops (then closed, so
+    /// new connections are refused instead of queued for nobody).
+    listeners: Mutex<Option<(Vec<TcpListener>, Vec<TcpListener>)>>,
     serve_dir: Mutex<(PathBuf, Option<String>)>,
     slots: Mutex<Vec<Slot>>,
     deaths: Mutex<VecDeque<Instant>>,
@@ -183,14 +197,17 @@ impl Supervisor {
         plain: Vec<TcpListener>,
         tls: Vec<TcpListener>,
         serve_dir: PathBuf,
-    ) -> (Self, SupervisorLoop, mpsc::UnboundedReceiver<SupervisorEvent>) {
+    ) -> (
+        Self,
+        SupervisorLoop,
+        mpsc::UnboundedReceiver<SupervisorEvent>,
+    ) {
         let (events, rx) = mpsc::unbounded_channel();
         let (owner_tx, owner_rx) = mpsc::unbounded_channel();
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let inner = Arc::new(Inner {
             cfg,
-            plain,
-            tls,
+            listeners: Mutex::new(Some((plain, tls))),
             serve_dir: Mutex::new((serve_dir, None)),
             slots: Mutex::new(slots),
             deaths: Mutex::new(VecDeque::new()),
@@ -202,7 +219,10 @@ impl Supervisor {
             owner_events: owner_tx,
         });
         let sup = Supervisor { inner };
-        let lp = SupervisorLoop { sup: sup.clone(), rx };
+        let lp = SupervisorLoop {
+            sup: sup.clone(),
+            rx,
+        };
         (sup, lp, owner_rx)
     }
 
@@ -220,9 +240,17 @@ impl Supervisor {
             match tokio::time::timeout(Duration::from_secs(30), r).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
-                    return Err(SupervisorError::NotReady { slot, why: "it exited".into() });
+                    return Err(SupervisorError::NotReady {
+                        slot,
+                        why: "it exited".into(),
+                    });
                 }
-                Err(_) => return Err(SupervisorError::NotReady { slot, why: "timeout".into() }),
+                Err(_) => {
+                    return Err(SupervisorError::NotReady {
+                        slot,
+                        why: "timeout".into(),
+                    });
+                }
             }
         }
         metrics::gauge!("aegis_workers_healthy").set(self.inner.cfg.workers as f64);
@@ -233,7 +261,13 @@ impl Supervisor {
     fn spawn(&self, slot: usize) -> Result<oneshot::Receiver<()>, SupervisorError> {
         let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| SupervisorError::Spawn { slot, source })?;
-        let serve_dir = self.inner.serve_dir.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+        let serve_dir = self
+            .inner
+            .serve_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
         let cfg = &self.inner.cfg;
         let mut cmd = tokio::process::Command::new(&cfg.exe);
         cmd.arg("worker")
@@ -251,18 +285,30 @@ impl Supervisor {
             .arg(cfg.threads_per_worker.to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false);
-        for l in &self.inner.plain {
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some((plain, tls)) = listeners.as_ref() else {
+            return Err(SupervisorError::Spawn {
+                slot,
+                source: std::io::Error::other("the supervisor is stopping"),
+            });
+        };
+        for l in plain {
             cmd.arg("--listen-fd").arg(fds::raw(l).to_string());
         }
-        for l in &self.inner.tls {
+        for l in tls {
             cmd.arg("--tls-fd").arg(fds::raw(l).to_string());
         }
         let mut inherit: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
         inherit.push(child_end.as_fd());
-        inherit.extend(self.inner.plain.iter().map(|l| l.as_fd()));
-        inherit.extend(self.inner.tls.iter().map(|l| l.as_fd()));
-        let mut child = fds::spawn_inheriting(&inherit, || cmd.spawn())
-            .map_err(|source| SupervisorError::Spawn { slot, source })?;
+        inherit.extend(plain.iter().map(|l| l.as_fd()));
+        inherit.extend(tls.iter().map(|l| l.as_fd()));
+        let spawned = fds::spawn_inheriting(&inherit, || cmd.spawn());
+        drop(listeners);
+        let mut child = spawned.map_err(|source| SupervisorError::Spawn { slot, source })?;
         drop(child_end);
         let pid = child.id().unwrap_or(0);
 
@@ -314,7 +360,10 @@ impl Supervisor {
                         }
                         FromWorker::LoadFailed { .. } => 0,
                     };
-                    let waiter = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&seq);
                     if let Some(w) = waiter {
                         let _ = w.send(msg);
                     }
@@ -329,7 +378,13 @@ impl Supervisor {
                 }
             });
         }
-        let proc = WorkerProc { pid, started: SystemTime::now(), tx, pending, version };
+        let proc = WorkerProc {
+            pid,
+            started: SystemTime::now(),
+            tx,
+            pending,
+            version,
+        };
         let mut slots = self.slots();
         if let Some(s) = slots.get_mut(slot) {
             if let Some(old) = s.current.take() {
@@ -344,7 +399,12 @@ impl Supervisor {
     }
 
     /// Sends a request and waits for its answer.
-    async fn ask(&self, slot: usize, make: impl FnOnce(u64) -> ToWorker, wait: Duration) -> Option<FromWorker> {
+    async fn ask(
+        &self,
+        slot: usize,
+        make: impl FnOnce(u64) -> ToWorker,
+        wait: Duration,
+    ) -> Option<FromWorker> {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let (tx, pending) = {
             let slots = self.slots();
@@ -352,26 +412,41 @@ impl Supervisor {
             (w.tx.clone(), w.pending.clone())
         };
         let (otx, orx) = oneshot::channel();
-        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, otx);
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, otx);
         if tx.send(make(seq)).await.is_err() {
             return None;
         }
-        let answer = tokio::time::timeout(wait, orx).await.ok().and_then(|r| r.ok());
-        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        let answer = tokio::time::timeout(wait, orx)
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
         answer
     }
 
     /// Hands a promoted version to every worker; true when all serve it.
     pub async fn promote(&self, dir: PathBuf, version: String) -> bool {
-        *self.inner.serve_dir.lock().unwrap_or_else(|e| e.into_inner()) =
-            (dir.clone(), Some(version.clone()));
+        *self
+            .inner
+            .serve_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (dir.clone(), Some(version.clone()));
         let mut all = true;
         for slot in 0..self.inner.cfg.workers {
             let (d, v) = (dir.clone(), version.clone());
             // `Load` is answered by Loaded/LoadFailed with seq 0; probe after
             // it instead, which reports the version the worker serves.
             let sent = {
-                let tx = self.slots().get(slot).and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
+                let tx = self
+                    .slots()
+                    .get(slot)
+                    .and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
                 match tx {
                     Some(tx) => tx.send(ToWorker::Load { dir: d, version: v }).await.is_ok(),
                     None => false,
@@ -380,8 +455,9 @@ impl Supervisor {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut ok = false;
             while sent && Instant::now() < deadline {
-                if let Some(FromWorker::Pong { version: v, .. }) =
-                    self.ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1)).await
+                if let Some(FromWorker::Pong { version: v, .. }) = self
+                    .ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1))
+                    .await
                     && v == version
                 {
                     ok = true;
@@ -396,8 +472,16 @@ impl Supervisor {
 
     /// The rows of `GET /admin/workers`.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        let paused = *self.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).ok();
+        let paused = *self
+            .inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .ok()
+        };
         self.slots()
             .iter()
             .enumerate()
@@ -422,7 +506,11 @@ impl Supervisor {
     /// The merged Prometheus text of every worker (refreshed each health
     /// interval), labelled by worker slot.
     pub fn metrics_text(&self) -> String {
-        self.inner.metrics_text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .metrics_text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops every worker: drain, then SIGKILL whatever is left after
@@ -430,34 +518,60 @@ impl Supervisor {
     pub async fn stop_all(&self) {
         let (txs, mut pids): (Vec<_>, Vec<u32>) = {
             let slots = self.slots();
-            let txs = slots.iter().filter_map(|s| s.current.as_ref().map(|w| w.tx.clone())).collect();
+            let txs = slots
+                .iter()
+                .filter_map(|s| s.current.as_ref().map(|w| w.tx.clone()))
+                .collect();
             let pids = slots
                 .iter()
-                .flat_map(|s| s.current.iter().map(|w| w.pid).chain(s.draining.iter().copied()))
+                .flat_map(|s| {
+                    s.current
+                        .iter()
+                        .map(|w| w.pid)
+                        .chain(s.draining.iter().copied())
+                })
                 .collect();
             (txs, pids)
         };
         self.inner.stopping.store(true, Ordering::SeqCst);
+        // The workers hold the sockets open while they drain; once the last
+        // one closes, connecting is refused rather than queued for nobody.
+        drop(
+            self.inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         for tx in txs {
             let _ = tx.send(ToWorker::Stop).await;
         }
         for pid in &pids {
-            let _ = kill(Pid::from_raw(i32::try_from(*pid).unwrap_or(0)), Signal::SIGTERM);
+            let _ = kill(
+                Pid::from_raw(i32::try_from(*pid).unwrap_or(0)),
+                Signal::SIGTERM,
+            );
         }
-        let deadline = Instant::now() + self.inner.cfg.drain_timeout + self.inner.cfg.health.grace.0;
+        let deadline =
+            Instant::now() + self.inner.cfg.drain_timeout + self.inner.cfg.health.grace.0;
         while !pids.is_empty() && Instant::now() < deadline {
             pids.retain(|p| alive(*p));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for pid in pids {
             tracing::warn!(pid, "worker did not drain in time: SIGKILL");
-            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGKILL);
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                Signal::SIGKILL,
+            );
         }
     }
 }
 
 fn alive(pid: u32) -> bool {
-    let Ok(p) = i32::try_from(pid) else { return false };
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
     // Signal 0 checks existence; a zombie (exited, not reaped) counts as gone
     // once its exit watcher reaps it.
     kill(Pid::from_raw(p), None).is_ok()
@@ -504,12 +618,19 @@ impl SupervisorLoop {
                 // A replacement serves: let the workers it replaced drain.
                 for p in old {
                     tracing::info!(slot, pid = p, "replacement ready: draining the old worker");
-                    let _ = kill(Pid::from_raw(i32::try_from(p).unwrap_or(0)), Signal::SIGTERM);
-                    let grace = self.sup.inner.cfg.drain_timeout + self.sup.inner.cfg.health.grace.0;
+                    let _ = kill(
+                        Pid::from_raw(i32::try_from(p).unwrap_or(0)),
+                        Signal::SIGTERM,
+                    );
+                    let grace =
+                        self.sup.inner.cfg.drain_timeout + self.sup.inner.cfg.health.grace.0;
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
                         if alive(p) {
-                            let _ = kill(Pid::from_raw(i32::try_from(p).unwrap_or(0)), Signal::SIGKILL);
+                            let _ = kill(
+                                Pid::from_raw(i32::try_from(p).unwrap_or(0)),
+                                Signal::SIGKILL,
+                            );
                         }
                     });
                 }
@@ -536,11 +657,14 @@ impl SupervisorLoop {
             if self.sup.inner.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let reason = s.kill_reason.take().unwrap_or(if status.signal().is_some() {
-                RestartReason::Killed
-            } else {
-                RestartReason::Exited
-            });
+            let reason = s
+                .kill_reason
+                .take()
+                .unwrap_or(if status.signal().is_some() {
+                    RestartReason::Killed
+                } else {
+                    RestartReason::Exited
+                });
             s.restarts = s.restarts.saturating_add(1);
             s.last_reason = Some(reason);
             reason
@@ -549,26 +673,61 @@ impl SupervisorLoop {
         metrics::counter!("aegis_worker_restarts_total", "reason" => reason.as_str()).increment(1);
         let h = &self.sup.inner.cfg.health;
         let (recent, backoff) = {
-            let mut deaths = self.sup.inner.deaths.lock().unwrap_or_else(|e| e.into_inner());
+            let mut deaths = self
+                .sup
+                .inner
+                .deaths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             deaths.push_back(now);
-            while deaths.front().is_some_and(|t| now.duration_since(*t) > h.crash_window.0) {
+            while deaths
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > h.crash_window.0)
+            {
                 deaths.pop_front();
             }
             let n = deaths.len();
             // 0 ms for the first death in the window, then 100 ms doubling, capped at 10 s.
-            let exp = u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX).min(7);
-            let backoff = if n <= 1 { Duration::ZERO } else { Duration::from_millis(100u64 << exp).min(Duration::from_secs(10)) };
+            let exp = u32::try_from(n.saturating_sub(1))
+                .unwrap_or(u32::MAX)
+                .min(7);
+            let backoff = if n <= 1 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100u64 << exp).min(Duration::from_secs(10))
+            };
             (n, backoff)
         };
         let mut delay = backoff;
         if recent >= usize::try_from(h.crash_loop_deaths).unwrap_or(usize::MAX) {
             let pause = h.crash_window.0;
-            tracing::error!(deaths = recent, ?pause, "CRASH LOOP: workers keep dying; respawning paused");
-            *self.sup.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            tracing::error!(
+                deaths = recent,
+                ?pause,
+                "CRASH LOOP: workers keep dying; respawning paused"
+            );
+            *self
+                .sup
+                .inner
+                .paused_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
                 Some((Instant::now() + pause, SystemTime::now() + pause));
-            let _ = self.sup.inner.owner_events.send(SupervisorEvent::CrashLoop { deaths: recent, pause });
-            self.sup.inner.deaths.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let _ = self
+                .sup
+                .inner
+                .owner_events
+                .send(SupervisorEvent::CrashLoop {
+                    deaths: recent,
+                    pause,
+                });
+            self.sup
+                .inner
+                .deaths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             delay = pause;
         }
         let sup = self.sup.clone();
@@ -577,7 +736,10 @@ impl SupervisorLoop {
             if sup.inner.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            *sup.inner.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *sup.inner
+                .paused_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             if let Err(e) = sup.spawn(slot) {
                 tracing::error!(error = %e, "respawn failed");
             }
@@ -594,7 +756,10 @@ impl SupervisorLoop {
             async move {
                 let pong = sup.ask(slot, |seq| ToWorker::Ping { seq }, timeout).await;
                 let metrics = match pong {
-                    Some(_) => sup.ask(slot, |seq| ToWorker::Metrics { seq }, timeout).await,
+                    Some(_) => {
+                        sup.ask(slot, |seq| ToWorker::Metrics { seq }, timeout)
+                            .await
+                    }
                     None => None,
                 };
                 (slot, pong.is_some(), metrics)
@@ -612,7 +777,9 @@ impl SupervisorLoop {
             sys.refresh_processes_specifics(
                 sysinfo::ProcessesToUpdate::Some(&pids),
                 true,
-                sysinfo::ProcessRefreshKind::nothing().with_memory().with_cpu(),
+                sysinfo::ProcessRefreshKind::nothing()
+                    .with_memory()
+                    .with_cpu(),
             );
         }
         let mut to_kill = Vec::new();
@@ -621,13 +788,20 @@ impl SupervisorLoop {
         {
             let mut slots = self.sup.slots();
             for (slot, ok, metrics) in results {
-                let Some(s) = slots.get_mut(slot) else { continue };
-                let Some(w) = s.current.as_ref() else { continue };
+                let Some(s) = slots.get_mut(slot) else {
+                    continue;
+                };
+                let Some(w) = s.current.as_ref() else {
+                    continue;
+                };
                 let pid = w.pid;
                 if let Some(FromWorker::MetricsText { text, .. }) = metrics {
                     texts.push((slot, text));
                 }
-                if let Some(p) = sys.as_ref().and_then(|sys| sys.process(sysinfo::Pid::from_u32(pid))) {
+                if let Some(p) = sys
+                    .as_ref()
+                    .and_then(|sys| sys.process(sysinfo::Pid::from_u32(pid)))
+                {
                     s.rss = p.memory();
                     s.cpu = p.cpu_usage();
                 }
@@ -639,13 +813,29 @@ impl SupervisorLoop {
                     s.failed_probes = s.failed_probes.saturating_add(1);
                     s.healthy = false;
                     if s.failed_probes >= cfg.health.fall && s.kill_reason.is_none() {
-                        tracing::warn!(slot, pid, probes = s.failed_probes, cpu = s.cpu, "worker hung: replacing");
+                        tracing::warn!(
+                            slot,
+                            pid,
+                            probes = s.failed_probes,
+                            cpu = s.cpu,
+                            "worker hung: replacing"
+                        );
                         s.kill_reason = Some(RestartReason::Hung);
                         to_kill.push(pid);
                     }
                 }
-                if ok && s.rss > cfg.health.max_rss.0 && s.kill_reason.is_none() && s.draining.is_empty() {
-                    tracing::warn!(slot, pid, rss = s.rss, limit = cfg.health.max_rss.0, "worker over max_rss: replacing");
+                if ok
+                    && s.rss > cfg.health.max_rss.0
+                    && s.kill_reason.is_none()
+                    && s.draining.is_empty()
+                {
+                    tracing::warn!(
+                        slot,
+                        pid,
+                        rss = s.rss,
+                        limit = cfg.health.max_rss.0,
+                        "worker over max_rss: replacing"
+                    );
                     s.restarts = s.restarts.saturating_add(1);
                     s.last_reason = Some(RestartReason::Rss);
                     to_replace.push(slot);
@@ -653,8 +843,12 @@ impl SupervisorLoop {
             }
         }
         metrics::gauge!("aegis_workers_healthy").set(healthy as f64);
-        *self.sup.inner.metrics_text.lock().unwrap_or_else(|e| e.into_inner()) =
-            metrics_merge::merge(&texts);
+        *self
+            .sup
+            .inner
+            .metrics_text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = metrics_merge::merge(&texts);
         for pid in to_kill {
             let p = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = kill(p, Signal::SIGTERM);
@@ -676,9 +870,9 @@ impl SupervisorLoop {
 }
 
 /// Awaits every future (a tiny join_all, to avoid a dependency).
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

@@ -63,7 +63,10 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(event_loop.run(shutdown.clone())));
-    supervisor.start_all().await.context("starting the workers")?;
+    supervisor
+        .start_all()
+        .await
+        .context("starting the workers")?;
     eprintln!("aegis: {} workers serving", s.workers);
 
     let config = ConfigHandle::new(s.compiled);
@@ -94,7 +97,14 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         tasks.push(admin::serve(l, state.clone(), shutdown.clone()));
         admin_state = Some(state);
     }
-    Ok(Running { supervisor, config, admin: admin_state, shutdown, events, tasks })
+    Ok(Running {
+        supervisor,
+        config,
+        admin: admin_state,
+        shutdown,
+        events,
+        tasks,
+    })
 }
 
 impl Running {
@@ -126,7 +136,10 @@ impl Promote for WorkerPromoter {
             if all {
                 tracing::info!(version, "every worker serves the promoted version");
             } else {
-                tracing::error!(version, "not every worker acknowledged the promoted version");
+                tracing::error!(
+                    version,
+                    "not every worker acknowledged the promoted version"
+                );
             }
         });
     }

@@ -3,11 +3,11 @@
 //! channel from inside its own runtime, so a hung event loop shows as a
 //! failed probe.
 
+use aegis_engine::config::{self, ConfigSource, Limits, Settings};
+use anyhow::Context as _;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use aegis_engine::config::{self, ConfigSource, Limits, Settings};
-use anyhow::Context as _;
 use tokio::net::UnixStream;
 
 use super::fds;
@@ -113,8 +113,14 @@ async fn serve(
         tokio::net::TcpListener::from_std(l)
     };
     let listeners = Listeners {
-        plain: plain.into_iter().map(to_tokio).collect::<Result<Vec<_>, _>>()?,
-        tls: tls.into_iter().map(to_tokio).collect::<Result<Vec<_>, _>>()?,
+        plain: plain
+            .into_iter()
+            .map(to_tokio)
+            .collect::<Result<Vec<_>, _>>()?,
+        tls: tls
+            .into_iter()
+            .map(to_tokio)
+            .collect::<Result<Vec<_>, _>>()?,
     };
     control.set_nonblocking(true)?;
     let control = UnixStream::from_std(control)?;
@@ -125,7 +131,14 @@ async fn serve(
 
     let (mut rx, mut tx) = control.into_split();
     let version = serving.config.load().version.clone();
-    ipc::write_msg(&mut tx, &FromWorker::Ready { pid: std::process::id(), version }).await?;
+    ipc::write_msg(
+        &mut tx,
+        &FromWorker::Ready {
+            pid: std::process::id(),
+            version,
+        },
+    )
+    .await?;
     tracing::debug!(worker = args.worker_id, "worker serving");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -141,9 +154,10 @@ async fn serve(
                 break;
             }
             Ok(ToWorker::Stop) => break,
-            Ok(ToWorker::Ping { seq }) => {
-                FromWorker::Pong { seq, version: serving.config.load().version.clone() }
-            }
+            Ok(ToWorker::Ping { seq }) => FromWorker::Pong {
+                seq,
+                version: serving.config.load().version.clone(),
+            },
             Ok(ToWorker::Metrics { seq }) => FromWorker::MetricsText {
                 seq,
                 text: prometheus.as_ref().map(|h| h.render()).unwrap_or_default(),
@@ -172,7 +186,13 @@ async fn load(serving: &Serving, limits: &Limits, dir: PathBuf, version: String)
             error: format!("the directory holds version {}, not {version}", c.version),
             version,
         },
-        Ok(Err(e)) => FromWorker::LoadFailed { version, error: format!("{e:#}") },
-        Err(e) => FromWorker::LoadFailed { version, error: e.to_string() },
+        Ok(Err(e)) => FromWorker::LoadFailed {
+            version,
+            error: format!("{e:#}"),
+        },
+        Err(e) => FromWorker::LoadFailed {
+            version,
+            error: e.to_string(),
+        },
     }
 }

@@ -881,7 +881,10 @@ fn return_redirects_and_fixed_answers() {
     assert_eq!(get(&cfg, "r.test", "/gone").status, Some(410));
     // `$args` is carried into the redirect template.
     no_finding(&c, "return 302 /x?$args");
-    assert_eq!(get(&cfg, "r.test", "/args?a=1").location.as_deref(), Some("/x?a=1"));
+    assert_eq!(
+        get(&cfg, "r.test", "/args?a=1").location.as_deref(),
+        Some("/x?a=1")
+    );
     assert!(finding(&c, "return 444").reason.contains("444"));
 }
 
