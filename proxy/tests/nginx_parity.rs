@@ -846,6 +846,10 @@ fn run_conf(
 #[test]
 fn nginx_parity() {
     let Some(nginx) = find_nginx() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have nginx (bash .ci/install-deps)"
+        );
         println!("nginx_parity: SKIPPED: nginx is not installed (apt-get install nginx)");
         return;
     };

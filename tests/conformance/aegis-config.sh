@@ -8,5 +8,9 @@ listen: ["127.0.0.1:$2"]
 admin: "off"
 access_log: "off"
 workers: 1
+state_dir: "$1/state"
+# The scripted servers answer a fixed sequence of connections: the gate's
+# TCP probe of new endpoints would take one of them.
+gate: { probe_endpoints: false }
 YAML
 cat >"$1/cfg/routes.yaml"

@@ -384,14 +384,15 @@ impl Gate {
         let files = self.store.save_snapshot(snap)?;
         self.status.lock().judging = Some(snap.id.clone());
         let active = self.active();
-        let (policy, limits) = match &active {
+        let (policy, limits, probe) = match &active {
             Some(a) => (
                 a.settings.gate.policy.clone(),
                 a.settings.gate.sandbox.clone(),
+                a.settings.gate.probe_endpoints,
             ),
             None => {
                 let s = settings_of_text(&files, &snap.settings_text().unwrap_or_default());
-                (s.gate.policy, s.gate.sandbox)
+                (s.gate.policy, s.gate.sandbox, s.gate.probe_endpoints)
             }
         };
         let baseline = active.as_ref().map(|a| self.store.files_dir(&a.id));
@@ -405,7 +406,7 @@ impl Gate {
                 sample: self.sample_path(),
                 limits: limits.clone(),
                 probe_timeout: self.opts.probe_timeout,
-                no_probe: false,
+                no_probe: !probe,
             })
             .await;
         self.status.lock().judging = None;

@@ -238,6 +238,11 @@ pub struct Gate {
     pub canary_seconds: u64,
     /// Time after full promotion during which a regression rolls back. Default 30s.
     pub bake_seconds: u64,
+    /// Probe (TCP connect) the candidate's new upstream endpoints before the
+    /// replay, so a pool that does not answer replays as 502. Default on; off
+    /// only where a connection would disturb the upstream (scripted test
+    /// servers).
+    pub probe_endpoints: bool,
 }
 
 impl Default for Gate {
@@ -248,6 +253,7 @@ impl Default for Gate {
             sandbox: SandboxLimits::default(),
             canary_seconds: 10,
             bake_seconds: 30,
+            probe_endpoints: true,
         }
     }
 }
