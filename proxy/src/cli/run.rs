@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::gate;
+use crate::gate::reservoir::Reservoir;
 use crate::pipeline::{ConfigHandle, Pipeline, PipelineSettings};
 use crate::server::{self, ConnOptions, tls};
 use crate::upstream::PooledConnector;
@@ -95,6 +96,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 settings,
                 compiled,
                 workers,
+                sample_out: Some(gate.store().sample_path()),
             },
             gate,
         ));
@@ -114,7 +116,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .context("starting the runtime")?;
     rt.block_on(async move {
-        let serving = start(settings, compiled).await?;
+        let serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
         if let Some(admin) = &serving.admin {
             gate::register_admin(admin, gate.status(), serving.config.clone());
         }
@@ -174,18 +176,25 @@ pub struct Serving {
 
 /// Binds every listener of `settings` and starts serving `compiled`, with
 /// the admin listener.
-pub async fn start(settings: Settings, compiled: CompiledConfig) -> anyhow::Result<Serving> {
+pub async fn start(
+    settings: Settings,
+    compiled: CompiledConfig,
+    sample_out: Option<PathBuf>,
+) -> anyhow::Result<Serving> {
     let listeners = bind(&settings).await?;
-    start_with(settings, compiled, listeners, true).await
+    start_with(settings, compiled, listeners, true, sample_out).await
 }
 
 /// Serves `compiled` on `listeners`; the admin listener too when
-/// `with_admin` (a worker process has none: its supervisor serves it).
+/// `with_admin` (a worker process has none: its supervisor serves it). With
+/// `sample_out`, a reservoir of request heads is kept and flushed there every
+/// `sample.flush_interval` (the traffic sample the gate replays).
 pub async fn start_with(
     settings: Settings,
     compiled: CompiledConfig,
     listeners: Listeners,
     with_admin: bool,
+    sample_out: Option<PathBuf>,
 ) -> anyhow::Result<Serving> {
     let prometheus = match crate::telemetry::install_prometheus() {
         Ok(h) => Some(h),
@@ -211,12 +220,26 @@ pub async fn start_with(
     let connector = PooledConnector::new();
     connector.pools(&config.load());
     let access_log = AccessLog::from_setting(&settings.access_log)?;
-    let pipeline = Pipeline::builder(config.clone(), connector.clone())
+    let mut builder = Pipeline::builder(config.clone(), connector.clone())
         .settings(PipelineSettings::from_settings(&settings))
         .features_switch(Arc::new(AtomicBool::new(settings.features_module.enabled)))
-        .access_log(access_log)
-        .build();
+        .access_log(access_log);
     let shutdown = CancellationToken::new();
+    let mut background = Vec::new();
+    if let Some(path) = sample_out {
+        let reservoir = Arc::new(Reservoir::new(
+            settings.sample.capacity,
+            settings.sample.secret_headers.clone(),
+        ));
+        builder = builder.reservoir(reservoir.clone());
+        background.push(spawn_sample_flush(
+            reservoir,
+            path,
+            settings.sample.flush_interval.0,
+            shutdown.clone(),
+        ));
+    }
+    let pipeline = builder.build();
     let drain = settings.drain_timeout.0;
     let opts = ConnOptions {
         max_header_bytes: usize::try_from(settings.limits.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -252,7 +275,6 @@ pub async fn start_with(
             tasks.push(t);
         }
     }
-    let mut background = Vec::new();
     let mut admin_state = None;
     if with_admin && settings.admin != "off" {
         let addr: std::net::SocketAddr = settings
@@ -321,4 +343,35 @@ pub async fn wait_for_signals(gate: &gate::Gate) -> anyhow::Result<()> {
             _ = hup.recv() => gate.trigger(),
         }
     }
+}
+
+/// Flushes the reservoir every `every`, and once more when stopping.
+fn spawn_sample_flush(
+    reservoir: Arc<Reservoir>,
+    path: PathBuf,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+        tick.tick().await;
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.cancelled() => true,
+            };
+            if !reservoir.is_empty() {
+                let r = reservoir.clone();
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || r.flush(&p)).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "writing the traffic sample"),
+                    Err(e) => tracing::warn!(error = %e, "writing the traffic sample"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    })
 }

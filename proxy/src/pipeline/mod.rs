@@ -228,6 +228,8 @@ struct Shared {
     features_enabled: Arc<AtomicBool>,
     limiter: ratelimit::RateLimiter,
     access_log: AccessLog,
+    /// The traffic sample the gate replays (none in the sandbox).
+    reservoir: Option<Arc<crate::gate::reservoir::Reservoir>>,
 }
 
 /// The request pipeline. Cheap to clone (one `Arc` and the connector).
@@ -252,9 +254,16 @@ pub struct PipelineBuilder<C> {
     settings: PipelineSettings,
     features_enabled: Option<Arc<AtomicBool>>,
     access_log: AccessLog,
+    reservoir: Option<Arc<crate::gate::reservoir::Reservoir>>,
 }
 
 impl<C: Connector> PipelineBuilder<C> {
+    /// Records a uniform sample of request heads and their outcomes.
+    pub fn reservoir(mut self, reservoir: Arc<crate::gate::reservoir::Reservoir>) -> Self {
+        self.reservoir = Some(reservoir);
+        self
+    }
+
     pub fn settings(mut self, settings: PipelineSettings) -> Self {
         self.settings = settings;
         self
@@ -281,6 +290,7 @@ impl<C: Connector> PipelineBuilder<C> {
                     .unwrap_or_else(|| Arc::new(AtomicBool::new(true))),
                 limiter: ratelimit::RateLimiter::default(),
                 access_log: self.access_log,
+                reservoir: self.reservoir,
             }),
             connector: self.connector,
         }
@@ -297,6 +307,7 @@ impl<C: Connector> Pipeline<C> {
             settings: PipelineSettings::default(),
             features_enabled: None,
             access_log: AccessLog::off(),
+            reservoir: None,
         }
     }
 
@@ -331,7 +342,39 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
         let req = req.map(boxed);
-        Box::pin(async move { Ok(this.handle(req).await) })
+        // The sampling decision is one counter and one random number; only a
+        // chosen request has its head copied.
+        let sampled = this.shared.reservoir.as_ref().and_then(|r| {
+            r.choose().map(|slot| {
+                let client = req
+                    .extensions()
+                    .get::<ClientInfo>()
+                    .copied()
+                    .unwrap_or_default();
+                let mut parts = Request::new(()).into_parts().0;
+                parts.method = req.method().clone();
+                parts.uri = req.uri().clone();
+                parts.headers = req.headers().clone();
+                (r.clone(), slot, parts, client)
+            })
+        });
+        Box::pin(async move {
+            let resp = this.handle(req).await;
+            if let Some((r, slot, parts, client)) = sampled {
+                let outcome = resp.extensions().get::<RequestOutcome>();
+                let mut head = crate::gate::reservoir::head(
+                    &parts,
+                    client.addr.ip(),
+                    outcome,
+                    resp.status().as_u16(),
+                );
+                if client.tls {
+                    head.scheme = "https".to_string();
+                }
+                r.fill(slot, head);
+            }
+            Ok(resp)
+        })
     }
 }
 

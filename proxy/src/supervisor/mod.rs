@@ -47,6 +47,10 @@ pub struct SupervisorConfig {
     pub threads_per_worker: usize,
     pub health: Health,
     pub drain_timeout: Duration,
+    /// Where worker 0 writes the traffic sample (a uniform sample of the
+    /// requests that worker serves, which the shared accept queue makes a
+    /// uniform share of all traffic).
+    pub sample_out: Option<PathBuf>,
 }
 
 /// Why a worker was replaced (also the `reason` label of
@@ -285,6 +289,9 @@ impl Supervisor {
             .arg(cfg.threads_per_worker.to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false);
+        if let (0, Some(p)) = (slot, &cfg.sample_out) {
+            cmd.arg("--sample-out").arg(p);
+        }
         let listeners = self
             .inner
             .listeners

@@ -23,6 +23,8 @@ pub struct Supervised {
     pub settings: Settings,
     pub compiled: aegis_engine::CompiledConfig,
     pub workers: usize,
+    /// Where the traffic sample goes (the gate's state directory).
+    pub sample_out: Option<PathBuf>,
 }
 
 /// The running supervisor, for the gate to promote through.
@@ -58,6 +60,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         threads_per_worker: 1,
         health: s.settings.health.clone(),
         drain_timeout: s.settings.drain_timeout.0,
+        sample_out: s.sample_out.clone(),
     };
     let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve_dir.clone());
     let shutdown = CancellationToken::new();

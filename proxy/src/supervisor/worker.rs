@@ -39,6 +39,9 @@ pub struct WorkerArgs {
     /// Runtime threads of this worker.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Keep a traffic sample and write it here (one worker does).
+    #[arg(long)]
+    pub sample_out: Option<PathBuf>,
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
@@ -126,7 +129,14 @@ async fn serve(
     let control = UnixStream::from_std(control)?;
 
     let limits = settings.limits.clone();
-    let serving = run::start_with(settings, compiled, listeners, false).await?;
+    let serving = run::start_with(
+        settings,
+        compiled,
+        listeners,
+        false,
+        args.sample_out.clone(),
+    )
+    .await?;
     let prometheus = serving.prometheus.clone();
 
     let (mut rx, mut tx) = control.into_split();
