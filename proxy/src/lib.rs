@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod gate;
+pub mod kill_switch;
 pub mod pipeline;
 pub mod server;
 pub mod supervisor;

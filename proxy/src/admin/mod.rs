@@ -28,6 +28,20 @@ pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// More Prometheus text for `/metrics` (the supervisor's merged workers).
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// A `POST` endpoint: the request body (at most [`MAX_POST_BODY`]) in, JSON
+/// or a message for a 400 out.
+pub type PostFn = Arc<
+    dyn Fn(
+            Bytes,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Largest body a `POST` endpoint reads.
+pub const MAX_POST_BODY: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(
@@ -51,6 +65,7 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     endpoints: Arc<RwLock<HashMap<String, JsonFn>>>,
     metrics_sources: Arc<RwLock<Vec<MetricsFn>>>,
+    posts: Arc<RwLock<HashMap<String, PostFn>>>,
 }
 
 impl AdminState {
@@ -65,6 +80,7 @@ impl AdminState {
             token: token.map(Arc::from),
             endpoints: Arc::new(RwLock::new(HashMap::new())),
             metrics_sources: Arc::new(RwLock::new(Vec::new())),
+            posts: Arc::new(RwLock::new(HashMap::new())),
         };
         let cfg = state.config.clone();
         state.register(
@@ -84,6 +100,48 @@ impl AdminState {
             state.register(path, Arc::new(|| serde_json::json!([])));
         }
         state
+    }
+
+    /// Adds or replaces a `POST path` endpoint.
+    pub fn register_post(&self, path: &str, f: PostFn) {
+        self.posts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string(), f);
+    }
+
+    async fn handle_post(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(&req) {
+            return text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
+        }
+        let f = self
+            .posts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(req.uri().path())
+            .cloned();
+        let Some(f) = f else {
+            return text(StatusCode::NOT_FOUND, "not found\n", "text/plain");
+        };
+        use http_body_util::BodyExt as _;
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_POST_BODY);
+        let body = match limited.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large\n",
+                    "text/plain",
+                );
+            }
+        };
+        match f(body).await {
+            Ok(v) => {
+                let body = serde_json::to_string_pretty(&v).unwrap_or_default();
+                text(StatusCode::OK, &body, "application/json")
+            }
+            Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n"), "text/plain"),
+        }
     }
 
     /// Adds Prometheus text to every `/metrics` answer.
@@ -240,8 +298,15 @@ pub fn serve(
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let resp = state.handle(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let state = state.clone();
+                    async move {
+                        let resp = if req.method() == Method::POST {
+                            state.handle_post(req).await
+                        } else {
+                            state.handle(&req)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);

@@ -119,6 +119,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
         if let Some(admin) = &serving.admin {
             gate::register_admin(admin, gate.status(), serving.config.clone());
+            crate::kill_switch::register(admin, serving.pipeline.features_switch());
         }
         let watcher = gate
             .clone()

@@ -23,6 +23,8 @@ pub enum ToWorker {
     Load { dir: PathBuf, version: String },
     /// Send the worker's Prometheus text.
     Metrics { seq: u64 },
+    /// The feature module's kill switch.
+    Features { enabled: bool },
     /// Stop accepting, drain, exit.
     Stop,
 }

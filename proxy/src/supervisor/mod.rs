@@ -51,6 +51,8 @@ pub struct SupervisorConfig {
     /// requests that worker serves, which the shared accept queue makes a
     /// uniform share of all traffic).
     pub sample_out: Option<PathBuf>,
+    /// The kill switch's initial position (`features_module.enabled`).
+    pub features_enabled: bool,
 }
 
 /// Why a worker was replaced (also the `reason` label of
@@ -181,6 +183,8 @@ struct Inner {
     paused_until: Mutex<Option<(Instant, SystemTime)>>,
     seq: AtomicU64,
     stopping: AtomicBool,
+    /// The feature module's kill switch, for every worker (new ones too).
+    features: AtomicBool,
     metrics_text: Mutex<String>,
     events: mpsc::UnboundedSender<Event>,
     owner_events: mpsc::UnboundedSender<SupervisorEvent>,
@@ -207,6 +211,7 @@ impl Supervisor {
         mpsc::UnboundedReceiver<SupervisorEvent>,
     ) {
         let (events, rx) = mpsc::unbounded_channel();
+        let cfg_features = cfg.features_enabled;
         let (owner_tx, owner_rx) = mpsc::unbounded_channel();
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let inner = Arc::new(Inner {
@@ -218,6 +223,7 @@ impl Supervisor {
             paused_until: Mutex::new(None),
             seq: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            features: AtomicBool::new(cfg_features),
             metrics_text: Mutex::new(String::new()),
             events,
             owner_events: owner_tx,
@@ -289,6 +295,9 @@ impl Supervisor {
             .arg(cfg.threads_per_worker.to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false);
+        if !self.inner.features.load(Ordering::SeqCst) {
+            cmd.arg("--features-off");
+        }
         if let (0, Some(p)) = (slot, &cfg.sample_out) {
             cmd.arg("--sample-out").arg(p);
         }
@@ -475,6 +484,29 @@ impl Supervisor {
             all &= ok;
         }
         all
+    }
+
+    /// Flips the feature module in every worker; returns once each has
+    /// answered a probe sent after the switch (the channel keeps order).
+    pub async fn set_features(&self, enabled: bool) {
+        self.inner.features.store(enabled, Ordering::SeqCst);
+        for slot in 0..self.inner.cfg.workers {
+            let tx = self
+                .slots()
+                .get(slot)
+                .and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
+            if let Some(tx) = tx
+                && tx.send(ToWorker::Features { enabled }).await.is_ok()
+            {
+                let _ = self
+                    .ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(2))
+                    .await;
+            }
+        }
+    }
+
+    pub fn features_enabled(&self) -> bool {
+        self.inner.features.load(Ordering::SeqCst)
     }
 
     /// The rows of `GET /admin/workers`.

@@ -61,6 +61,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         health: s.settings.health.clone(),
         drain_timeout: s.settings.drain_timeout.0,
         sample_out: s.sample_out.clone(),
+        features_enabled: s.settings.features_module.enabled,
     };
     let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve_dir.clone());
     let shutdown = CancellationToken::new();
@@ -97,6 +98,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         );
         let sup = supervisor.clone();
         state.add_metrics_source(Arc::new(move || sup.metrics_text()));
+        crate::kill_switch::register(&state, Arc::new(supervisor.clone()));
         tasks.push(admin::serve(l, state.clone(), shutdown.clone()));
         admin_state = Some(state);
     }
@@ -178,4 +180,17 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
     running.stop().await;
     let _ = watcher.await;
     Ok(())
+}
+
+impl crate::kill_switch::FeatureSwitch for Supervisor {
+    fn enabled(&self) -> bool {
+        self.features_enabled()
+    }
+    fn set(
+        &self,
+        enabled: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let sup = self.clone();
+        Box::pin(async move { sup.set_features(enabled).await })
+    }
 }

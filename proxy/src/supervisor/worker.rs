@@ -39,6 +39,9 @@ pub struct WorkerArgs {
     /// Runtime threads of this worker.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Start with the feature module switched off (the kill switch).
+    #[arg(long)]
+    pub features_off: bool,
     /// Keep a traffic sample and write it here (one worker does).
     #[arg(long)]
     pub sample_out: Option<PathBuf>,
@@ -138,6 +141,10 @@ async fn serve(
     )
     .await?;
     let prometheus = serving.prometheus.clone();
+    let features = serving.pipeline.features_switch();
+    if args.features_off {
+        features.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 
     let (mut rx, mut tx) = control.into_split();
     let version = serving.config.load().version.clone();
@@ -173,6 +180,10 @@ async fn serve(
                 text: prometheus.as_ref().map(|h| h.render()).unwrap_or_default(),
             },
             Ok(ToWorker::Load { dir, version }) => load(&serving, &limits, dir, version).await,
+            Ok(ToWorker::Features { enabled }) => {
+                features.store(enabled, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
         };
         if ipc::write_msg(&mut tx, &reply).await.is_err() {
             break;
