@@ -292,3 +292,57 @@ fn sigterm_under_load_drains_and_leaves_no_process() {
         );
     }
 }
+
+fn admin_json(p: &Proxy, path: &str) -> serde_json::Value {
+    let body = util::raw(
+        p.admin.unwrap(),
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap()
+}
+
+fn served_version(p: &Proxy) -> String {
+    admin_json(p, "/admin/config")["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn crash_loop_after_a_promotion_rolls_it_back() {
+    let settings = "workers: 2\nhealth: { interval: 200ms, timeout: 300ms, fall: 3, grace: 500ms, crash_loop_deaths: 3, crash_window: 10s }\ngate: { debounce: 50ms }\n";
+    let p = Proxy::start(settings, ROUTES);
+    let v0 = served_version(&p);
+    p.write(
+        "extra.yaml",
+        "routes:\n  - name: extra\n    match: { path: /extra }\n    respond: { status: 200, body: \"extra\\n\" }\n",
+    );
+    wait_until("the change promoted", Duration::from_secs(10), || {
+        served_version(&p) != v0
+    });
+    let v1 = served_version(&p);
+    // After the promotion the workers keep dying (the test kills them: a
+    // stand-in for a version that crashes its workers).
+    for _ in 0..3 {
+        let Some(first) = pids(&p).first().copied() else {
+            break;
+        };
+        signal(first, "KILL");
+        wait_until("respawn or pause", Duration::from_secs(5), || {
+            let w = workers(&p);
+            w[0]["paused_until_unix"].is_u64()
+                || w[0]["pid"].as_u64().is_some_and(|x| x as u32 != first)
+        });
+    }
+    wait_until("rolled back", Duration::from_secs(10), || {
+        served_version(&p) == v0
+    });
+    let verdicts = admin_json(&p, "/admin/verdicts").to_string();
+    assert!(verdicts.contains("rolled_back:crash_loop"), "{verdicts}");
+    // The file is still in the directory; its verdict is now a rejection, so
+    // the watcher does not promote it again.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(served_version(&p), v0, "{v1} came back");
+    assert!(one_request(p.http));
+}

@@ -458,6 +458,55 @@ impl Gate {
         rec
     }
 
+    /// Takes back the active version after it misbehaved in production
+    /// (`code`, e.g. `crash_loop`): its verdict becomes a rejection, so the
+    /// watcher will not promote it again while it sits in the config
+    /// directory, and the version served before it is promoted. `None` when
+    /// there is nothing to go back to.
+    pub async fn roll_back(
+        &self,
+        promoter: &dyn Promote,
+        code: &str,
+        why: &str,
+    ) -> Result<Option<String>, GateError> {
+        let _busy = self.busy.lock().await;
+        let Some(active) = self.active() else {
+            return Ok(None);
+        };
+        let previous = self
+            .store
+            .history(1000)
+            .into_iter()
+            .rev()
+            .find(|r| r.id != active.id && r.verdict.accepted)
+            .map(|r| r.id);
+        let Some(previous) = previous else {
+            tracing::error!(active = %active.id, "{why}: no earlier version to roll back to");
+            return Ok(None);
+        };
+        let reason = format!("rolled_back:{code}");
+        let rec = Record {
+            id: active.id.clone(),
+            engine_version: Some(active.engine_version.clone()),
+            verdict: Verdict {
+                accepted: false,
+                reason: Some(reason.clone()),
+                sentence: format!("{why}; rolled back to {previous}"),
+                also: Vec::new(),
+            },
+            at_ms: now_ms(),
+            duration_s: 0.0,
+            source: "production".to_string(),
+            replayed: None,
+        };
+        self.store.save_record(&rec)?;
+        metrics::counter!("aegis_config_rollbacks_total", "reason" => code.to_string())
+            .increment(1);
+        self.promote_version(&previous, Some(promoter))?;
+        tracing::error!(target: "aegis::gate", "rolled back {} to {previous}: {why}", active.id);
+        Ok(Some(previous))
+    }
+
     /// Compiles an accepted version in this process and makes it active.
     fn promote_version(
         &self,
@@ -483,7 +532,8 @@ impl Gate {
         let previous = g.active.as_ref().map(|a| a.id.clone());
         if previous.is_some() && was_active_before {
             g.rollbacks = g.rollbacks.saturating_add(1);
-            metrics::counter!("aegis_config_rollbacks_total").increment(1);
+            // The config directory went back to an earlier accepted version.
+            metrics::counter!("aegis_config_rollbacks_total", "reason" => "reverted").increment(1);
         }
         g.promotions = g.promotions.saturating_add(1);
         metrics::counter!("aegis_config_promotions_total").increment(1);

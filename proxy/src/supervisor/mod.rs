@@ -96,8 +96,13 @@ pub struct WorkerStatus {
 /// Something the owner of the supervisor should act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SupervisorEvent {
-    /// Workers kept dying: respawning is paused for `pause`.
-    CrashLoop { deaths: usize, pause: Duration },
+    /// Workers kept dying: respawning is paused for `pause`. `since` is the
+    /// first death of the loop.
+    CrashLoop {
+        deaths: usize,
+        pause: Duration,
+        since: Instant,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -711,7 +716,7 @@ impl SupervisorLoop {
         tracing::warn!(slot, pid, %status, reason = reason.as_str(), "worker died");
         metrics::counter!("aegis_worker_restarts_total", "reason" => reason.as_str()).increment(1);
         let h = &self.sup.inner.cfg.health;
-        let (recent, backoff) = {
+        let (recent, backoff, since) = {
             let mut deaths = self
                 .sup
                 .inner
@@ -736,7 +741,7 @@ impl SupervisorLoop {
             } else {
                 Duration::from_millis(100u64 << exp).min(Duration::from_secs(10))
             };
-            (n, backoff)
+            (n, backoff, deaths.front().copied().unwrap_or(now))
         };
         let mut delay = backoff;
         if recent >= usize::try_from(h.crash_loop_deaths).unwrap_or(usize::MAX) {
@@ -760,6 +765,7 @@ impl SupervisorLoop {
                 .send(SupervisorEvent::CrashLoop {
                     deaths: recent,
                     pause,
+                    since,
                 });
             self.sup
                 .inner

@@ -128,10 +128,14 @@ impl Running {
 struct WorkerPromoter {
     supervisor: Supervisor,
     config: ConfigHandle,
+    /// When the gate last promoted a version while running (not at start).
+    promoted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Promote for WorkerPromoter {
     fn promote(&self, files_dir: &Path, config: Arc<aegis_engine::CompiledConfig>) {
+        *self.promoted_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
         let version = config.version.clone();
         self.config.store(config);
         let sup = self.supervisor.clone();
@@ -161,8 +165,11 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
     let promoter = Arc::new(WorkerPromoter {
         supervisor: running.supervisor.clone(),
         config: running.config.clone(),
+        promoted_at: std::sync::Mutex::new(None),
     });
-    let watcher = gate.clone().spawn(promoter, running.shutdown.clone());
+    let watcher = gate
+        .clone()
+        .spawn(promoter.clone(), running.shutdown.clone());
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -171,8 +178,24 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => gate.trigger(),
-            ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause }) = ev {
+            ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause, since }) = ev {
                 tracing::error!(deaths, ?pause, "crash loop: respawning paused");
+                // Deaths that began after a promotion count against it.
+                let after_promotion = promoter
+                    .promoted_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|p| p <= since);
+                if after_promotion {
+                    let why = format!(
+                        "{deaths} worker deaths within health.crash_window after the promotion"
+                    );
+                    match gate.roll_back(promoter.as_ref(), "crash_loop", &why).await {
+                        Ok(Some(v)) => eprintln!("aegis: rolled back to {v}: {why}"),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "rollback failed"),
+                    }
+                }
             },
         }
     }
