@@ -393,7 +393,9 @@ fn request_bodies_and_methods_are_well_formed() {
             r.statuses
         );
         assert_eq!(r.errors.total, 0);
-        assert!(r.body_bytes > 100 * 70_000, "{}", r.body_bytes);
+        // A quarter of the mix is /bytes/70000: about 100 of 400, drawn at
+        // random; 60 is over four standard deviations below that.
+        assert!(r.body_bytes > 60 * 70_000, "{}", r.body_bytes);
     }
 }
 
