@@ -70,8 +70,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 WORK=$(mktemp -d /tmp/aegis-reload-bench.XXXXXX)
 chmod 755 "$WORK" # nginx workers may run as another user
 PIDS=()
+NAMES=()
 WRK_PID=""
 cleanup() {
+	set +e
 	[[ -n $WRK_PID ]] && kill "$WRK_PID" 2>/dev/null
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for _ in $(seq 1 50); do
@@ -104,6 +106,17 @@ wait_port() {
 	exit 1
 }
 now() { echo "$EPOCHREALTIME"; }
+# Something else on the machine may stop our processes (.ci/install-deps runs
+# `pkill -x nginx`): stop with a clear message rather than time out 100 times.
+check_alive() {
+	local i
+	for i in "${!PIDS[@]}"; do
+		if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+			echo "ABORT: the ${NAMES[$i]} (pid ${PIDS[$i]}) is gone; was it killed from outside (e.g. pkill -x nginx)?" >&2
+			exit 3
+		fi
+	done
+}
 elapsed_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
 x_version() { curl -s -m 1 -o /dev/null -w '%header{x-version}' "http://127.0.0.1:$1/" 2>/dev/null || true; }
 
@@ -125,7 +138,7 @@ http {
 CONF
 taskset -c "$LOAD_CPU" "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" \
 	-e "$WORK/backend/error.log" -g 'daemon off;' &
-PIDS+=($!)
+PIDS+=($!) NAMES+=("backend nginx")
 
 # --- peer: nginx as a reverse proxy -------------------------------------------
 write_peer_conf() {
@@ -153,7 +166,7 @@ CONF
 write_peer_conf 0
 taskset -c "$PROXY_CPU" "$NGINX" -p "$WORK/peer" -c "$WORK/peer/nginx.conf" \
 	-e "$WORK/peer/error.log" -g 'daemon off;' &
-PIDS+=($!)
+PIDS+=($!) NAMES+=("peer nginx")
 
 # --- Aegis ---------------------------------------------------------------------
 cat >"$WORK/cfg/aegis.yaml" <<CONF
@@ -178,7 +191,7 @@ CONF
 write_routes 0
 taskset -c "$PROXY_CPU" "$AEGIS" run --config-dir "$WORK/cfg" --state-dir "$WORK/state" \
 	>"$WORK/aegis.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!) NAMES+=("aegis")
 
 for p in $BACKEND_PORT $PEER_PORT $AEGIS_PORT $ADMIN_PORT; do wait_port "$p"; done
 for port in $PEER_PORT $AEGIS_PORT; do
@@ -244,6 +257,7 @@ run() {
 			due=$(awk -v s="$start" -v l="$LEAD" -v k="$INTERVAL" -v i="$i" 'BEGIN { printf "%.6f", s + l + (i - 1) * k }')
 			wait_s=$(awk -v d="$due" -v n="$(now)" 'BEGIN { w = d - n; printf "%.6f", (w > 0 ? w : 0) }')
 			sleep "$wait_s"
+			check_alive
 			VERSION_N=$((VERSION_N + 1))
 			ok=1
 			"change_$proxy" "$VERSION_N" || ok=0
@@ -258,6 +272,7 @@ run() {
 	kill -INT "$WRK_PID"
 	wait "$WRK_PID" || true
 	WRK_PID=""
+	check_alive
 }
 
 # --- parse wrk --------------------------------------------------------------------
