@@ -89,6 +89,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A private copy of the nginx binary under another name: a concurrent CI job
+# on this machine runs `pkill -x nginx` (.ci/install-deps), which would stop
+# our instances mid-run. Same binary, same behaviour.
+mkdir -p "$WORK/bin"
+cp "$NGINX" "$WORK/bin/nginx-bench"
+NGINX_VERSION=$("$NGINX" -v 2>&1)
+NGINX="$WORK/bin/nginx-bench"
+
 read -r BACKEND_PORT PEER_PORT AEGIS_PORT ADMIN_PORT < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(4)]
@@ -295,7 +303,7 @@ median_col() { awk -v c="$2" '$4 == 1 && $c != "-" { print $c }' "$1" | sort -g 
 max_col() { awk -v c="$2" '$4 == 1 && $c != "-" { print $c }' "$1" | sort -g | tail -1; }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ *//'), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | awk '{ print "wrk", $2 }'), aegis $AEGIS"
+echo "$NGINX_VERSION, $(wrk -v 2>&1 | head -1 | awk '{ print "wrk", $2 }'), aegis $AEGIS"
 echo "changes=$CHANGES interval=${INTERVAL}s duration=${DURATION}s conns=$CONNS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
 echo "ports: backend $BACKEND_PORT, nginx $PEER_PORT, aegis $AEGIS_PORT (admin $ADMIN_PORT)"
 

@@ -238,8 +238,16 @@ struct Load {
 }
 
 impl Load {
-    /// Stops the load; returns (ok, failed).
+    /// Lets the load go on until it has served 100 more requests since this
+    /// call (traffic flows after the last change: on a busy machine a fixed
+    /// time proves nothing), then stops it; returns (ok, failed).
     fn finish(self, h: &Harness) -> (u64, u64) {
+        let target = self.ok.load(Ordering::Relaxed).saturating_add(100);
+        let start = Instant::now();
+        while self.ok.load(Ordering::Relaxed) < target && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = h.rt.block_on(t);
