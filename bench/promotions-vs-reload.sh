@@ -285,7 +285,7 @@ run() {
 
 # --- parse wrk --------------------------------------------------------------------
 to_ms() {
-	awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } else if (v == "") { v = -1 } printf "%.2f", v }'
+	awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } else if (v ~ /m$/) { sub(/m$/,"",v); v=v*60000 } else if (v == "") { v = -1 } printf "%.2f", v }'
 }
 # "requests secs failed non2xx connect read write timeout p50_ms p99_ms"
 parse_wrk() {
