@@ -10,6 +10,7 @@ pub mod cli;
 pub mod gate;
 pub mod kill_switch;
 pub mod pipeline;
+pub mod rollout;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;

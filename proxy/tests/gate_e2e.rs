@@ -102,11 +102,12 @@ impl Harness {
         .unwrap();
         let started = rt.block_on(gate.startup()).unwrap();
         assert_eq!(started.how, "gated");
-        let handle = ConfigHandle::new(started.compiled);
+        let handle = ConfigHandle::from_arc(started.compiled);
         let shutdown = CancellationToken::new();
-        let addr = rt.block_on(async {
+        let (addr, traffic) = rt.block_on(async {
             let connector = PooledConnector::new();
             let pipeline = Pipeline::builder(handle.clone(), connector).build();
+            let traffic = pipeline.traffic();
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let t = server::serve_plain(
                 l,
@@ -116,11 +117,14 @@ impl Harness {
                 Duration::from_secs(1),
             )
             .unwrap();
-            t.local_addr
+            (t.local_addr, traffic)
         });
         let _guard = rt.enter();
-        gate.clone()
-            .spawn(Arc::new(handle.clone()), shutdown.clone());
+        let fleet = aegis_proxy::rollout::LocalFleet {
+            config: handle.clone(),
+            traffic,
+        };
+        gate.clone().spawn(Arc::new(fleet), shutdown.clone());
         Harness {
             rt,
             dir,

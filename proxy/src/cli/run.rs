@@ -118,12 +118,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
         if let Some(admin) = &serving.admin {
-            gate::register_admin(admin, gate.status(), serving.config.clone());
+            gate::register_admin(admin, &gate, serving.config.clone());
             crate::kill_switch::register(admin, serving.pipeline.features_switch());
         }
+        let fleet = crate::rollout::LocalFleet {
+            config: serving.config.clone(),
+            traffic: serving.pipeline.traffic(),
+        };
         let watcher = gate
             .clone()
-            .spawn(Arc::new(serving.config.clone()), serving.shutdown.clone());
+            .spawn(Arc::new(fleet), serving.shutdown.clone());
         wait_for_signals(&gate).await?;
         serving.drain().await;
         let _ = watcher.await;
@@ -179,7 +183,7 @@ pub struct Serving {
 /// the admin listener.
 pub async fn start(
     settings: Settings,
-    compiled: CompiledConfig,
+    compiled: Arc<CompiledConfig>,
     sample_out: Option<PathBuf>,
 ) -> anyhow::Result<Serving> {
     let listeners = bind(&settings).await?;
@@ -192,7 +196,7 @@ pub async fn start(
 /// `sample.flush_interval` (the traffic sample the gate replays).
 pub async fn start_with(
     settings: Settings,
-    compiled: CompiledConfig,
+    compiled: Arc<CompiledConfig>,
     listeners: Listeners,
     with_admin: bool,
     sample_out: Option<PathBuf>,
@@ -215,7 +219,7 @@ pub async fn start_with(
             }
         });
     }
-    let config = ConfigHandle::new(compiled);
+    let config = ConfigHandle::from_arc(compiled);
     config.store(config.load());
     tracing::info!("{}", config.load().summary());
     let connector = PooledConnector::new();

@@ -19,6 +19,7 @@
 //! `docs/GATE.md` is the user's guide; `docs/LIFECYCLE.md` follows a config
 //! from the file write to the serving process, pointing at this code.
 
+pub mod flaps;
 pub mod replay;
 pub mod report;
 pub mod reservoir;
@@ -37,10 +38,14 @@ use aegis_engine::config::settings::{GatePolicy, SandboxLimits};
 use aegis_engine::config::{ConfigSource, Limits, Settings, SourceFile};
 use tokio_util::sync::CancellationToken;
 
+use self::flaps::FlapGuard;
 use self::sandbox::{Sandbox, SandboxRequest, SandboxRun};
 use self::store::{Record, Snapshot, Store};
 use self::verdict::{SandboxOutcome, Verdict};
 use crate::pipeline::ConfigHandle;
+use crate::rollout::{CANARY_SLOT, Policy, Rollout, Start, Step};
+
+pub use crate::rollout::Fleet;
 
 pub use self::sandbox::SandboxError;
 pub use self::store::{DEFAULT_STATE_DIR, StoreError};
@@ -50,19 +55,9 @@ pub const SEED_SAMPLE: &str = "sample.jsonl";
 /// Time for one TCP probe of a new upstream endpoint.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Where an accepted config goes: every serving process. For now the single
-/// serving process's [`ConfigHandle`]; the supervisor fans out to workers.
-pub trait Promote: Send + Sync {
-    /// `files_dir` holds the version's files (the worker processes compile
-    /// them themselves); `config` is the parent's compiled copy.
-    fn promote(&self, files_dir: &Path, config: Arc<CompiledConfig>);
-}
-
-impl Promote for ConfigHandle {
-    fn promote(&self, _files_dir: &Path, config: Arc<CompiledConfig>) {
-        self.store(config);
-    }
-}
+/// How often the rollout compares live traffic (the workers' counters are
+/// refreshed every `health.interval`).
+pub const ROLLOUT_TICK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -72,6 +67,8 @@ pub enum GateError {
     Sandbox(#[from] SandboxError),
     #[error("version {id} was accepted but does not load in the serving process: {why}")]
     Load { id: String, why: String },
+    #[error("nothing to roll back to: {0}")]
+    NoRollback(String),
 }
 
 /// Why `aegis run` does not start serving.
@@ -165,7 +162,11 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "aegis_config_rollbacks_total",
-        "Promotions of a version that had been active before"
+        "Versions taken back, by reason (canary_5xx, bake_5xx, crash_loop, manual, reverted, ...)"
+    );
+    metrics::describe_gauge!(
+        "aegis_config_canary_state",
+        "Progressive rollout: 0 steady, 1 canary, 2 baking, 3 promotion frozen"
     );
     metrics::describe_histogram!(
         "aegis_gate_duration_seconds",
@@ -180,20 +181,59 @@ struct Active {
     id: String,
     engine_version: String,
     settings: Settings,
+    compiled: Arc<CompiledConfig>,
     since_ms: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StatusInner {
     active: Option<Active>,
     watcher: String,
     judging: Option<String>,
     recent_candidates: VecDeque<String>,
-    flaps: u64,
+    /// Candidates that came back after another one (reused verdicts).
+    flaps_seen: u64,
     candidates: u64,
     promotions: u64,
     rollbacks: u64,
     rejections: BTreeMap<String, u64>,
+    rollout: Rollout,
+    /// The rollout's settings: those of the version active when the one
+    /// being rolled out arrived (a candidate does not choose its own canary).
+    policy: Option<Policy>,
+    flaps: FlapGuard,
+    /// When a candidate was last promoted (not a rollback).
+    promoted_at: Option<Instant>,
+}
+
+impl Default for StatusInner {
+    fn default() -> Self {
+        Self {
+            active: None,
+            watcher: "not started".to_string(),
+            judging: None,
+            recent_candidates: VecDeque::new(),
+            flaps_seen: 0,
+            candidates: 0,
+            promotions: 0,
+            rollbacks: 0,
+            rejections: BTreeMap::new(),
+            rollout: Rollout::new(None),
+            policy: None,
+            flaps: FlapGuard::default(),
+            promoted_at: None,
+        }
+    }
+}
+
+impl StatusInner {
+    fn canary_state(&self) -> u8 {
+        if self.flaps.frozen().is_some() {
+            3
+        } else {
+            self.rollout.state_code()
+        }
+    }
 }
 
 /// What the gate is doing, for `GET /admin/config` and `GET /admin/verdicts`.
@@ -227,7 +267,10 @@ impl GateStatus {
             "promotions": g.promotions,
             "rollbacks": g.rollbacks,
             "rejections": g.rejections,
-            "flaps": g.flaps,
+            "flaps": g.flaps_seen,
+            "rollout": g.rollout.json(g.policy.as_ref()),
+            "frozen": g.flaps.frozen(),
+            "flips": g.flaps.flips(),
         })
     }
 
@@ -242,6 +285,11 @@ impl GateStatus {
     pub fn active_id(&self) -> Option<String> {
         self.lock().active.as_ref().map(|a| a.id.clone())
     }
+
+    /// Whether promotion is frozen by flapping.
+    pub fn frozen(&self) -> bool {
+        self.lock().flaps.frozen().is_some()
+    }
 }
 
 /// What happened to one look at the config directory.
@@ -254,6 +302,8 @@ pub enum Considered {
         record: Record,
         cached: bool,
         promoted: bool,
+        /// Accepted, but not promoted: promotion is frozen.
+        frozen: bool,
     },
 }
 
@@ -262,7 +312,7 @@ pub enum Considered {
 pub struct Started {
     pub id: String,
     pub settings: Settings,
-    pub compiled: CompiledConfig,
+    pub compiled: Arc<CompiledConfig>,
     /// `restored` (the last promoted version) or `gated` (the config dir
     /// passed the gate just now).
     pub how: &'static str,
@@ -276,6 +326,8 @@ pub struct Gate {
     /// Serializes judgements (one sandbox at a time).
     busy: tokio::sync::Mutex<()>,
     wake: tokio::sync::Notify,
+    /// The serving processes, once [`Gate::spawn`] is called.
+    fleet: std::sync::OnceLock<Arc<dyn Fleet>>,
 }
 
 impl Gate {
@@ -283,10 +335,7 @@ impl Gate {
         describe_metrics();
         let store = Store::open(&opts.state_dir)?;
         let status = GateStatus {
-            inner: Arc::new(Mutex::new(StatusInner {
-                watcher: "not started".to_string(),
-                ..StatusInner::default()
-            })),
+            inner: Arc::new(Mutex::new(StatusInner::default())),
             store: store.clone(),
             config_dir: opts.config_dir.clone(),
         };
@@ -296,6 +345,7 @@ impl Gate {
             status,
             busy: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
+            fleet: std::sync::OnceLock::new(),
         }))
     }
 
@@ -358,7 +408,7 @@ impl Gate {
             let seen_before = g.recent_candidates.iter().any(|c| *c == snap.id);
             let last = g.recent_candidates.back().cloned();
             if seen_before && last.as_deref() != Some(snap.id.as_str()) {
-                g.flaps = g.flaps.saturating_add(1);
+                g.flaps_seen = g.flaps_seen.saturating_add(1);
                 tracing::warn!(
                     candidate = %snap.id,
                     "config is flapping: {} comes back after {}; the earlier verdict is reused",
@@ -458,29 +508,45 @@ impl Gate {
         rec
     }
 
+    /// When a candidate was last promoted while running (not a rollback).
+    pub fn last_promotion(&self) -> Option<Instant> {
+        self.status.lock().promoted_at
+    }
+
     /// Takes back the active version after it misbehaved in production
-    /// (`code`, e.g. `crash_loop`): its verdict becomes a rejection, so the
-    /// watcher will not promote it again while it sits in the config
-    /// directory, and the version served before it is promoted. `None` when
-    /// there is nothing to go back to.
-    pub async fn roll_back(
-        &self,
-        promoter: &dyn Promote,
-        code: &str,
-        why: &str,
-    ) -> Result<Option<String>, GateError> {
+    /// (`code`, e.g. `canary_5xx`, `crash_loop`, `manual`): its verdict
+    /// becomes `rolled_back:<code>`, so the watcher will not promote it again
+    /// while it sits in the config directory, and every worker goes back to
+    /// the stable version (the one the rollout started from), else the last
+    /// accepted one before it. `None` when there is nothing to go back to.
+    pub async fn roll_back(&self, code: &str, why: &str) -> Result<Option<String>, GateError> {
         let _busy = self.busy.lock().await;
-        let Some(active) = self.active() else {
-            return Ok(None);
-        };
-        let previous = self
-            .store
+        self.roll_back_locked(code, why).await
+    }
+
+    /// The version a rollback of `active` returns to.
+    fn rollback_target(&self, active: &str) -> Option<String> {
+        let still_accepted = |id: &str| self.store.record(id).is_some_and(|r| r.verdict.accepted);
+        let stable = self.status.lock().rollout.stable().map(str::to_string);
+        if let Some(s) = stable
+            && s != active
+            && still_accepted(&s)
+        {
+            return Some(s);
+        }
+        self.store
             .history(1000)
             .into_iter()
             .rev()
-            .find(|r| r.id != active.id && r.verdict.accepted)
-            .map(|r| r.id);
-        let Some(previous) = previous else {
+            .map(|r| r.id)
+            .find(|id| id != active && still_accepted(id))
+    }
+
+    async fn roll_back_locked(&self, code: &str, why: &str) -> Result<Option<String>, GateError> {
+        let Some(active) = self.active() else {
+            return Ok(None);
+        };
+        let Some(previous) = self.rollback_target(&active.id) else {
             tracing::error!(active = %active.id, "{why}: no earlier version to roll back to");
             return Ok(None);
         };
@@ -502,16 +568,53 @@ impl Gate {
         self.store.save_record(&rec)?;
         metrics::counter!("aegis_config_rollbacks_total", "reason" => code.to_string())
             .increment(1);
-        self.promote_version(&previous, Some(promoter))?;
-        tracing::error!(target: "aegis::gate", "rolled back {} to {previous}: {why}", active.id);
+        let (_, compiled) = self.activate(&previous, true)?;
+        if let Some(fleet) = self.fleet.get() {
+            let dir = self.store.files_dir(&previous);
+            if !fleet.load(None, &dir, compiled).await {
+                tracing::error!(version = %previous, "not every worker acknowledged the rollback");
+            }
+        }
+        let freeze = {
+            let mut g = self.status.lock();
+            g.rollbacks = g.rollbacks.saturating_add(1);
+            g.rollout.settled(&previous);
+            g.rollout.log(
+                "rolled_back",
+                &active.id,
+                format!("{code}: {why}; every worker is back on {previous}"),
+                now_ms(),
+            );
+            let limits = g.active.as_ref().map(|a| {
+                (
+                    a.settings.gate.freeze_after_flips,
+                    a.settings.gate.flap_window.0,
+                )
+            });
+            limits.and_then(|(limit, window)| {
+                g.flaps.rolled_back(Instant::now(), limit, window, now_ms())
+            })
+        };
+        if let Some(f) = freeze {
+            self.frozen_now(&active.id, f);
+        }
+        self.publish_state();
+        // For scripts and tests, like the promotion line.
+        eprintln!(
+            "aegis: rolled back {} to {previous} ({code})",
+            active.engine_version
+        );
         Ok(Some(previous))
     }
 
-    /// Compiles an accepted version in this process and makes it active.
-    fn promote_version(
+    /// Compiles an accepted version in this process and makes it the active
+    /// one (the pointer in the state directory, the status). The fleet is
+    /// the caller's business. `rollback`: the version is going back into
+    /// service after a regression (counted by the caller).
+    fn activate(
         &self,
         id: &str,
-        promoter: Option<&dyn Promote>,
+        rollback: bool,
     ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
         let dir = self.store.files_dir(id);
         let (settings, compiled) = aegis_engine::load_dir(&dir).map_err(|e| GateError::Load {
@@ -519,15 +622,13 @@ impl Gate {
             why: e.to_string(),
         })?;
         let compiled = Arc::new(compiled);
-        let was_active_before = self
-            .store
-            .history(1000)
-            .iter()
-            .any(|r| r.id == id && r.verdict.accepted);
+        let was_active_before = !rollback
+            && self
+                .store
+                .history(1000)
+                .iter()
+                .any(|r| r.id == id && r.verdict.accepted);
         self.store.set_active(id)?;
-        if let Some(p) = promoter {
-            p.promote(&dir, compiled.clone());
-        }
         let mut g = self.status.lock();
         let previous = g.active.as_ref().map(|a| a.id.clone());
         if previous.is_some() && was_active_before {
@@ -541,6 +642,7 @@ impl Gate {
             id: id.to_string(),
             engine_version: compiled.version.clone(),
             settings: settings.clone(),
+            compiled: compiled.clone(),
             since_ms: now_ms(),
         });
         drop(g);
@@ -548,6 +650,192 @@ impl Gate {
         // For scripts and tests, like the listener lines.
         eprintln!("aegis: config {}", compiled.version);
         Ok((settings, compiled))
+    }
+
+    /// Promotes an accepted candidate to the fleet: to the canary worker
+    /// first when the fleet and the rollout policy allow, else to every
+    /// worker (then the bake watches).
+    async fn promote_candidate(&self, id: &str) -> Result<(), GateError> {
+        let policy = self.active().map(|a| Policy::of(&a.settings));
+        let (settings, compiled) = self.activate(id, false)?;
+        let policy = policy.unwrap_or_else(|| Policy::of(&settings));
+        let Some(fleet) = self.fleet.get().cloned() else {
+            self.status.lock().rollout.settled(id);
+            return Ok(());
+        };
+        let start = {
+            let mut g = self.status.lock();
+            g.promoted_at = Some(Instant::now());
+            g.policy = Some(policy.clone());
+            g.rollout.plan(id, fleet.size(), &policy, now_ms())
+        };
+        let dir = self.store.files_dir(id);
+        let only = match start {
+            Start::Canary => Some(CANARY_SLOT),
+            Start::All => None,
+        };
+        let loaded = fleet.load(only, &dir, compiled).await;
+        if !loaded {
+            let why = match only {
+                Some(slot) => format!("worker {slot} (the canary) did not load and serve it"),
+                None => "not every worker loaded and served it".to_string(),
+            };
+            self.publish_state();
+            self.roll_back_locked("load_failed", &why).await?;
+            return Ok(());
+        }
+        let traffic = fleet.traffic();
+        {
+            let mut g = self.status.lock();
+            match start {
+                Start::Canary => {
+                    g.rollout
+                        .canary_started(id, Instant::now(), now_ms(), traffic, &policy)
+                }
+                Start::All => g
+                    .rollout
+                    .all_started(id, Instant::now(), now_ms(), traffic, &policy),
+            }
+        }
+        self.publish_state();
+        Ok(())
+    }
+
+    /// Compares live traffic for the rollout in progress and acts on it:
+    /// canary passed → every worker; bake passed → stable; a regression →
+    /// rollback.
+    pub async fn rollout_tick(&self) {
+        let Some(fleet) = self.fleet.get().cloned() else {
+            return;
+        };
+        let traffic = fleet.traffic();
+        let now = Instant::now();
+        let (step, policy) = {
+            let mut g = self.status.lock();
+            let policy = g
+                .policy
+                .clone()
+                .or_else(|| g.active.as_ref().map(|a| Policy::of(&a.settings)));
+            let Some(policy) = policy else {
+                return;
+            };
+            let keep = policy
+                .bake
+                .max(policy.canary)
+                .saturating_add(Duration::from_secs(10));
+            g.rollout.record(now, traffic.clone(), keep);
+            (g.rollout.observe(now, &traffic, &policy), policy)
+        };
+        match step {
+            Step::Wait => {}
+            Step::Baked { version, detail } => {
+                let mut g = self.status.lock();
+                if g.rollout.current() == Some(&version) {
+                    g.rollout.baked(&version, detail, now_ms());
+                }
+            }
+            Step::PromoteAll { version, detail } => {
+                let _busy = self.busy.lock().await;
+                let Some(active) = self.active().filter(|a| a.id == version) else {
+                    return;
+                };
+                if self.status.lock().rollout.current() != Some(&version) {
+                    return;
+                }
+                self.status
+                    .lock()
+                    .rollout
+                    .log("canary_passed", &version, detail, now_ms());
+                let dir = self.store.files_dir(&version);
+                if !fleet.load(None, &dir, active.compiled.clone()).await {
+                    let why = "not every worker loaded and served it after the canary";
+                    if let Err(e) = self.roll_back_locked("load_failed", why).await {
+                        tracing::error!(error = %e, "rollback failed");
+                    }
+                    return;
+                }
+                let traffic = fleet.traffic();
+                self.status.lock().rollout.all_started(
+                    &version,
+                    Instant::now(),
+                    now_ms(),
+                    traffic,
+                    &policy,
+                );
+            }
+            Step::RollBack { version, finding } => {
+                let _busy = self.busy.lock().await;
+                if self.status.lock().rollout.current() != Some(&version) {
+                    return;
+                }
+                match self.roll_back_locked(finding.code, &finding.why).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        // Nothing to go back to: stop watching this rollout.
+                        self.status.lock().rollout.settled(&version);
+                    }
+                    Err(e) => tracing::error!(error = %e, "rollback failed"),
+                }
+            }
+        }
+        self.publish_state();
+    }
+
+    fn publish_state(&self) {
+        let code = self.status.lock().canary_state();
+        metrics::gauge!("aegis_config_canary_state").set(f64::from(code));
+    }
+
+    fn frozen_now(&self, version: &str, f: flaps::Frozen) {
+        metrics::counter!("aegis_config_freezes_total").increment(1);
+        self.status
+            .lock()
+            .rollout
+            .log("frozen", version, f.why.clone(), f.since_ms);
+        eprintln!("aegis: promotion frozen");
+    }
+
+    /// Records a look at the directory in the flap guard.
+    fn saw(&self, id: &str, accepted: bool) {
+        let freeze = {
+            let mut g = self.status.lock();
+            let (limit, window) = g.active.as_ref().map_or((0, Duration::ZERO), |a| {
+                (
+                    a.settings.gate.freeze_after_flips,
+                    a.settings.gate.flap_window.0,
+                )
+            });
+            g.flaps
+                .saw(id, accepted, Instant::now(), limit, window, now_ms())
+        };
+        if let Some(f) = freeze {
+            self.frozen_now(id, f);
+            self.publish_state();
+        }
+    }
+
+    /// `POST /admin/confirm`: a person looked; promotion resumes and the
+    /// directory is looked at again. `None` when it was not frozen.
+    pub fn confirm(&self) -> Option<flaps::Frozen> {
+        let was = {
+            let mut g = self.status.lock();
+            let was = g.flaps.confirm();
+            if was.is_some() {
+                let active = g.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+                g.rollout.log(
+                    "confirmed",
+                    &active,
+                    "promotion resumed by the admin API".into(),
+                    now_ms(),
+                );
+            }
+            was
+        };
+        if was.is_some() {
+            self.publish_state();
+            self.trigger();
+        }
+        was
     }
 
     fn count_rejection(&self, rec: &Record) {
@@ -559,17 +847,29 @@ impl Gate {
     }
 
     /// Looks at the config directory; judges and promotes a new candidate.
-    pub async fn consider(&self, promoter: &dyn Promote) -> Result<Considered, GateError> {
+    pub async fn consider(&self) -> Result<Considered, GateError> {
         let _busy = self.busy.lock().await;
         let snap = self.snapshot().await?;
         if self.active().is_some_and(|a| a.id == snap.id) {
+            self.saw(&snap.id, true);
             return Ok(Considered::Unchanged);
         }
         let (record, cached) = self.judge(&snap).await?;
+        self.saw(&record.id, record.verdict.accepted);
         let mut promoted = false;
+        let mut frozen = false;
         if record.verdict.accepted {
-            self.promote_version(&record.id, Some(promoter))?;
-            promoted = true;
+            if self.status.frozen() {
+                frozen = true;
+                tracing::error!(
+                    target: "aegis::gate",
+                    "{} was accepted but promotion is frozen (flapping): confirm with POST /admin/confirm",
+                    record.id
+                );
+            } else {
+                self.promote_candidate(&record.id).await?;
+                promoted = true;
+            }
         } else {
             self.count_rejection(&record);
         }
@@ -577,6 +877,7 @@ impl Gate {
             record,
             cached,
             promoted,
+            frozen,
         })
     }
 
@@ -584,12 +885,9 @@ impl Gate {
     /// directory must pass the gate now.
     pub async fn startup(&self) -> Result<Started, StartupError> {
         if let Some(id) = self.store.active() {
-            match self.promote_version(&id, None) {
+            match self.activate(&id, false) {
                 Ok((settings, compiled)) => {
-                    let compiled = Arc::try_unwrap(compiled).map_err(|_| GateError::Load {
-                        id: id.clone(),
-                        why: "still shared".to_string(),
-                    })?;
+                    self.status.lock().rollout = Rollout::new(Some(id.clone()));
                     return Ok(Started {
                         id,
                         settings,
@@ -614,11 +912,8 @@ impl Gate {
                 state: self.store.root().display().to_string(),
             });
         }
-        let (settings, compiled) = self.promote_version(&record.id, None)?;
-        let compiled = Arc::try_unwrap(compiled).map_err(|_| GateError::Load {
-            id: record.id.clone(),
-            why: "still shared".to_string(),
-        })?;
+        let (settings, compiled) = self.activate(&record.id, false)?;
+        self.status.lock().rollout = Rollout::new(Some(record.id.clone()));
         Ok(Started {
             id: record.id,
             settings,
@@ -628,12 +923,28 @@ impl Gate {
     }
 
     /// Watches the config directory until `shutdown`, judging every change
-    /// and promoting what passes into `promoter`.
+    /// and promoting what passes into `fleet`; runs the rollout of what it
+    /// promotes.
     pub fn spawn(
         self: Arc<Self>,
-        promoter: Arc<dyn Promote>,
+        fleet: Arc<dyn Fleet>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let _ = self.fleet.set(fleet);
+        {
+            let gate = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ROLLOUT_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tick.tick() => gate.rollout_tick().await,
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let debounce = self
                 .active()
@@ -649,7 +960,7 @@ impl Gate {
                 None => format!("notify, debounce {debounce:?}"),
             };
             // A change made while the process started up.
-            self.look(promoter.as_ref()).await;
+            self.look().await;
             loop {
                 let go = tokio::select! {
                     ok = watcher.changed(&shutdown) => ok,
@@ -661,13 +972,13 @@ impl Gate {
                 if let Some(why) = watcher.polling() {
                     self.status.lock().watcher = format!("polling ({why})");
                 }
-                self.look(promoter.as_ref()).await;
+                self.look().await;
             }
         })
     }
 
-    async fn look(&self, promoter: &dyn Promote) {
-        match self.consider(promoter).await {
+    async fn look(&self) {
+        match self.consider().await {
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "the gate could not judge the config directory; the active version keeps serving")
@@ -725,10 +1036,12 @@ pub fn start_blocking(
     Ok((gate, started))
 }
 
-/// Registers `GET /admin/config` (the engine's summary of the served config
-/// plus the gate's state) and `GET /admin/verdicts` on the admin listener.
-pub fn register_admin(admin: &crate::admin::AdminState, status: GateStatus, config: ConfigHandle) {
-    let s = status.clone();
+/// Registers on the admin listener: `GET /admin/config` (the engine's
+/// summary of the served config, the gate's state, the rollout),
+/// `GET /admin/verdicts`, `POST /admin/rollback` (back to the stable
+/// version, by hand) and `POST /admin/confirm` (resume a frozen promotion).
+pub fn register_admin(admin: &crate::admin::AdminState, gate: &Arc<Gate>, config: ConfigHandle) {
+    let s = gate.status();
     admin.register(
         "/admin/config",
         Arc::new(move || {
@@ -750,5 +1063,38 @@ pub fn register_admin(admin: &crate::admin::AdminState, status: GateStatus, conf
             v
         }),
     );
+    let status = gate.status();
     admin.register("/admin/verdicts", Arc::new(move || status.verdicts_json()));
+    let g = gate.clone();
+    admin.register_post(
+        "/admin/rollback",
+        Arc::new(move |_body| {
+            let g = g.clone();
+            Box::pin(async move {
+                let from = g.status().active_id().unwrap_or_default();
+                tracing::warn!(version = %from, "rollback requested by the admin API");
+                match g.roll_back("manual", "rolled back by the admin API").await {
+                    Ok(Some(to)) => Ok(serde_json::json!({ "rolled_back": from, "to": to })),
+                    Ok(None) => Err(GateError::NoRollback(format!(
+                        "{from} is the only accepted version in the state directory"
+                    ))
+                    .to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        }),
+    );
+    let g = gate.clone();
+    admin.register_post(
+        "/admin/confirm",
+        Arc::new(move |_body| {
+            let g = g.clone();
+            Box::pin(async move {
+                match g.confirm() {
+                    Some(f) => Ok(serde_json::json!({ "confirmed": true, "was_frozen": f })),
+                    None => Ok(serde_json::json!({ "confirmed": false, "why": "promotion was not frozen" })),
+                }
+            })
+        }),
+    );
 }

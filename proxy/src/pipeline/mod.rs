@@ -13,6 +13,7 @@
 pub mod body;
 pub mod headers;
 pub mod ratelimit;
+pub mod traffic;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -230,6 +231,8 @@ struct Shared {
     access_log: AccessLog,
     /// The traffic sample the gate replays (none in the sandbox).
     reservoir: Option<Arc<crate::gate::reservoir::Reservoir>>,
+    /// What the progressive rollout compares between processes.
+    traffic: Arc<traffic::TrafficCounters>,
 }
 
 /// The request pipeline. Cheap to clone (one `Arc` and the connector).
@@ -291,6 +294,7 @@ impl<C: Connector> PipelineBuilder<C> {
                 limiter: ratelimit::RateLimiter::default(),
                 access_log: self.access_log,
                 reservoir: self.reservoir,
+                traffic: Arc::default(),
             }),
             connector: self.connector,
         }
@@ -322,6 +326,11 @@ impl<C: Connector> Pipeline<C> {
 
     pub fn connector(&self) -> &C {
         &self.connector
+    }
+
+    /// This process's live traffic counters.
+    pub fn traffic(&self) -> Arc<traffic::TrafficCounters> {
+        self.shared.traffic.clone()
     }
 }
 
@@ -775,6 +784,7 @@ impl<C: Connector> Pipeline<C> {
         let route_label = log.route.clone().unwrap_or_else(|| "-".to_string());
         metrics::counter!("aegis_requests_total", "route" => route_label, "status" => status.to_string())
             .increment(1);
+        self.shared.traffic.record(status, log.start.elapsed());
         let outcome = RequestOutcome {
             route: summary.route.clone(),
             summary,

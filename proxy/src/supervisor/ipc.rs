@@ -38,9 +38,13 @@ pub enum FromWorker {
         pid: u32,
         version: String,
     },
+    /// Answers `Ping`, with the worker's live traffic counters (what the
+    /// progressive rollout compares between workers).
     Pong {
         seq: u64,
         version: String,
+        #[serde(default)]
+        traffic: crate::pipeline::traffic::TrafficTotals,
     },
     Loaded {
         version: String,

@@ -35,6 +35,8 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::pipeline::traffic::TrafficTotals;
+use crate::rollout::SlotTraffic;
 use ipc::{FromWorker, ToWorker};
 
 /// How the supervisor runs its workers.
@@ -91,6 +93,11 @@ pub struct WorkerStatus {
     pub last_restart_reason: Option<RestartReason>,
     /// Set while respawning is paused after a crash loop.
     pub paused_until_unix: Option<u64>,
+    /// The current process's live counters (as of the last probe).
+    pub requests: u64,
+    pub errors_5xx: u64,
+    /// Set on the canary worker while it serves a version the others do not.
+    pub canary: bool,
 }
 
 /// Something the owner of the supervisor should act on.
@@ -147,6 +154,7 @@ struct WorkerProc {
     tx: mpsc::Sender<ToWorker>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
     version: Arc<Mutex<Option<String>>>,
+    traffic: Arc<Mutex<TrafficTotals>>,
 }
 
 #[derive(Default)]
@@ -163,6 +171,9 @@ struct Slot {
     /// The reason to record when the current process exits (set when the
     /// supervisor itself kills it).
     kill_reason: Option<RestartReason>,
+    /// The version this slot serves instead of everyone's (the canary's):
+    /// a replacement process starts on it too.
+    serve: Option<(PathBuf, String)>,
 }
 
 enum Event {
@@ -276,13 +287,18 @@ impl Supervisor {
     fn spawn(&self, slot: usize) -> Result<oneshot::Receiver<()>, SupervisorError> {
         let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| SupervisorError::Spawn { slot, source })?;
-        let serve_dir = self
-            .inner
-            .serve_dir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone();
+        let own = self
+            .slots()
+            .get(slot)
+            .and_then(|s| s.serve.as_ref().map(|(d, _)| d.clone()));
+        let serve_dir = own.unwrap_or_else(|| {
+            self.inner
+                .serve_dir
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .clone()
+        });
         let cfg = &self.inner.cfg;
         let mut cmd = tokio::process::Command::new(&cfg.exe);
         cmd.arg("worker")
@@ -336,6 +352,7 @@ impl Supervisor {
         let (tx, mut to_worker) = mpsc::channel::<ToWorker>(64);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>> = Arc::default();
         let version: Arc<Mutex<Option<String>>> = Arc::default();
+        let traffic: Arc<Mutex<TrafficTotals>> = Arc::default();
         let (ready_tx, ready_rx) = oneshot::channel();
         parent_end
             .set_nonblocking(true)
@@ -353,6 +370,7 @@ impl Supervisor {
         {
             let pending = pending.clone();
             let version = version.clone();
+            let traffic = traffic.clone();
             let events = self.inner.events.clone();
             tokio::spawn(async move {
                 let mut ready_tx = Some(ready_tx);
@@ -370,8 +388,13 @@ impl Supervisor {
                             let _ = events.send(Event::Ready { slot, pid });
                             continue;
                         }
-                        FromWorker::Pong { seq, version: v } => {
+                        FromWorker::Pong {
+                            seq,
+                            version: v,
+                            traffic: t,
+                        } => {
                             *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                            *traffic.lock().unwrap_or_else(|e| e.into_inner()) = *t;
                             *seq
                         }
                         FromWorker::MetricsText { seq, .. } => *seq,
@@ -405,6 +428,7 @@ impl Supervisor {
             tx,
             pending,
             version,
+            traffic,
         };
         let mut slots = self.slots();
         if let Some(s) = slots.get_mut(slot) {
@@ -451,44 +475,96 @@ impl Supervisor {
         answer
     }
 
-    /// Hands a promoted version to every worker; true when all serve it.
-    pub async fn promote(&self, dir: PathBuf, version: String) -> bool {
-        *self
-            .inner
-            .serve_dir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = (dir.clone(), Some(version.clone()));
-        let mut all = true;
-        for slot in 0..self.inner.cfg.workers {
-            let (d, v) = (dir.clone(), version.clone());
-            // `Load` is answered by Loaded/LoadFailed with seq 0; probe after
-            // it instead, which reports the version the worker serves.
-            let sent = {
-                let tx = self
-                    .slots()
-                    .get(slot)
-                    .and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
-                match tx {
-                    Some(tx) => tx.send(ToWorker::Load { dir: d, version: v }).await.is_ok(),
-                    None => false,
+    /// Worker slots.
+    pub fn size(&self) -> usize {
+        self.inner.cfg.workers
+    }
+
+    /// Hands a version to the worker of slot `only`, or to every worker (a
+    /// replacement process then starts on it too); true when each concerned
+    /// answers a probe with it.
+    pub async fn load(&self, only: Option<usize>, dir: PathBuf, version: String) -> bool {
+        let slots: Vec<usize> = match only {
+            None => {
+                *self
+                    .inner
+                    .serve_dir
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = (dir.clone(), Some(version.clone()));
+                for s in self.slots().iter_mut() {
+                    s.serve = None;
                 }
-            };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut ok = false;
-            while sent && Instant::now() < deadline {
-                if let Some(FromWorker::Pong { version: v, .. }) = self
-                    .ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1))
-                    .await
-                    && v == version
-                {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                (0..self.inner.cfg.workers).collect()
             }
-            all &= ok;
+            Some(slot) => {
+                let everyone = self
+                    .inner
+                    .serve_dir
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .1
+                    .clone();
+                if let Some(s) = self.slots().get_mut(slot) {
+                    // Back to everyone's version: no longer a canary.
+                    s.serve = (everyone.as_deref() != Some(version.as_str()))
+                        .then(|| (dir.clone(), version.clone()));
+                }
+                vec![slot]
+            }
+        };
+        let mut all = true;
+        for slot in slots {
+            all &= self.load_slot(slot, dir.clone(), version.clone()).await;
         }
         all
+    }
+
+    async fn load_slot(&self, slot: usize, dir: PathBuf, version: String) -> bool {
+        // `Load` is answered by Loaded/LoadFailed with seq 0; probe after it
+        // instead, which reports the version the worker serves.
+        let tx = self
+            .slots()
+            .get(slot)
+            .and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
+        let sent = match tx {
+            Some(tx) => tx
+                .send(ToWorker::Load {
+                    dir,
+                    version: version.clone(),
+                })
+                .await
+                .is_ok(),
+            None => false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent && Instant::now() < deadline {
+            if let Some(FromWorker::Pong { version: v, .. }) = self
+                .ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1))
+                .await
+                && v == version
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Every slot's live counters, as of its last probe.
+    pub fn traffic(&self) -> Vec<SlotTraffic> {
+        self.slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let w = s.current.as_ref()?;
+                Some(SlotTraffic {
+                    slot: i,
+                    pid: w.pid,
+                    restarts: s.restarts,
+                    totals: *w.traffic.lock().unwrap_or_else(|e| e.into_inner()),
+                })
+            })
+            .collect()
     }
 
     /// Flips the feature module in every worker; returns once each has
@@ -529,7 +605,16 @@ impl Supervisor {
         self.slots()
             .iter()
             .enumerate()
-            .map(|(i, s)| WorkerStatus {
+            .map(|(i, s)| {
+                (
+                    i,
+                    s,
+                    s.current
+                        .as_ref()
+                        .map(|w| *w.traffic.lock().unwrap_or_else(|e| e.into_inner())),
+                )
+            })
+            .map(|(i, s, traffic)| WorkerStatus {
                 slot: i,
                 pid: s.current.as_ref().map(|w| w.pid),
                 started_unix: s.current.as_ref().and_then(|w| unix(w.started)),
@@ -543,6 +628,9 @@ impl Supervisor {
                 restarts: s.restarts,
                 last_restart_reason: s.last_reason,
                 paused_until_unix: paused.and_then(|(_, t)| unix(t)),
+                requests: traffic.map_or(0, |t| t.requests),
+                errors_5xx: traffic.map_or(0, |t| t.errors_5xx),
+                canary: s.serve.is_some(),
             })
             .collect()
     }

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Supervisor, SupervisorConfig, SupervisorEvent, bind_listener};
 use crate::admin::{self, AdminState};
-use crate::gate::{Gate, Promote};
+use crate::gate::{Fleet, Gate};
 use crate::pipeline::ConfigHandle;
+use crate::rollout::SlotTraffic;
 
 /// What the supervised process needs to start.
 pub struct Supervised {
@@ -21,7 +22,7 @@ pub struct Supervised {
     /// The hot content the workers serve first (the active version's files).
     pub serve_dir: PathBuf,
     pub settings: Settings,
-    pub compiled: aegis_engine::CompiledConfig,
+    pub compiled: Arc<aegis_engine::CompiledConfig>,
     pub workers: usize,
     /// Where the traffic sample goes (the gate's state directory).
     pub sample_out: Option<PathBuf>,
@@ -73,7 +74,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         .context("starting the workers")?;
     eprintln!("aegis: {} workers serving", s.workers);
 
-    let config = ConfigHandle::new(s.compiled);
+    let config = ConfigHandle::from_arc(s.compiled);
     let mut admin_state = None;
     if s.settings.admin != "off" {
         let addr: std::net::SocketAddr = s
@@ -123,53 +124,59 @@ impl Running {
     }
 }
 
-/// Hands every version the gate promotes to the workers (and keeps the
-/// supervisor's copy for `/admin/config`).
-struct WorkerPromoter {
+/// The workers, as the gate's rollout sees them (the supervisor keeps its
+/// own copy of the version being rolled out for `/admin/config`).
+struct WorkerFleet {
     supervisor: Supervisor,
     config: ConfigHandle,
-    /// When the gate last promoted a version while running (not at start).
-    promoted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-impl Promote for WorkerPromoter {
-    fn promote(&self, files_dir: &Path, config: Arc<aegis_engine::CompiledConfig>) {
-        *self.promoted_at.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now());
+impl Fleet for WorkerFleet {
+    fn size(&self) -> usize {
+        self.supervisor.size()
+    }
+
+    fn load(
+        &self,
+        only: Option<usize>,
+        files_dir: &Path,
+        config: Arc<aegis_engine::CompiledConfig>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'static>> {
         let version = config.version.clone();
         self.config.store(config);
         let sup = self.supervisor.clone();
         let dir = files_dir.to_path_buf();
-        tokio::spawn(async move {
-            let all = sup.promote(dir, version.clone()).await;
-            if all {
-                tracing::info!(version, "every worker serves the promoted version");
-            } else {
-                tracing::error!(
-                    version,
-                    "not every worker acknowledged the promoted version"
-                );
+        Box::pin(async move {
+            let ok = sup.load(only, dir, version.clone()).await;
+            match (ok, only) {
+                (true, None) => tracing::info!(version, "every worker serves it"),
+                (true, Some(slot)) => tracing::info!(version, slot, "the worker serves it"),
+                (false, _) => {
+                    tracing::error!(version, ?only, "not every worker acknowledged the version")
+                }
             }
-        });
+            ok
+        })
+    }
+
+    fn traffic(&self) -> Vec<SlotTraffic> {
+        self.supervisor.traffic()
     }
 }
 
 /// Supervised `aegis run`: the gate watches the config directory and
-/// promotes through the supervisor to every worker.
+/// promotes through the supervisor to the workers (canary first).
 pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut running = start(s).await?;
     if let Some(admin) = &running.admin {
-        crate::gate::register_admin(admin, gate.status(), running.config.clone());
+        crate::gate::register_admin(admin, &gate, running.config.clone());
     }
-    let promoter = Arc::new(WorkerPromoter {
+    let fleet = Arc::new(WorkerFleet {
         supervisor: running.supervisor.clone(),
         config: running.config.clone(),
-        promoted_at: std::sync::Mutex::new(None),
     });
-    let watcher = gate
-        .clone()
-        .spawn(promoter.clone(), running.shutdown.clone());
+    let watcher = gate.clone().spawn(fleet, running.shutdown.clone());
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -181,17 +188,13 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
             ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause, since }) = ev {
                 tracing::error!(deaths, ?pause, "crash loop: respawning paused");
                 // Deaths that began after a promotion count against it.
-                let after_promotion = promoter
-                    .promoted_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some_and(|p| p <= since);
+                let after_promotion = gate.last_promotion().is_some_and(|p| p <= since);
                 if after_promotion {
                     let why = format!(
                         "{deaths} worker deaths within health.crash_window after the promotion"
                     );
-                    match gate.roll_back(promoter.as_ref(), "crash_loop", &why).await {
-                        Ok(Some(v)) => eprintln!("aegis: rolled back to {v}: {why}"),
+                    match gate.roll_back("crash_loop", &why).await {
+                        Ok(Some(v)) => tracing::error!("rolled back to {v}: {why}"),
                         Ok(None) => {}
                         Err(e) => tracing::error!(error = %e, "rollback failed"),
                     }

@@ -134,7 +134,7 @@ async fn serve(
     let limits = settings.limits.clone();
     let serving = run::start_with(
         settings,
-        compiled,
+        std::sync::Arc::new(compiled),
         listeners,
         false,
         args.sample_out.clone(),
@@ -142,6 +142,7 @@ async fn serve(
     .await?;
     let prometheus = serving.prometheus.clone();
     let features = serving.pipeline.features_switch();
+    let traffic = serving.pipeline.traffic();
     if args.features_off {
         features.store(false, std::sync::atomic::Ordering::SeqCst);
     }
@@ -174,6 +175,7 @@ async fn serve(
             Ok(ToWorker::Ping { seq }) => FromWorker::Pong {
                 seq,
                 version: serving.config.load().version.clone(),
+                traffic: traffic.totals(),
             },
             Ok(ToWorker::Metrics { seq }) => FromWorker::MetricsText {
                 seq,

@@ -238,6 +238,14 @@ pub struct Gate {
     pub canary_seconds: u64,
     /// Time after full promotion during which a regression rolls back. Default 30s.
     pub bake_seconds: u64,
+    /// What counts as a regression on the canary and in the bake window.
+    pub regression: Regression,
+    /// Alternations between accepted and rejected candidates within
+    /// `flap_window` that freeze promotion until a person confirms
+    /// (`POST /admin/confirm`). 0 never freezes. Default 4.
+    pub freeze_after_flips: u32,
+    /// Default 10m.
+    pub flap_window: Dur,
     /// Probe (TCP connect) the candidate's new upstream endpoints before the
     /// replay, so a pool that does not answer replays as 502. Default on; off
     /// only where a connection would disturb the upstream (scripted test
@@ -253,7 +261,45 @@ impl Default for Gate {
             sandbox: SandboxLimits::default(),
             canary_seconds: 10,
             bake_seconds: 30,
+            regression: Regression::default(),
+            freeze_after_flips: 4,
+            flap_window: Dur::secs(600),
             probe_endpoints: true,
+        }
+    }
+}
+
+/// When live traffic says a promoted version is worse than what it replaced:
+/// on the canary against the control workers, in the bake window against
+/// the window before the promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Regression {
+    /// The 5xx share may exceed the comparison's by this much (0.05: five
+    /// percentage points). Default 0.05.
+    pub max_5xx_increase: f64,
+    /// Requests a window needs before its 5xx share or p99 is judged.
+    /// Default 20.
+    pub min_requests: u64,
+    /// The p99 time to response head may be this multiple of the
+    /// comparison's... Default 3.0.
+    pub max_p99_ratio: f64,
+    /// ...and must also exceed it by this much to count. Default 50ms.
+    pub p99_slack: Dur,
+    /// Worker deaths in the bake window beyond the window before that count
+    /// as a regression (one death is tolerated: an operator's kill, an OOM
+    /// elsewhere). Default 2.
+    pub max_worker_deaths: u64,
+}
+
+impl Default for Regression {
+    fn default() -> Self {
+        Self {
+            max_5xx_increase: 0.05,
+            min_requests: 20,
+            max_p99_ratio: 3.0,
+            p99_slack: Dur::ms(50),
+            max_worker_deaths: 2,
         }
     }
 }

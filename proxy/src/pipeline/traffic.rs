@@ -1,0 +1,166 @@
+//! Live traffic counters of one serving process: requests, 5xx answers and
+//! a histogram of the time to response head. The progressive rollout
+//! compares them between a canary worker and its control group, and between
+//! the bake window and the window before a promotion; Prometheus has the
+//! same figures per route, but the rollout needs them per process, cheaply
+//! and without parsing text.
+//!
+//! Cumulative and monotonic for the life of the process (a restarted worker
+//! starts again at zero, which the comparison detects by its pid).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds of the latency buckets, in microseconds: 128 µs doubling up
+/// to about 8.4 s; the last bucket takes everything slower.
+pub const BUCKET_BOUNDS_US: [u64; LATENCY_BUCKETS - 1] = [
+    128, 256, 512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768, 65_536, 131_072, 262_144, 524_288,
+    1_048_576, 2_097_152, 4_194_304, 8_388_608,
+];
+pub const LATENCY_BUCKETS: usize = 18;
+
+/// The counters, shared by every connection of the process.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    requests: AtomicU64,
+    errors_5xx: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl TrafficCounters {
+    /// Counts one answered request: its status and time to response head.
+    pub fn record(&self, status: u16, head_after: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if (500..600).contains(&status) {
+            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(head_after.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKET_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS - 1);
+        if let Some(b) = self.latency.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of the counters now.
+    pub fn totals(&self) -> TrafficTotals {
+        TrafficTotals {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors_5xx: self.errors_5xx.load(Ordering::Relaxed),
+            latency: std::array::from_fn(|i| {
+                self.latency.get(i).map_or(0, |b| b.load(Ordering::Relaxed))
+            }),
+        }
+    }
+}
+
+/// A copy of [`TrafficCounters`], sent from a worker to its supervisor with
+/// every health probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficTotals {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    /// Requests per latency bucket ([`BUCKET_BOUNDS_US`]).
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl TrafficTotals {
+    /// What happened between `earlier` and `self` (counters of the same
+    /// process; a counter that went down saturates at zero).
+    pub fn since(&self, earlier: &TrafficTotals) -> TrafficTotals {
+        TrafficTotals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors_5xx: self.errors_5xx.saturating_sub(earlier.errors_5xx),
+            latency: std::array::from_fn(|i| {
+                let now = self.latency.get(i).copied().unwrap_or(0);
+                let then = earlier.latency.get(i).copied().unwrap_or(0);
+                now.saturating_sub(then)
+            }),
+        }
+    }
+
+    /// Sums two windows.
+    pub fn plus(&self, other: &TrafficTotals) -> TrafficTotals {
+        TrafficTotals {
+            requests: self.requests.saturating_add(other.requests),
+            errors_5xx: self.errors_5xx.saturating_add(other.errors_5xx),
+            latency: std::array::from_fn(|i| {
+                let a = self.latency.get(i).copied().unwrap_or(0);
+                let b = other.latency.get(i).copied().unwrap_or(0);
+                a.saturating_add(b)
+            }),
+        }
+    }
+
+    /// Share of requests answered 5xx (0 when there were none).
+    pub fn share_5xx(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors_5xx as f64 / self.requests as f64
+        }
+    }
+
+    /// The upper bound of the bucket holding the 99th percentile (the last
+    /// bucket reads as twice the largest bound); `None` without requests.
+    pub fn p99(&self) -> Option<Duration> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the 99th percentile, rounded up: ceil(total * 0.99).
+        let rank = total.saturating_mul(99).div_ceil(100).max(1);
+        let mut seen = 0u64;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen = seen.saturating_add(*n);
+            if seen >= rank {
+                let us = BUCKET_BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(BUCKET_BOUNDS_US[LATENCY_BUCKETS - 2].saturating_mul(2));
+                return Some(Duration::from_micros(us));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_statuses_and_buckets() {
+        let c = TrafficCounters::default();
+        c.record(200, Duration::from_micros(100));
+        c.record(502, Duration::from_millis(3));
+        c.record(404, Duration::from_secs(60));
+        let t = c.totals();
+        assert_eq!((t.requests, t.errors_5xx), (3, 1));
+        assert_eq!(t.latency[0], 1);
+        assert_eq!(t.latency[5], 1, "3 ms is in the 4 096 µs bucket");
+        assert_eq!(t.latency[LATENCY_BUCKETS - 1], 1);
+    }
+
+    #[test]
+    fn p99_and_share_of_a_window() {
+        let c = TrafficCounters::default();
+        let before = c.totals();
+        for _ in 0..99 {
+            c.record(200, Duration::from_micros(200));
+        }
+        c.record(500, Duration::from_millis(100));
+        let w = c.totals().since(&before);
+        assert_eq!(w.p99(), Some(Duration::from_micros(256)));
+        assert!((w.share_5xx() - 0.01).abs() < 1e-9);
+        c.record(500, Duration::from_millis(100));
+        let w = c.totals().since(&before);
+        assert_eq!(w.p99(), Some(Duration::from_micros(131_072)));
+        assert_eq!(TrafficTotals::default().p99(), None);
+        assert_eq!(w.plus(&w).requests, 202);
+    }
+}

@@ -1,0 +1,627 @@
+//! Progressive rollout: what happens to a version after the gate accepted
+//! it. The sandbox replayed a sample; live traffic is bigger than any
+//! sample, so a promoted version goes first to one canary worker, is compared
+//! there with the control workers still on the version before, then goes to
+//! every worker, and is watched for a bake window against the traffic before
+//! the promotion. A regression at either step rolls it back.
+//!
+//! ```text
+//!  accepted ─► canary (slot 0, gate.canary_seconds)   ── regression ─► rolled back
+//!                 │ canary vs control: 5xx share, p99, deaths
+//!                 ▼
+//!              every worker, bake (gate.bake_seconds)  ── regression ─► rolled back
+//!                 │ all workers vs the window before: 5xx share, p99, deaths
+//!                 ▼
+//!              steady: the version is the new stable one
+//! ```
+//!
+//! This module is the state machine and the bookkeeping; the gate drives it
+//! (`Gate::rollout_tick`) and moves versions through a [`Fleet`]: the
+//! supervisor's workers, or the one serving process (no canary then: there
+//! is no control group in one process, only the bake).
+
+pub mod compare;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_engine::CompiledConfig;
+use aegis_engine::config::Settings;
+use aegis_engine::config::settings::Regression;
+use serde::Serialize;
+
+use self::compare::{Finding, Window};
+use crate::pipeline::ConfigHandle;
+use crate::pipeline::traffic::{TrafficCounters, TrafficTotals};
+
+/// The worker slot that takes a new version first.
+pub const CANARY_SLOT: usize = 0;
+
+/// One serving process's counters, as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotTraffic {
+    pub slot: usize,
+    pub pid: u32,
+    /// Times the slot's process was replaced so far.
+    pub restarts: u64,
+    pub totals: TrafficTotals,
+}
+
+/// Where promoted versions go.
+pub trait Fleet: Send + Sync {
+    /// Serving processes.
+    fn size(&self) -> usize;
+    /// Makes slot `only` (or every slot) serve `config`, whose files are in
+    /// `files_dir` (a worker compiles them itself). Resolves to true once
+    /// every process concerned serves it.
+    fn load(
+        &self,
+        only: Option<usize>,
+        files_dir: &Path,
+        config: Arc<CompiledConfig>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
+    /// Every serving process's counters, as last read.
+    fn traffic(&self) -> Vec<SlotTraffic>;
+}
+
+/// `--workers 0`: this process serves, alone.
+pub struct LocalFleet {
+    pub config: ConfigHandle,
+    pub traffic: Arc<TrafficCounters>,
+}
+
+impl Fleet for LocalFleet {
+    fn size(&self) -> usize {
+        1
+    }
+    fn load(
+        &self,
+        _only: Option<usize>,
+        _files_dir: &Path,
+        config: Arc<CompiledConfig>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
+        self.config.store(config);
+        Box::pin(async { true })
+    }
+    fn traffic(&self) -> Vec<SlotTraffic> {
+        vec![SlotTraffic {
+            slot: 0,
+            pid: std::process::id(),
+            restarts: 0,
+            totals: self.traffic.totals(),
+        }]
+    }
+}
+
+/// The rollout's settings, from the active version's aegis.yaml.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub canary: Duration,
+    pub bake: Duration,
+    pub regression: Regression,
+}
+
+impl Policy {
+    pub fn of(settings: &Settings) -> Policy {
+        Policy {
+            canary: Duration::from_secs(settings.gate.canary_seconds),
+            bake: Duration::from_secs(settings.gate.bake_seconds),
+            regression: settings.gate.regression.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Steady,
+    Canary {
+        version: String,
+        slot: usize,
+        started: Instant,
+        started_ms: u64,
+        at_start: Vec<SlotTraffic>,
+        /// The window before the promotion, for the bake that follows.
+        before: Window,
+    },
+    Baking {
+        version: String,
+        started: Instant,
+        started_ms: u64,
+        at_start: Vec<SlotTraffic>,
+        before: Window,
+    },
+}
+
+/// One step of a rollout, for `/admin/config` (the log line says the same).
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutEvent {
+    pub at_ms: u64,
+    /// `canary_started`, `canary_passed`, `promoted_all`, `baked`,
+    /// `rolled_back`, `superseded`, `frozen`, `confirmed`.
+    pub event: &'static str,
+    pub version: String,
+    pub detail: String,
+}
+
+/// What the gate should do after an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Wait,
+    /// The canary passed: load the version into every worker.
+    PromoteAll {
+        version: String,
+        detail: String,
+    },
+    /// The bake passed: the version is stable.
+    Baked {
+        version: String,
+        detail: String,
+    },
+    /// A regression: roll the version back.
+    RollBack {
+        version: String,
+        finding: Finding,
+    },
+}
+
+/// How a promotion starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Load into [`CANARY_SLOT`] only.
+    Canary,
+    /// Load into every slot.
+    All,
+}
+
+/// The rollout state of one proxy.
+#[derive(Debug)]
+pub struct Rollout {
+    phase: Phase,
+    /// The last version that finished its rollout (or was served at start):
+    /// what the control group serves and what a rollback returns to.
+    stable: Option<String>,
+    /// Readings of the fleet, oldest first, for "the window before".
+    history: VecDeque<(Instant, Vec<SlotTraffic>)>,
+    events: VecDeque<RolloutEvent>,
+}
+
+const MAX_EVENTS: usize = 32;
+const MAX_READINGS: usize = 4096;
+
+impl Rollout {
+    pub fn new(stable: Option<String>) -> Self {
+        Self {
+            phase: Phase::Steady,
+            stable,
+            history: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn stable(&self) -> Option<&str> {
+        self.stable.as_deref()
+    }
+
+    /// The version being rolled out (on the canary or baking).
+    pub fn current(&self) -> Option<&String> {
+        match &self.phase {
+            Phase::Steady => None,
+            Phase::Canary { version, .. } | Phase::Baking { version, .. } => Some(version),
+        }
+    }
+
+    /// `aegis_config_canary_state`: 0 steady, 1 canary, 2 baking.
+    pub fn state_code(&self) -> u8 {
+        match self.phase {
+            Phase::Steady => 0,
+            Phase::Canary { .. } => 1,
+            Phase::Baking { .. } => 2,
+        }
+    }
+
+    /// Keeps a reading of the fleet (for the window before a promotion).
+    pub fn record(&mut self, now: Instant, traffic: Vec<SlotTraffic>, keep: Duration) {
+        self.history.push_back((now, traffic));
+        while self.history.len() > MAX_READINGS
+            || self
+                .history
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > keep)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// The fleet's traffic over the last `len` before `now`, from the kept
+    /// readings (shorter when the process has not run that long).
+    fn window_before(&self, now: Instant, len: Duration, current: &[SlotTraffic]) -> Window {
+        let Some(first) = self
+            .history
+            .iter()
+            .find(|(t, _)| now.duration_since(*t) <= len)
+            .map(|(_, r)| r)
+        else {
+            return Window::default();
+        };
+        Window::between(first, current, |_| true)
+    }
+
+    pub fn log(&mut self, event: &'static str, version: &str, detail: String, at_ms: u64) {
+        match event {
+            "rolled_back" | "frozen" => {
+                tracing::error!(target: "aegis::rollout", version, "{event}: {detail}")
+            }
+            _ => tracing::warn!(target: "aegis::rollout", version, "{event}: {detail}"),
+        }
+        self.events.push_back(RolloutEvent {
+            at_ms,
+            event,
+            version: version.to_string(),
+            detail,
+        });
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// A version was accepted: how to promote it. A canary needs more than
+    /// one worker, a canary window, and a stable version for the control
+    /// group to serve. A rollout in progress ends: a bake cut short so far
+    /// clean makes its version stable (the control group of the next canary
+    /// serves it); an unfinished canary is abandoned.
+    pub fn plan(&mut self, version: &str, fleet_size: usize, policy: &Policy, at_ms: u64) -> Start {
+        match std::mem::replace(&mut self.phase, Phase::Steady) {
+            Phase::Steady => {}
+            Phase::Canary { version: v, .. } => self.log(
+                "superseded",
+                &v,
+                format!("canary abandoned: {version} was accepted meanwhile"),
+                at_ms,
+            ),
+            Phase::Baking { version: v, .. } => {
+                self.log(
+                    "superseded",
+                    &v,
+                    format!("bake cut short, clean so far: {version} was accepted meanwhile"),
+                    at_ms,
+                );
+                self.stable = Some(v);
+            }
+        }
+        if fleet_size > 1 && !policy.canary.is_zero() && self.stable.is_some() {
+            Start::Canary
+        } else {
+            Start::All
+        }
+    }
+
+    /// The canary slot serves `version` now.
+    pub fn canary_started(
+        &mut self,
+        version: &str,
+        now: Instant,
+        at_ms: u64,
+        traffic: Vec<SlotTraffic>,
+        policy: &Policy,
+    ) {
+        let before = self.window_before(now, policy.bake.max(policy.canary), &traffic);
+        self.log(
+            "canary_started",
+            version,
+            format!(
+                "worker {CANARY_SLOT} serves it for {}s next to the control workers on {}",
+                policy.canary.as_secs(),
+                self.stable.as_deref().unwrap_or("-")
+            ),
+            at_ms,
+        );
+        self.phase = Phase::Canary {
+            version: version.to_string(),
+            slot: CANARY_SLOT,
+            started: now,
+            started_ms: at_ms,
+            at_start: traffic,
+            before,
+        };
+    }
+
+    /// Every worker serves `version` now: bake it, or, with no bake window
+    /// (or nothing served before it), it is stable at once.
+    pub fn all_started(
+        &mut self,
+        version: &str,
+        now: Instant,
+        at_ms: u64,
+        traffic: Vec<SlotTraffic>,
+        policy: &Policy,
+    ) {
+        let before = match std::mem::replace(&mut self.phase, Phase::Steady) {
+            Phase::Canary { before, .. } => before,
+            _ => self.window_before(now, policy.bake, &traffic),
+        };
+        if policy.bake.is_zero() || self.stable.is_none() {
+            self.log(
+                "promoted_all",
+                version,
+                "every worker serves it (no bake window)".into(),
+                at_ms,
+            );
+            self.stable = Some(version.to_string());
+            return;
+        }
+        self.log(
+            "promoted_all",
+            version,
+            format!(
+                "every worker serves it; baking for {}s against the window before ({})",
+                policy.bake.as_secs(),
+                before.describe()
+            ),
+            at_ms,
+        );
+        self.phase = Phase::Baking {
+            version: version.to_string(),
+            started: now,
+            started_ms: at_ms,
+            at_start: traffic,
+            before,
+        };
+    }
+
+    /// A rollback (or any promotion outside a rollout) made `to` the
+    /// version every worker serves.
+    pub fn settled(&mut self, to: &str) {
+        self.phase = Phase::Steady;
+        self.stable = Some(to.to_string());
+    }
+
+    /// Compares the latest reading; says what to do next.
+    pub fn observe(&mut self, now: Instant, traffic: &[SlotTraffic], policy: &Policy) -> Step {
+        match &self.phase {
+            Phase::Steady => Step::Wait,
+            Phase::Canary {
+                version,
+                slot,
+                started,
+                at_start,
+                ..
+            } => {
+                let slot = *slot;
+                let canary = Window::between(at_start, traffic, |s| s == slot);
+                let control = Window::between(at_start, traffic, |s| s != slot);
+                if let Some(finding) = compare::judge_canary(&canary, &control, &policy.regression)
+                {
+                    return Step::RollBack {
+                        version: version.clone(),
+                        finding,
+                    };
+                }
+                if now.duration_since(*started) < policy.canary {
+                    return Step::Wait;
+                }
+                let verdict = if canary.traffic.requests < policy.regression.min_requests {
+                    "inconclusive (too little traffic to compare), promoting"
+                } else {
+                    "no regression"
+                };
+                Step::PromoteAll {
+                    version: version.clone(),
+                    detail: format!(
+                        "{verdict}: canary {}; control {}",
+                        canary.describe(),
+                        control.describe()
+                    ),
+                }
+            }
+            Phase::Baking {
+                version,
+                started,
+                at_start,
+                before,
+                ..
+            } => {
+                let bake = Window::between(at_start, traffic, |_| true);
+                if let Some(finding) = compare::judge_bake(&bake, before, &policy.regression) {
+                    return Step::RollBack {
+                        version: version.clone(),
+                        finding,
+                    };
+                }
+                if now.duration_since(*started) < policy.bake {
+                    return Step::Wait;
+                }
+                Step::Baked {
+                    version: version.clone(),
+                    detail: format!(
+                        "no regression: {} against {} before",
+                        bake.describe(),
+                        before.describe()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The bake passed.
+    pub fn baked(&mut self, version: &str, detail: String, at_ms: u64) {
+        self.log("baked", version, detail, at_ms);
+        self.phase = Phase::Steady;
+        self.stable = Some(version.to_string());
+    }
+
+    /// For `GET /admin/config`.
+    pub fn json(&self, policy: Option<&Policy>) -> serde_json::Value {
+        let left = |started: &Instant, len: Option<Duration>| {
+            len.map(|l| {
+                u64::try_from(l.saturating_sub(started.elapsed()).as_millis()).unwrap_or(u64::MAX)
+            })
+        };
+        let (phase, version, since_ms, ends_in_ms, slot) = match &self.phase {
+            Phase::Steady => ("steady", None, None, None, None),
+            Phase::Canary {
+                version,
+                slot,
+                started,
+                started_ms,
+                ..
+            } => (
+                "canary",
+                Some(version.clone()),
+                Some(*started_ms),
+                left(started, policy.map(|p| p.canary)),
+                Some(*slot),
+            ),
+            Phase::Baking {
+                version,
+                started,
+                started_ms,
+                ..
+            } => (
+                "baking",
+                Some(version.clone()),
+                Some(*started_ms),
+                left(started, policy.map(|p| p.bake)),
+                None,
+            ),
+        };
+        serde_json::json!({
+            "phase": phase,
+            "version": version,
+            "since_ms": since_ms,
+            "ends_in_ms": ends_in_ms,
+            "canary_slot": slot,
+            "stable": self.stable,
+            "events": self.events.iter().rev().collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(per_slot: &[(u64, u64)]) -> Vec<SlotTraffic> {
+        per_slot
+            .iter()
+            .enumerate()
+            .map(|(i, (ok, failed))| SlotTraffic {
+                slot: i,
+                pid: 100 + i as u32,
+                restarts: 0,
+                totals: TrafficTotals {
+                    requests: ok + failed,
+                    errors_5xx: *failed,
+                    latency: {
+                        let mut l = [0; crate::pipeline::traffic::LATENCY_BUCKETS];
+                        l[0] = ok + failed;
+                        l
+                    },
+                },
+            })
+            .collect()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            canary: Duration::from_secs(10),
+            bake: Duration::from_secs(30),
+            regression: Regression::default(),
+        }
+    }
+
+    #[test]
+    fn canary_then_bake_then_stable() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut r = Rollout::new(Some("v0".into()));
+        r.record(t0, reading(&[(0, 0), (0, 0)]), Duration::from_secs(60));
+        assert_eq!(r.plan("v1", 2, &p, 0), Start::Canary);
+        r.canary_started("v1", t0, 0, reading(&[(100, 0), (100, 0)]), &p);
+        let mid = reading(&[(150, 0), (150, 0)]);
+        assert_eq!(r.observe(t0 + Duration::from_secs(5), &mid, &p), Step::Wait);
+        let Step::PromoteAll { version, .. } = r.observe(t0 + Duration::from_secs(10), &mid, &p)
+        else {
+            panic!("the canary passed")
+        };
+        assert_eq!(version, "v1");
+        r.all_started("v1", t0 + Duration::from_secs(10), 0, mid.clone(), &p);
+        assert_eq!(r.state_code(), 2);
+        let later = reading(&[(300, 0), (300, 0)]);
+        assert!(matches!(
+            r.observe(t0 + Duration::from_secs(40), &later, &p),
+            Step::Baked { .. }
+        ));
+        r.baked("v1", String::new(), 0);
+        assert_eq!(r.stable(), Some("v1"));
+        assert_eq!(r.state_code(), 0);
+    }
+
+    #[test]
+    fn a_failing_canary_is_rolled_back_before_its_window_ends() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.canary_started("v1", t0, 0, reading(&[(100, 0), (100, 0)]), &p);
+        let step = r.observe(
+            t0 + Duration::from_secs(1),
+            &reading(&[(100, 25), (130, 0)]),
+            &p,
+        );
+        let Step::RollBack { finding, .. } = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(finding.code, "canary_5xx");
+    }
+
+    #[test]
+    fn one_process_or_no_stable_version_skips_the_canary() {
+        let p = policy();
+        let mut r = Rollout::new(Some("v0".into()));
+        assert_eq!(r.plan("v1", 1, &p, 0), Start::All);
+        let mut r = Rollout::new(None);
+        assert_eq!(r.plan("v1", 4, &p, 0), Start::All);
+    }
+
+    #[test]
+    fn bake_regression_against_the_window_before() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut r = Rollout::new(Some("v0".into()));
+        r.record(t0, reading(&[(0, 0)]), Duration::from_secs(60));
+        r.record(
+            t0 + Duration::from_secs(20),
+            reading(&[(400, 2)]),
+            Duration::from_secs(60),
+        );
+        r.plan("v1", 1, &p, 0);
+        r.all_started(
+            "v1",
+            t0 + Duration::from_secs(20),
+            0,
+            reading(&[(400, 2)]),
+            &p,
+        );
+        let step = r.observe(t0 + Duration::from_secs(22), &reading(&[(410, 40)]), &p);
+        let Step::RollBack { finding, .. } = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(finding.code, "bake_5xx");
+        assert!(finding.why.contains("0.5% of 402"), "{}", finding.why);
+    }
+
+    #[test]
+    fn a_new_version_during_the_bake_makes_the_baking_one_stable() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.all_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
+        assert_eq!(r.plan("v2", 2, &p, 0), Start::Canary);
+        assert_eq!(r.stable(), Some("v1"));
+    }
+}
