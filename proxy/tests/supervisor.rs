@@ -311,7 +311,9 @@ fn served_version(p: &Proxy) -> String {
 
 #[test]
 fn crash_loop_after_a_promotion_rolls_it_back() {
-    let settings = "workers: 2\nhealth: { interval: 200ms, timeout: 300ms, fall: 3, grace: 500ms, crash_loop_deaths: 3, crash_window: 10s }\ngate: { debounce: 50ms }\n";
+    // No canary and no bake: the deaths must be judged as a crash loop, not
+    // as a dying canary or a bake regression (tests/rollout.rs has those).
+    let settings = "workers: 2\nhealth: { interval: 200ms, timeout: 300ms, fall: 3, grace: 500ms, crash_loop_deaths: 3, crash_window: 10s }\ngate: { debounce: 50ms, canary_seconds: 0, bake_seconds: 0 }\n";
     let p = Proxy::start(settings, ROUTES);
     let v0 = served_version(&p);
     p.write(

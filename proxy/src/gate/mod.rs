@@ -888,6 +888,7 @@ impl Gate {
             match self.activate(&id, false) {
                 Ok((settings, compiled)) => {
                     self.status.lock().rollout = Rollout::new(Some(id.clone()));
+                    self.saw(&id, true);
                     return Ok(Started {
                         id,
                         settings,
@@ -914,6 +915,7 @@ impl Gate {
         }
         let (settings, compiled) = self.activate(&record.id, false)?;
         self.status.lock().rollout = Rollout::new(Some(record.id.clone()));
+        self.saw(&record.id, true);
         Ok(Started {
             id: record.id,
             settings,

@@ -53,14 +53,27 @@ impl DirWatcher {
         });
         let s2 = signal.clone();
         let dir_name = dir.file_name().map(|n| n.to_os_string());
-        let watched_dir = dir.to_path_buf();
+        // notify reports absolute paths: compare with the directory's
+        // absolute form, or a relative `--config-dir` (the README's
+        // `configs`) would see no file event as its own.
+        let watched_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let canonical_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| watched_dir.clone());
         let handler = move |res: notify::Result<notify::Event>| match res {
+            // Reading a file is no change: without this, the gate's own
+            // snapshot reads (open, close-without-write) would wake the
+            // watcher again after every look, for ever. A close after a
+            // write is kept: it is how an editor's save ends.
+            Ok(ev)
+                if matches!(ev.kind, notify::EventKind::Access(a)
+                    if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
+            }
             Ok(ev) => {
                 // Events from the parent matter only when they concern the
                 // directory itself.
                 let relevant = ev.paths.is_empty()
                     || ev.paths.iter().any(|p| {
                         p.starts_with(&watched_dir)
+                            || p.starts_with(&canonical_dir)
                             || p.file_name().map(|n| n.to_os_string()) == dir_name
                     });
                 if relevant {

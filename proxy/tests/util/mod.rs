@@ -111,6 +111,7 @@ impl Body for Stalling {
 /// - `/stall/{ms}`: a chunked body that pauses `ms` between two parts;
 /// - `/upload`: reads the body, answers its length;
 /// - `/health`: 200, or 503 while [`Backend::set_down`];
+/// - while [`Backend::set_failing`], anything but `/health`: 500;
 /// - `/ws` with `Upgrade`: 101, then echoes bytes;
 /// - anything else: a JSON echo of the request (`name`, `method`, `path`,
 ///   `query`, `headers`), with `x-backend: NAME`.
@@ -119,6 +120,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
+    pub failing: Arc<AtomicBool>,
     pub paths: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
 }
@@ -142,6 +144,7 @@ impl Backend {
             addr,
             hits: Arc::new(AtomicUsize::new(0)),
             down: Arc::new(AtomicBool::new(false)),
+            failing: Arc::new(AtomicBool::new(false)),
             paths: Arc::new(Mutex::new(Vec::new())),
             stop: CancellationToken::new(),
         };
@@ -152,6 +155,7 @@ impl Backend {
             b.paths.clone(),
             b.stop.clone(),
         );
+        let failing = b.failing.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -165,11 +169,19 @@ impl Backend {
                     paths.clone(),
                     stop.clone(),
                 );
+                let failing = failing.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (name, hits, down, paths) =
                             (name.clone(), hits.clone(), down.clone(), paths.clone());
+                        let failing = failing.load(Ordering::SeqCst);
                         async move {
+                            if failing && req.uri().path() != "/health" {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                                let mut r = Response::new(full("failing"));
+                                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                                return Ok::<_, Infallible>(r);
+                            }
                             Ok::<_, Infallible>(origin(req, &name, &hits, &down, &paths).await)
                         }
                     });
@@ -188,6 +200,12 @@ impl Backend {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to everything but `/health` (an upstream broken in a way
+    /// a TCP probe or health check does not see).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     pub fn hits(&self) -> usize {
