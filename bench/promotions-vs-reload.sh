@@ -8,7 +8,8 @@
 #   peer   a private nginx (worker_processes 2, keep-alive upstream) whose
 #          `location /` adds `X-Version: N`; a change rewrites nginx.conf with
 #          N+1 and runs `nginx -s reload -p … -c …`.
-#   Aegis  `aegis run` (workers: 2, access_log off, gate.debounce 100ms) on a
+#   Aegis  `aegis run` (workers: 2, access_log off, gate.debounce 100ms,
+#          gate.canary_seconds 0: a change lands on every worker at once) on a
 #          temp config dir; routes.yaml sets `x-version: "N"` on the route to
 #          the backend; a change writes routes.yaml with N+1 atomically
 #          (.routes.yaml.tmp, then mv) and polls GET /admin/config until
@@ -182,7 +183,9 @@ listen: ["127.0.0.1:$AEGIS_PORT"]
 admin: "$ADMIN"
 workers: 2
 access_log: "off"
-gate: { debounce: 100ms }
+# No canary: a change every 0.8 s would supersede every canary, and the peer
+# applies each reload everywhere at once (tests/rollout.rs covers the canary).
+gate: { debounce: 100ms, canary_seconds: 0 }
 CONF
 write_routes() {
 	cat >"$WORK/cfg/.routes.yaml.tmp" <<CONF

@@ -89,9 +89,9 @@ fn print_static(dir: &Path, outcome: CheckOutcome) -> ExitCode {
 
 fn print_invalid(dir: &Path, errors: &[String]) {
     for e in errors {
-        eprintln!("{e}");
+        crate::say!("{e}");
     }
-    eprintln!("invalid: {}: {} error(s)", dir.display(), errors.len());
+    crate::say!("invalid: {}: {} error(s)", dir.display(), errors.len());
 }
 
 fn default_sample(args: &CheckArgs) -> Option<PathBuf> {
@@ -110,18 +110,18 @@ pub fn main(args: CheckArgs) -> ExitCode {
     }
     for d in std::iter::once(&args.config_dir).chain(args.baseline.as_ref()) {
         if !d.is_dir() {
-            eprintln!("aegis check: {} is not a directory", d.display());
+            crate::say!("aegis check: {} is not a directory", d.display());
             return ExitCode::from(2);
         }
     }
     if let Some(s) = args.sample.as_ref().filter(|s| !s.is_file()) {
-        eprintln!("aegis check: sample {} is not a file", s.display());
+        crate::say!("aegis check: sample {} is not a file", s.display());
         return ExitCode::from(2);
     }
     let sandbox = match Sandbox::locate() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
+            crate::say!(
                 "aegis check: {e}; only the static stage was run, the config was NOT replayed"
             );
             return print_static(&args.config_dir, check_static(&args.config_dir));
@@ -133,7 +133,7 @@ pub fn main(args: CheckArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("aegis check: cannot start the runtime: {e}");
+            crate::say!("aegis check: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -148,7 +148,7 @@ pub fn main(args: CheckArgs) -> ExitCode {
     let (verdict, run, _policy, _limits) = match result {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("aegis check: {e}");
+            crate::say!("aegis check: {e}");
             return ExitCode::from(1);
         }
     };
@@ -214,19 +214,19 @@ pub fn main(args: CheckArgs) -> ExitCode {
                 );
             }
             if let Some(e) = &r.baseline_error {
-                eprintln!("warning: the baseline does not load ({e}); judged without it");
+                crate::say!("warning: the baseline does not load ({e}); judged without it");
             }
             if verdict.accepted {
                 println!("accept: {dir}: {}", verdict.sentence);
             } else {
-                eprintln!("reject: {dir}: {}: {}", verdict.code(), verdict.sentence);
+                crate::say!("reject: {dir}: {}: {}", verdict.code(), verdict.sentence);
                 for a in &verdict.also {
-                    eprintln!("  also {a}");
+                    crate::say!("  also {a}");
                 }
             }
         }
         SandboxOutcome::Failed { .. } => {
-            eprintln!("reject: {dir}: {}: {}", verdict.code(), verdict.sentence);
+            crate::say!("reject: {dir}: {}: {}", verdict.code(), verdict.sentence);
         }
     }
     code

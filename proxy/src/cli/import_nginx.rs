@@ -36,25 +36,25 @@ pub fn main(args: ImportArgs) -> ExitCode {
     let conv = match aegis_import_nginx::import(&args.nginx_conf, &args.admin) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("aegis import-nginx: {e}");
+            crate::say!("aegis import-nginx: {e}");
             return ExitCode::from(2);
         }
     };
     let count = |i: Impact| conv.findings.iter().filter(|f| f.impact == i).count();
     for f in &conv.findings {
         if !args.quiet || f.impact == Impact::Dropped {
-            eprintln!("{f}");
+            crate::say!("{f}");
         }
     }
     let dropped = count(Impact::Dropped);
-    eprintln!(
+    crate::say!(
         "{} dropped, {} carried with a difference, {} ignored",
         dropped,
         count(Impact::Differs),
         count(Impact::Ignored)
     );
     if dropped > 0 && !args.allow_partial {
-        eprintln!(
+        crate::say!(
             "aegis import-nginx: not written: {dropped} directive(s) that change behaviour could \
              not be carried over (listed above); fix them or pass --allow-partial"
         );
@@ -66,11 +66,11 @@ pub fn main(args: ImportArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e @ ImportError::Invalid(_)) => {
-            eprintln!("aegis import-nginx: {e}");
+            crate::say!("aegis import-nginx: {e}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("aegis import-nginx: {e}");
+            crate::say!("aegis import-nginx: {e}");
             ExitCode::from(2)
         }
     }

@@ -56,7 +56,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aegis run: {e:#}");
+            crate::say!("aegis run: {e:#}");
             if e.downcast_ref::<gate::StartupError>()
                 .is_some_and(|s| matches!(s, gate::StartupError::Rejected { .. }))
             {
@@ -72,9 +72,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::telemetry::init_tracing();
     let (gate, started) = gate::start_blocking(&args.config_dir, args.state_dir.as_deref())?;
-    eprintln!(
+    crate::say!(
         "aegis: config {} ({})",
-        started.compiled.version, started.how
+        started.compiled.version,
+        started.how
     );
     let serve_dir = gate.store().files_dir(&started.id);
     let settings = started.settings;
@@ -255,7 +256,7 @@ pub async fn start_with(
     for l in listeners.plain {
         let t = server::serve_plain(l, pipeline.clone(), opts.clone(), shutdown.clone(), drain)?;
         if with_admin {
-            eprintln!("aegis: listening http {}", t.local_addr);
+            crate::say!("aegis: listening http {}", t.local_addr);
         }
         tasks.push(t);
     }
@@ -275,7 +276,7 @@ pub async fn start_with(
                 drain,
             )?;
             if with_admin {
-                eprintln!("aegis: listening https {}", t.local_addr);
+                crate::say!("aegis: listening https {}", t.local_addr);
             }
             tasks.push(t);
         }
@@ -294,7 +295,7 @@ pub async fn start_with(
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin {addr}"))?;
-        eprintln!("aegis: listening admin {}", l.local_addr()?);
+        crate::say!("aegis: listening admin {}", l.local_addr()?);
         let state = AdminState::new(config.clone(), prometheus.clone(), token);
         background.push(admin::serve(l, state.clone(), shutdown.clone()));
         admin_state = Some(state);

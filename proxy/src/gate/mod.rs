@@ -204,6 +204,9 @@ struct StatusInner {
     flaps: FlapGuard,
     /// When a candidate was last promoted (not a rollback).
     promoted_at: Option<Instant>,
+    /// The content the last look found: the same again is no news (a
+    /// spurious wake-up must not judge and count it twice).
+    last_look: Option<String>,
 }
 
 impl Default for StatusInner {
@@ -222,6 +225,7 @@ impl Default for StatusInner {
             policy: None,
             flaps: FlapGuard::default(),
             promoted_at: None,
+            last_look: None,
         }
     }
 }
@@ -295,7 +299,7 @@ impl GateStatus {
 /// What happened to one look at the config directory.
 #[derive(Debug, Clone)]
 pub enum Considered {
-    /// The directory holds the active version.
+    /// The directory holds the active version, or what the last look found.
     Unchanged,
     /// A candidate was judged (or its earlier verdict reused).
     Judged {
@@ -568,7 +572,7 @@ impl Gate {
         self.store.save_record(&rec)?;
         metrics::counter!("aegis_config_rollbacks_total", "reason" => code.to_string())
             .increment(1);
-        let (_, compiled) = self.activate(&previous, true)?;
+        let (_, compiled) = self.activate(&previous, false)?;
         if let Some(fleet) = self.fleet.get() {
             let dir = self.store.files_dir(&previous);
             if !fleet.load(None, &dir, compiled).await {
@@ -600,7 +604,7 @@ impl Gate {
         }
         self.publish_state();
         // For scripts and tests, like the promotion line.
-        eprintln!(
+        crate::say!(
             "aegis: rolled back {} to {previous} ({code})",
             active.engine_version
         );
@@ -609,12 +613,13 @@ impl Gate {
 
     /// Compiles an accepted version in this process and makes it the active
     /// one (the pointer in the state directory, the status). The fleet is
-    /// the caller's business. `rollback`: the version is going back into
-    /// service after a regression (counted by the caller).
+    /// the caller's business. `reverted`: the config directory went back to
+    /// a version accepted before (its verdict was reused), which counts as a
+    /// rollback (`reason="reverted"`).
     fn activate(
         &self,
         id: &str,
-        rollback: bool,
+        reverted: bool,
     ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
         let dir = self.store.files_dir(id);
         let (settings, compiled) = aegis_engine::load_dir(&dir).map_err(|e| GateError::Load {
@@ -622,16 +627,10 @@ impl Gate {
             why: e.to_string(),
         })?;
         let compiled = Arc::new(compiled);
-        let was_active_before = !rollback
-            && self
-                .store
-                .history(1000)
-                .iter()
-                .any(|r| r.id == id && r.verdict.accepted);
         self.store.set_active(id)?;
         let mut g = self.status.lock();
         let previous = g.active.as_ref().map(|a| a.id.clone());
-        if previous.is_some() && was_active_before {
+        if previous.is_some() && reverted {
             g.rollbacks = g.rollbacks.saturating_add(1);
             // The config directory went back to an earlier accepted version.
             metrics::counter!("aegis_config_rollbacks_total", "reason" => "reverted").increment(1);
@@ -648,16 +647,16 @@ impl Gate {
         drop(g);
         tracing::info!(target: "aegis::gate", "promoted {id}: {}", compiled.summary());
         // For scripts and tests, like the listener lines.
-        eprintln!("aegis: config {}", compiled.version);
+        crate::say!("aegis: config {}", compiled.version);
         Ok((settings, compiled))
     }
 
     /// Promotes an accepted candidate to the fleet: to the canary worker
     /// first when the fleet and the rollout policy allow, else to every
     /// worker (then the bake watches).
-    async fn promote_candidate(&self, id: &str) -> Result<(), GateError> {
+    async fn promote_candidate(&self, id: &str, reverted: bool) -> Result<(), GateError> {
         let policy = self.active().map(|a| Policy::of(&a.settings));
-        let (settings, compiled) = self.activate(id, false)?;
+        let (settings, compiled) = self.activate(id, reverted)?;
         let policy = policy.unwrap_or_else(|| Policy::of(&settings));
         let Some(fleet) = self.fleet.get().cloned() else {
             self.status.lock().rollout.settled(id);
@@ -792,7 +791,7 @@ impl Gate {
             .lock()
             .rollout
             .log("frozen", version, f.why.clone(), f.since_ms);
-        eprintln!("aegis: promotion frozen");
+        crate::say!("aegis: promotion frozen");
     }
 
     /// Records a look at the directory in the flap guard.
@@ -821,6 +820,8 @@ impl Gate {
             let mut g = self.status.lock();
             let was = g.flaps.confirm();
             if was.is_some() {
+                // The accepted candidate waiting in the directory is news again.
+                g.last_look = None;
                 let active = g.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
                 g.rollout.log(
                     "confirmed",
@@ -850,8 +851,12 @@ impl Gate {
     pub async fn consider(&self) -> Result<Considered, GateError> {
         let _busy = self.busy.lock().await;
         let snap = self.snapshot().await?;
+        let last = self.status.lock().last_look.replace(snap.id.clone());
         if self.active().is_some_and(|a| a.id == snap.id) {
             self.saw(&snap.id, true);
+            return Ok(Considered::Unchanged);
+        }
+        if last.as_deref() == Some(snap.id.as_str()) {
             return Ok(Considered::Unchanged);
         }
         let (record, cached) = self.judge(&snap).await?;
@@ -867,7 +872,7 @@ impl Gate {
                     record.id
                 );
             } else {
-                self.promote_candidate(&record.id).await?;
+                self.promote_candidate(&record.id, cached).await?;
                 promoted = true;
             }
         } else {

@@ -58,15 +58,21 @@ impl DirWatcher {
         // `configs`) would see no file event as its own.
         let watched_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let canonical_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| watched_dir.clone());
+        let abs_dir = watched_dir.clone();
         let handler = move |res: notify::Result<notify::Event>| match res {
             // Reading a file is no change: without this, the gate's own
-            // snapshot reads (open, close-without-write) would wake the
-            // watcher again after every look, for ever. A close after a
-            // write is kept: it is how an editor's save ends.
+            // snapshot reads (open, close-without-write, and the access
+            // time relatime updates once after a write) would wake the
+            // watcher again after every look. A close after a write is
+            // kept: it is how an editor's save ends. Metadata alone never
+            // changes a snapshot (its id hashes names and bytes).
             Ok(ev)
                 if matches!(ev.kind, notify::EventKind::Access(a)
-                    if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
-            }
+                    if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+                    || matches!(
+                        ev.kind,
+                        notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                    ) => {}
             Ok(ev) => {
                 // Events from the parent matter only when they concern the
                 // directory itself.
@@ -85,6 +91,9 @@ impl DirWatcher {
                 s2.notify.notify_one();
             }
         };
+        // Watched by its absolute path too: re-watching a relative path
+        // after a change lost every later event.
+        let dir = abs_dir.as_path();
         let mut me = Self {
             dir: dir.to_path_buf(),
             debounce,
@@ -118,7 +127,7 @@ impl DirWatcher {
             dir = %self.dir.display(),
             "config watcher failed ({why}): falling back to polling content hashes every {POLL_INTERVAL:?}"
         );
-        eprintln!("aegis: config watcher failed ({why}): polling every {POLL_INTERVAL:?}");
+        crate::say!("aegis: config watcher failed ({why}): polling every {POLL_INTERVAL:?}");
         self.polling = Some(why.to_string());
     }
 

@@ -45,13 +45,13 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
     let mut plain = Vec::new();
     for addr in &s.settings.listen {
         let l = bind_listener(addr)?;
-        eprintln!("aegis: listening http {}", l.local_addr()?);
+        crate::say!("aegis: listening http {}", l.local_addr()?);
         plain.push(l);
     }
     let mut tls = Vec::new();
     for addr in &s.settings.listen_tls {
         let l = bind_listener(addr)?;
-        eprintln!("aegis: listening https {}", l.local_addr()?);
+        crate::say!("aegis: listening https {}", l.local_addr()?);
         tls.push(l);
     }
     let cfg = SupervisorConfig {
@@ -72,7 +72,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         .start_all()
         .await
         .context("starting the workers")?;
-    eprintln!("aegis: {} workers serving", s.workers);
+    crate::say!("aegis: {} workers serving", s.workers);
 
     let config = ConfigHandle::from_arc(s.compiled);
     let mut admin_state = None;
@@ -90,7 +90,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin {addr}"))?;
-        eprintln!("aegis: listening admin {}", l.local_addr()?);
+        crate::say!("aegis: listening admin {}", l.local_addr()?);
         let state = AdminState::new(config.clone(), prometheus, token);
         let sup = supervisor.clone();
         state.register(

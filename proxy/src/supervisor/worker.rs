@@ -51,7 +51,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aegis worker: {e:#}");
+            crate::say!("aegis worker: {e:#}");
             ExitCode::from(1)
         }
     }
