@@ -30,7 +30,7 @@ use aegis_engine::config::{self, ConfigSource, Limits, Settings};
 use aegis_engine::sample::{SampleLimits, TrafficSample};
 use aegis_proxy::gate::replay::{self, ReplayOptions};
 use aegis_proxy::gate::report::{
-    ProbeAnswer, ProbeRequest, RunnerOutcome, SampleInfo, SandboxReport,
+    BlastRadius, Inventory, ProbeAnswer, ProbeRequest, RunnerOutcome, SampleInfo, SandboxReport,
 };
 use aegis_proxy::gate::sandbox::STAGE_PREFIX;
 use aegis_proxy::pipeline::PipelineSettings;
@@ -121,7 +121,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     stage("compile candidate");
     let t = Instant::now();
-    let (cand_settings, candidate) = match compile_dir(&args.candidate) {
+    let (cand_settings, candidate, cand_files) = match compile_dir(&args.candidate) {
         Ok(x) => x,
         Err(diagnostics) => {
             report.outcome = RunnerOutcome::Invalid;
@@ -140,8 +140,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         stage("compile baseline");
         let t = Instant::now();
         match compile_dir(dir) {
-            Ok((s, c)) => {
+            Ok((s, c, files)) => {
                 report.baseline_version = Some(c.version.clone());
+                // Counts and names only: cheap next to the compiles, and
+                // done here because the gate never parses a candidate.
+                report.blast_radius = Some(BlastRadius::between(
+                    &inventory(&c, files),
+                    &inventory(&candidate, cand_files.clone()),
+                ));
                 baseline = Some((s, Arc::new(c)));
             }
             Err(d) => {
@@ -237,16 +243,56 @@ fn read_sample(
     Ok((sample.requests, info))
 }
 
+/// Config files of a set (aegis.yaml included) and their sizes, bytes.
+type FileSizes = Vec<(String, u64)>;
+
 /// The static stage: read, parse settings, compile. Errors as
-/// `file:line:col: path: message`.
-fn compile_dir(dir: &Path) -> Result<(Settings, CompiledConfig), Vec<String>> {
+/// `file:line:col: path: message`. Also returns the set's file sizes, for
+/// the blast radius (the source itself is dropped: it may be large).
+fn compile_dir(dir: &Path) -> Result<(Settings, CompiledConfig, FileSizes), Vec<String>> {
     let source = ConfigSource::read_dir(dir, Limits::default().max_file_size.0)
         .map_err(|e| vec![e.to_string()])?;
     let settings = config::parse_settings(&source)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let compiled = config::compile(&source, &settings.limits)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    Ok((settings, compiled))
+    let files = source
+        .settings
+        .iter()
+        .chain(&source.files)
+        .map(|f| {
+            (
+                f.name.clone(),
+                u64::try_from(f.text.len()).unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    Ok((settings, compiled, files))
+}
+
+/// What a compiled set holds, by name, for [`BlastRadius::between`].
+fn inventory(c: &CompiledConfig, files: FileSizes) -> Inventory {
+    let names = |it: &mut dyn Iterator<Item = &String>| it.cloned().collect::<Vec<_>>();
+    Inventory {
+        routes: names(&mut c.routes.iter().map(|r| &r.name)),
+        upstreams: names(&mut c.upstreams.iter().map(|u| &u.name)),
+        // A `tls` entry has no name of its own: it is the names it serves.
+        tls: c
+            .certificates
+            .iter()
+            .map(|cert| {
+                let mut n = cert.server_names.clone();
+                n.sort();
+                n.join(",")
+            })
+            .collect(),
+        features: (0..c.features.len())
+            .filter_map(|i| c.features.get(i))
+            .map(|f| f.name.clone())
+            .collect(),
+        rate_limits: names(&mut c.rate_limits.iter().map(|r| &r.name)),
+        files,
+    }
 }
 
 /// Asks the gate to probe the candidate's endpoints that the baseline does

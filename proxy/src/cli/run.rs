@@ -92,8 +92,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting the runtime")?;
         return rt.block_on(crate::supervisor::serve::run(
             crate::supervisor::serve::Supervised {
-                config_dir: args.config_dir,
-                serve_dir,
+                serve: crate::supervisor::Served {
+                    dir: serve_dir,
+                    id: started.id.clone(),
+                    version: compiled.version.clone(),
+                },
                 settings,
                 compiled,
                 workers,
@@ -346,7 +349,7 @@ pub async fn wait_for_signals(gate: &gate::Gate) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => gate.trigger(),
+            _ = hup.recv() => gate.rejudge("SIGHUP"),
         }
     }
 }

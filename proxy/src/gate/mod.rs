@@ -69,6 +69,44 @@ pub enum GateError {
     Load { id: String, why: String },
     #[error("nothing to roll back to: {0}")]
     NoRollback(String),
+    /// The machinery failed, not the content: nothing is remembered about
+    /// the candidate and the gate tries again (`could_not_judge:<code>`).
+    #[error("could not judge the config directory ({code}): {detail}")]
+    CouldNotJudge { code: &'static str, detail: String },
+}
+
+impl GateError {
+    fn could_not(code: &'static str, e: impl std::fmt::Display) -> Self {
+        GateError::CouldNotJudge {
+            code,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// True for a verdict that holds an otherwise acceptable candidate until a
+/// person confirms it (`held:blast_radius`).
+fn is_held(v: &Verdict) -> bool {
+    v.reason.as_deref().is_some_and(|r| r.starts_with("held:"))
+}
+
+/// The first retry after a could-not-judge, doubled each time up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The last failure to judge, until a judgement succeeds.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CouldNotJudge {
+    /// `could_not_judge:<code>`.
+    reason: String,
+    detail: String,
+    /// The candidate, when its content could be read.
+    candidate: Option<String>,
+    since_ms: u64,
+    attempts: u32,
+    #[serde(skip)]
+    retry_at: Instant,
 }
 
 /// Why `aegis run` does not start serving.
@@ -207,6 +245,16 @@ struct StatusInner {
     /// The content the last look found: the same again is no news (a
     /// spurious wake-up must not judge and count it twice).
     last_look: Option<String>,
+    /// An accepted candidate held by the blast-radius guard until
+    /// `POST /admin/confirm`.
+    held: Option<Record>,
+    could_not_judge: Option<CouldNotJudge>,
+    /// Settings of the active version that the running processes cannot
+    /// take live ("workers 2 → 3"): they take effect on restart.
+    pending_restart: Vec<String>,
+    /// The settings the processes started with (what "takes effect on
+    /// restart" compares against).
+    boot_settings: Option<Settings>,
 }
 
 impl Default for StatusInner {
@@ -226,6 +274,10 @@ impl Default for StatusInner {
             flaps: FlapGuard::default(),
             promoted_at: None,
             last_look: None,
+            held: None,
+            could_not_judge: None,
+            pending_restart: Vec::new(),
+            boot_settings: None,
         }
     }
 }
@@ -255,6 +307,7 @@ impl GateStatus {
 
     /// `GET /admin/config`: the active version and the gate's state.
     pub fn config_json(&self) -> serde_json::Value {
+        let chain = self.store.stable_chain();
         let g = self.lock();
         serde_json::json!({
             "active": g.active.as_ref().map(|a| serde_json::json!({
@@ -262,7 +315,21 @@ impl GateStatus {
                 "engine_version": a.engine_version,
                 "since_ms": a.since_ms,
                 "files": self.store.files_dir(&a.id).display().to_string(),
+                "stable": chain.last() == Some(&a.id),
             })),
+            // The last-known-good chain, newest first: what a rollback returns to.
+            "stable": chain.last(),
+            "stable_chain": chain.iter().rev().collect::<Vec<_>>(),
+            // The version on the canary or baking, not yet stable.
+            "candidate": g.rollout.current(),
+            "held": g.held.as_ref().map(|r| serde_json::json!({
+                "id": r.id,
+                "reason": r.verdict.reason,
+                "sentence": r.verdict.sentence,
+                "confirm": "POST /admin/confirm",
+            })),
+            "could_not_judge": g.could_not_judge,
+            "pending_restart": g.pending_restart,
             "config_dir": self.config_dir.display().to_string(),
             "state_dir": self.store.root().display().to_string(),
             "watcher": g.watcher,
@@ -290,6 +357,14 @@ impl GateStatus {
         self.lock().active.as_ref().map(|a| a.id.clone())
     }
 
+    /// The engine version of the active snapshot (what workers report).
+    pub fn active_version(&self) -> Option<String> {
+        self.lock()
+            .active
+            .as_ref()
+            .map(|a| a.engine_version.clone())
+    }
+
     /// Whether promotion is frozen by flapping.
     pub fn frozen(&self) -> bool {
         self.lock().flaps.frozen().is_some()
@@ -308,6 +383,8 @@ pub enum Considered {
         promoted: bool,
         /// Accepted, but not promoted: promotion is frozen.
         frozen: bool,
+        /// Held by the blast-radius guard until confirmed.
+        held: bool,
     },
 }
 
@@ -361,8 +438,24 @@ impl Gate {
         &self.store
     }
 
-    /// Makes the watch loop look at the directory now (SIGHUP).
+    /// Makes the watch loop look at the directory now.
     pub fn trigger(&self) {
+        self.wake.notify_one();
+    }
+
+    /// SIGHUP and `POST /admin/rejudge`: re-reads the directory and judges it
+    /// again even if it looks unchanged, and retries a could-not-judge at
+    /// once (content verdicts are kept: the same bytes get the same verdict).
+    pub fn rejudge(&self, by: &str) {
+        {
+            let mut g = self.status.lock();
+            g.last_look = None;
+            if let Some(c) = g.could_not_judge.as_mut() {
+                c.retry_at = Instant::now();
+            }
+        }
+        tracing::info!(target: "aegis::gate", "{by}: re-reading and re-judging {}", self.opts.config_dir.display());
+        crate::say!("aegis: {by}: re-judging {}", self.opts.config_dir.display());
         self.wake.notify_one();
     }
 
@@ -391,10 +484,11 @@ impl Gate {
                 a.settings.limits.max_file_size.0
             });
         let dir = &self.opts.config_dir;
-        let mut last = Snapshot::read(dir, max)?;
+        let read = |d: &Path| Snapshot::read(d, max).map_err(|e| GateError::could_not("read", e));
+        let mut last = read(dir)?;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let next = Snapshot::read(dir, max)?;
+            let next = read(dir)?;
             if next == last {
                 return Ok(next);
             }
@@ -435,7 +529,10 @@ impl Gate {
             );
             return Ok((rec, true));
         }
-        let files = self.store.save_snapshot(snap)?;
+        let files = self
+            .store
+            .save_snapshot(snap)
+            .map_err(|e| GateError::could_not("state_dir", e))?;
         self.status.lock().judging = Some(snap.id.clone());
         let active = self.active();
         let (policy, limits, probe) = match &active {
@@ -464,14 +561,31 @@ impl Gate {
             })
             .await;
         self.status.lock().judging = None;
-        let run = run?;
+        let run = run.map_err(|e| GateError::could_not("sandbox", e))?;
+        if let Some((code, detail)) = sandbox::not_about_content(&run) {
+            // Not a verdict on the content: keep the stderr for a person,
+            // remember nothing, try again.
+            let _ = self
+                .store
+                .save_artifact(&snap.id, "stderr.txt", run.stderr.as_bytes());
+            return Err(GateError::CouldNotJudge { code, detail });
+        }
         let verdict = verdict::judge(&run.outcome, &policy, &limits);
-        let rec = self.record(snap, &run, verdict, start.elapsed());
+        let rec = self.record(snap, &run, verdict, start.elapsed())?;
         metrics::histogram!("aegis_gate_duration_seconds").record(rec.duration_s);
         Ok((rec, false))
     }
 
-    fn record(&self, snap: &Snapshot, run: &SandboxRun, v: Verdict, took: Duration) -> Record {
+    /// Keeps a content verdict. A verdict that cannot be kept (a full or
+    /// read-only state dir) is a could-not-judge: serving on it would leave
+    /// nothing to restart or roll back from.
+    fn record(
+        &self,
+        snap: &Snapshot,
+        run: &SandboxRun,
+        v: Verdict,
+        took: Duration,
+    ) -> Result<Record, GateError> {
         let (engine_version, replayed) = match &run.outcome {
             SandboxOutcome::Report(r) => (
                 r.candidate_version.clone(),
@@ -498,9 +612,9 @@ impl Gate {
         if let Err(e) = self.store.save_artifact(&rec.id, artifact.0, &artifact.1) {
             tracing::warn!(error = %e, "cannot keep the sandbox report");
         }
-        if let Err(e) = self.store.save_record(&rec) {
-            tracing::warn!(error = %e, "cannot keep the verdict");
-        }
+        self.store
+            .save_record(&rec)
+            .map_err(|e| GateError::could_not("state_dir", e))?;
         tracing::info!(
             target: "aegis::gate",
             "verdict {} {} ({:.2}s): {}",
@@ -509,7 +623,7 @@ impl Gate {
             rec.duration_s,
             rec.verdict.sentence
         );
-        rec
+        Ok(rec)
     }
 
     /// When a candidate was last promoted while running (not a rollback).
@@ -528,22 +642,25 @@ impl Gate {
         self.roll_back_locked(code, why).await
     }
 
-    /// The version a rollback of `active` returns to.
+    /// The version a rollback of `active` returns to: the newest version of
+    /// the stable chain (it finished its bake) other than `active` and not
+    /// rolled back since. Never a candidate that was superseded, abandoned
+    /// or never baked; `None` when there is none (the caller keeps `active`).
     fn rollback_target(&self, active: &str) -> Option<String> {
         let still_accepted = |id: &str| self.store.record(id).is_some_and(|r| r.verdict.accepted);
-        let stable = self.status.lock().rollout.stable().map(str::to_string);
-        if let Some(s) = stable
-            && s != active
-            && still_accepted(&s)
-        {
-            return Some(s);
-        }
         self.store
-            .history(1000)
+            .stable_chain()
             .into_iter()
             .rev()
-            .map(|r| r.id)
             .find(|id| id != active && still_accepted(id))
+    }
+
+    /// Adds `id` to the persistent last-known-good chain.
+    fn mark_stable(&self, id: &str) {
+        match self.store.mark_stable(id) {
+            Ok(()) => tracing::info!(target: "aegis::gate", "{id} is stable (last known good)"),
+            Err(e) => tracing::error!(error = %e, "cannot record {id} as stable"),
+        }
     }
 
     async fn roll_back_locked(&self, code: &str, why: &str) -> Result<Option<String>, GateError> {
@@ -551,7 +668,16 @@ impl Gate {
             return Ok(None);
         };
         let Some(previous) = self.rollback_target(&active.id) else {
-            tracing::error!(active = %active.id, "{why}: no earlier version to roll back to");
+            tracing::error!(
+                active = %active.id,
+                "{why}: no stable version other than this one to roll back to; it keeps serving"
+            );
+            self.status.lock().rollout.log(
+                "rollback_impossible",
+                &active.id,
+                format!("{code}: {why}; no other stable version, keeping it"),
+                now_ms(),
+            );
             return Ok(None);
         };
         let reason = format!("rolled_back:{code}");
@@ -575,7 +701,7 @@ impl Gate {
         let (_, compiled) = self.activate(&previous, false)?;
         if let Some(fleet) = self.fleet.get() {
             let dir = self.store.files_dir(&previous);
-            if !fleet.load(None, &dir, compiled).await {
+            if !fleet.load(None, &dir, &previous, compiled).await {
                 tracing::error!(version = %previous, "not every worker acknowledged the rollback");
             }
         }
@@ -622,7 +748,7 @@ impl Gate {
         reverted: bool,
     ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
         let dir = self.store.files_dir(id);
-        let (settings, compiled) = aegis_engine::load_dir(&dir).map_err(|e| GateError::Load {
+        let (settings, compiled) = store::load_verified(&dir, id).map_err(|e| GateError::Load {
             id: id.to_string(),
             why: e.to_string(),
         })?;
@@ -630,6 +756,17 @@ impl Gate {
         self.store.set_active(id)?;
         let mut g = self.status.lock();
         let previous = g.active.as_ref().map(|a| a.id.clone());
+        g.pending_restart = match &g.boot_settings {
+            Some(boot) => restart_only_changes(boot, &settings),
+            None => Vec::new(),
+        };
+        if !g.pending_restart.is_empty() {
+            tracing::warn!(
+                target: "aegis::gate",
+                "{id} accepted; takes effect on restart: {}",
+                g.pending_restart.join(", ")
+            );
+        }
         if previous.is_some() && reverted {
             g.rollbacks = g.rollbacks.saturating_add(1);
             // The config directory went back to an earlier accepted version.
@@ -662,6 +799,25 @@ impl Gate {
             self.status.lock().rollout.settled(id);
             return Ok(());
         };
+        if self.store.stable_chain().last().map(String::as_str) == Some(id) {
+            // The directory went back to the last known good version (an
+            // abandoned candidate replaced by the original): no canary, no
+            // bake; every worker returns to it.
+            self.status.lock().rollout.log(
+                "back_to_stable",
+                id,
+                "the config directory holds the stable version again; every worker returns to it"
+                    .into(),
+                now_ms(),
+            );
+            let dir = self.store.files_dir(id);
+            if !fleet.load(None, &dir, id, compiled).await {
+                tracing::error!(version = %id, "not every worker acknowledged the stable version");
+            }
+            self.status.lock().rollout.settled(id);
+            self.publish_state();
+            return Ok(());
+        }
         let start = {
             let mut g = self.status.lock();
             g.promoted_at = Some(Instant::now());
@@ -673,7 +829,7 @@ impl Gate {
             Start::Canary => Some(CANARY_SLOT),
             Start::All => None,
         };
-        let loaded = fleet.load(only, &dir, compiled).await;
+        let loaded = fleet.load(only, &dir, id, compiled).await;
         if !loaded {
             let why = match only {
                 Some(slot) => format!("worker {slot} (the canary) did not load and serve it"),
@@ -696,6 +852,7 @@ impl Gate {
                     .all_started(id, Instant::now(), now_ms(), traffic, &policy),
             }
         }
+        self.mark_if_settled(id);
         self.publish_state();
         Ok(())
     }
@@ -728,9 +885,16 @@ impl Gate {
         match step {
             Step::Wait => {}
             Step::Baked { version, detail } => {
-                let mut g = self.status.lock();
-                if g.rollout.current() == Some(&version) {
-                    g.rollout.baked(&version, detail, now_ms());
+                let baked = {
+                    let mut g = self.status.lock();
+                    let current = g.rollout.current() == Some(&version);
+                    if current {
+                        g.rollout.baked(&version, detail, now_ms());
+                    }
+                    current
+                };
+                if baked {
+                    self.mark_stable(&version);
                 }
             }
             Step::PromoteAll { version, detail } => {
@@ -746,7 +910,10 @@ impl Gate {
                     .rollout
                     .log("canary_passed", &version, detail, now_ms());
                 let dir = self.store.files_dir(&version);
-                if !fleet.load(None, &dir, active.compiled.clone()).await {
+                if !fleet
+                    .load(None, &dir, &version, active.compiled.clone())
+                    .await
+                {
                     let why = "not every worker loaded and served it after the canary";
                     if let Err(e) = self.roll_back_locked("load_failed", why).await {
                         tracing::error!(error = %e, "rollback failed");
@@ -761,6 +928,7 @@ impl Gate {
                     traffic,
                     &policy,
                 );
+                self.mark_if_settled(&version);
             }
             Step::RollBack { version, finding } => {
                 let _busy = self.busy.lock().await;
@@ -778,6 +946,18 @@ impl Gate {
             }
         }
         self.publish_state();
+    }
+
+    /// A version every worker serves with no bake to wait for (no bake
+    /// window, or nothing served before it) is stable at once.
+    fn mark_if_settled(&self, id: &str) {
+        let settled = {
+            let g = self.status.lock();
+            g.rollout.current().is_none() && g.rollout.stable() == Some(id)
+        };
+        if settled {
+            self.mark_stable(id);
+        }
     }
 
     fn publish_state(&self) {
@@ -813,30 +993,56 @@ impl Gate {
         }
     }
 
-    /// `POST /admin/confirm`: a person looked; promotion resumes and the
-    /// directory is looked at again. `None` when it was not frozen.
-    pub fn confirm(&self) -> Option<flaps::Frozen> {
-        let was = {
+    /// `POST /admin/confirm`: a person looked. A frozen promotion resumes,
+    /// and a candidate held by the blast-radius guard is accepted (its
+    /// verdict becomes an accept that says who confirmed it); then the
+    /// directory is looked at again. `None` when nothing waited.
+    pub fn confirm(&self) -> Option<Confirmed> {
+        let (frozen, held) = {
             let mut g = self.status.lock();
-            let was = g.flaps.confirm();
-            if was.is_some() {
-                // The accepted candidate waiting in the directory is news again.
-                g.last_look = None;
-                let active = g.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
-                g.rollout.log(
-                    "confirmed",
-                    &active,
-                    "promotion resumed by the admin API".into(),
-                    now_ms(),
-                );
-            }
-            was
+            (g.flaps.confirm(), g.held.take())
         };
-        if was.is_some() {
-            self.publish_state();
-            self.trigger();
+        if let Some(rec) = &held {
+            let accepted = Record {
+                verdict: Verdict {
+                    accepted: true,
+                    reason: None,
+                    sentence: format!(
+                        "confirmed by the admin API after a hold: {}",
+                        rec.verdict.sentence
+                    ),
+                    also: Vec::new(),
+                },
+                at_ms: now_ms(),
+                source: "admin".to_string(),
+                ..rec.clone()
+            };
+            if let Err(e) = self.store.save_record(&accepted) {
+                tracing::error!(error = %e, "cannot keep the confirmation of {}", rec.id);
+                self.status.lock().held = held.clone();
+                return None;
+            }
         }
-        was
+        if frozen.is_none() && held.is_none() {
+            return None;
+        }
+        {
+            let mut g = self.status.lock();
+            // The accepted candidate waiting in the directory is news again.
+            g.last_look = None;
+            let active = g.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+            let what = match &held {
+                Some(r) => format!("{} confirmed by the admin API", r.id),
+                None => "promotion resumed by the admin API".to_string(),
+            };
+            g.rollout.log("confirmed", &active, what, now_ms());
+        }
+        self.publish_state();
+        self.trigger();
+        Some(Confirmed {
+            was_frozen: frozen,
+            held: held.map(|r| r.id),
+        })
     }
 
     fn count_rejection(&self, rec: &Record) {
@@ -853,6 +1059,7 @@ impl Gate {
         let snap = self.snapshot().await?;
         let last = self.status.lock().last_look.replace(snap.id.clone());
         if self.active().is_some_and(|a| a.id == snap.id) {
+            self.status.lock().held = None;
             self.saw(&snap.id, true);
             return Ok(Considered::Unchanged);
         }
@@ -860,10 +1067,21 @@ impl Gate {
             return Ok(Considered::Unchanged);
         }
         let (record, cached) = self.judge(&snap).await?;
-        self.saw(&record.id, record.verdict.accepted);
+        let held = is_held(&record.verdict);
+        self.saw(&record.id, record.verdict.accepted || held);
         let mut promoted = false;
         let mut frozen = false;
-        if record.verdict.accepted {
+        self.status.lock().held = held.then(|| record.clone());
+        if held {
+            metrics::counter!("aegis_config_held_total", "reason" => record.verdict.code().to_string())
+                .increment(1);
+            tracing::error!(
+                target: "aegis::gate",
+                "{} held, not promoted: {} (confirm with POST /admin/confirm)",
+                record.id,
+                record.verdict.sentence
+            );
+        } else if record.verdict.accepted {
             if self.status.frozen() {
                 frozen = true;
                 tracing::error!(
@@ -883,27 +1101,47 @@ impl Gate {
             cached,
             promoted,
             frozen,
+            held,
         })
     }
 
-    /// At start: the last promoted version if there is one; else the config
-    /// directory must pass the gate now.
+    /// The version to serve at start. The active pointer's snapshot when it
+    /// verifies; a snapshot found tampered with or missing is repaired from
+    /// the config directory when that holds the identical content, else the
+    /// newest stable version that verifies is served; with neither, the
+    /// config directory must pass the gate now.
     pub async fn startup(&self) -> Result<Started, StartupError> {
-        if let Some(id) = self.store.active() {
-            match self.activate(&id, false) {
-                Ok((settings, compiled)) => {
-                    self.status.lock().rollout = Rollout::new(Some(id.clone()));
-                    self.saw(&id, true);
-                    return Ok(Started {
-                        id,
-                        settings,
-                        compiled,
-                        how: "restored",
-                    });
-                }
+        let started = self.startup_inner().await?;
+        let mut g = self.status.lock();
+        g.boot_settings = Some(started.settings.clone());
+        Ok(started)
+    }
+
+    async fn startup_inner(&self) -> Result<Started, StartupError> {
+        if let Some(id) = self.store.active_pointer() {
+            let restored = match self.activate(&id, false) {
+                Ok(v) => Some((id.clone(), v, "restored")),
                 Err(e) => {
-                    tracing::error!(error = %e, "the last promoted version does not load; gating the config directory");
+                    metrics::counter!("aegis_state_bad_snapshots_total").increment(1);
+                    tracing::error!(error = %e, "the active version in the state directory cannot be served");
+                    crate::say!("aegis: state: {e}");
+                    self.recover(&id).await
                 }
+            };
+            if let Some((id, (settings, compiled), how)) = restored {
+                if self.store.stable_chain().is_empty() {
+                    // A state directory from before the stable chain: what
+                    // was served is the last known good.
+                    self.mark_stable(&id);
+                }
+                self.status.lock().rollout = Rollout::new(Some(id.clone()));
+                self.saw(&id, true);
+                return Ok(Started {
+                    id,
+                    settings,
+                    compiled,
+                    how,
+                });
             }
         }
         let _busy = self.busy.lock().await;
@@ -920,6 +1158,7 @@ impl Gate {
         }
         let (settings, compiled) = self.activate(&record.id, false)?;
         self.status.lock().rollout = Rollout::new(Some(record.id.clone()));
+        self.mark_stable(&record.id);
         self.saw(&record.id, true);
         Ok(Started {
             id: record.id,
@@ -929,9 +1168,51 @@ impl Gate {
         })
     }
 
+    /// The active snapshot `bad` did not verify: repair it from an identical
+    /// config directory, else fall back to the newest stable version that
+    /// verifies. `None`: gate the config directory.
+    async fn recover(
+        &self,
+        bad: &str,
+    ) -> Option<(String, (Settings, Arc<CompiledConfig>), &'static str)> {
+        if let Ok(snap) = self.snapshot().await
+            && snap.id == bad
+        {
+            match self.store.repair_snapshot(&snap) {
+                Ok(_) => match self.activate(bad, false) {
+                    Ok(v) => {
+                        crate::say!(
+                            "aegis: state: {bad} repaired from the identical config directory"
+                        );
+                        return Some((bad.to_string(), v, "repaired"));
+                    }
+                    Err(e) => tracing::error!(error = %e, "the repaired snapshot does not load"),
+                },
+                Err(e) => tracing::error!(error = %e, "cannot repair {bad}"),
+            }
+        }
+        for id in self.store.stable_chain().into_iter().rev() {
+            if id == bad || !self.store.record(&id).is_some_and(|r| r.verdict.accepted) {
+                continue;
+            }
+            match self.activate(&id, false) {
+                Ok(v) => {
+                    crate::say!(
+                        "aegis: state: serving the previous stable version {id} instead of {bad}"
+                    );
+                    return Some((id, v, "previous stable"));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "stable version {id} cannot be served either")
+                }
+            }
+        }
+        None
+    }
+
     /// Watches the config directory until `shutdown`, judging every change
     /// and promoting what passes into `fleet`; runs the rollout of what it
-    /// promotes.
+    /// promotes; retries a could-not-judge with backoff.
     pub fn spawn(
         self: Arc<Self>,
         fleet: Arc<dyn Fleet>,
@@ -969,9 +1250,24 @@ impl Gate {
             // A change made while the process started up.
             self.look().await;
             loop {
+                let retry_at = self
+                    .status
+                    .lock()
+                    .could_not_judge
+                    .as_ref()
+                    .map(|c| c.retry_at);
+                let retry = async {
+                    match retry_at {
+                        Some(t) => {
+                            tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 let go = tokio::select! {
                     ok = watcher.changed(&shutdown) => ok,
                     _ = self.wake.notified() => true,
+                    _ = retry => true,
                 };
                 if !go {
                     return;
@@ -986,12 +1282,156 @@ impl Gate {
 
     async fn look(&self) {
         match self.consider().await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "the gate could not judge the config directory; the active version keeps serving")
+            Ok(_) => {
+                let cleared = self.status.lock().could_not_judge.take();
+                if let Some(c) = cleared {
+                    tracing::info!(target: "aegis::gate", "judging works again after {} ({} attempts)", c.reason, c.attempts);
+                }
+            }
+            Err(e) => self.could_not_judge(&e),
+        }
+    }
+
+    /// Records a failure to judge: nothing about the content is kept; it is
+    /// shown in `/admin/config` and `/admin/verdicts`, counted, and retried
+    /// with backoff (at once on SIGHUP or `POST /admin/rejudge`).
+    fn could_not_judge(&self, e: &GateError) {
+        let code = match e {
+            GateError::CouldNotJudge { code, .. } => *code,
+            GateError::Store(_) => "state_dir",
+            GateError::Sandbox(_) => "sandbox",
+            GateError::Load { .. } => "load",
+            GateError::NoRollback(_) => "rollback",
+        };
+        let reason = format!("could_not_judge:{code}");
+        metrics::counter!("aegis_config_could_not_judge_total", "reason" => code).increment(1);
+        let (attempts, delay, candidate, first) = {
+            let mut g = self.status.lock();
+            // The same content must be judged again, not skipped as seen.
+            let candidate = g.last_look.take();
+            let same = g
+                .could_not_judge
+                .as_ref()
+                .is_some_and(|c| c.reason == reason);
+            let attempts = if same {
+                g.could_not_judge
+                    .as_ref()
+                    .map_or(1, |c| c.attempts.saturating_add(1))
+            } else {
+                1
+            };
+            let exp = attempts.saturating_sub(1).min(6);
+            let delay = RETRY_FIRST.saturating_mul(1u32 << exp).min(RETRY_MAX);
+            let since_ms = g
+                .could_not_judge
+                .as_ref()
+                .filter(|_| same)
+                .map_or_else(now_ms, |c| c.since_ms);
+            g.could_not_judge = Some(CouldNotJudge {
+                reason: reason.clone(),
+                detail: e.to_string(),
+                candidate: candidate.clone(),
+                since_ms,
+                attempts,
+                retry_at: Instant::now() + delay,
+            });
+            (attempts, delay, candidate, !same)
+        };
+        tracing::error!(
+            target: "aegis::gate",
+            attempts,
+            "{reason}: {e}; the active version keeps serving; retrying in {delay:?}"
+        );
+        if first {
+            crate::say!("aegis: {reason}: {e}");
+            // One history line per streak, so /admin/verdicts shows it.
+            let rec = Record {
+                id: candidate.unwrap_or_else(|| "-".to_string()),
+                engine_version: None,
+                verdict: Verdict {
+                    accepted: false,
+                    reason: Some(reason),
+                    sentence: format!("{e}; nothing was decided about the content; retrying"),
+                    also: Vec::new(),
+                },
+                at_ms: now_ms(),
+                duration_s: 0.0,
+                source: self.opts.config_dir.display().to_string(),
+                replayed: None,
+            };
+            if let Err(e) = self.store.append_history(&rec) {
+                tracing::warn!(error = %e, "cannot add the could-not-judge line to the history");
             }
         }
     }
+}
+
+/// What `POST /admin/confirm` released.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Confirmed {
+    pub was_frozen: Option<flaps::Frozen>,
+    /// The held candidate now accepted.
+    pub held: Option<String>,
+}
+
+/// Settings that differ between `boot` (what the processes started with)
+/// and `new` but cannot be applied to running processes: they take effect
+/// on restart, and `/admin/config` says so (`pending_restart`). Live on
+/// promotion: routes, upstreams, TLS certificates, features, rate limits,
+/// `limits.max_request_body`, `limits.max_header_bytes` (lowered),
+/// `features_module.on_error`, and every `gate.*` setting.
+pub fn restart_only_changes(boot: &Settings, new: &Settings) -> Vec<String> {
+    fn show<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let mut out = Vec::new();
+    let mut cmp = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name} {a} → {b}"));
+        }
+    };
+    cmp("listen", show(&boot.listen), show(&new.listen));
+    cmp("listen_tls", show(&boot.listen_tls), show(&new.listen_tls));
+    cmp(
+        "tls_unknown_sni",
+        show(&boot.tls_unknown_sni),
+        show(&new.tls_unknown_sni),
+    );
+    cmp("admin", show(&boot.admin), show(&new.admin));
+    cmp(
+        "admin_token_env",
+        show(&boot.admin_token_env),
+        show(&new.admin_token_env),
+    );
+    cmp(
+        "admin_token_file",
+        show(&boot.admin_token_file),
+        show(&new.admin_token_file),
+    );
+    cmp("workers", show(&boot.workers), show(&new.workers));
+    cmp("state_dir", show(&boot.state_dir), show(&new.state_dir));
+    cmp("access_log", show(&boot.access_log), show(&new.access_log));
+    cmp("health", show(&boot.health), show(&new.health));
+    cmp("sample", show(&boot.sample), show(&new.sample));
+    cmp(
+        "drain_timeout",
+        show(&boot.drain_timeout),
+        show(&new.drain_timeout),
+    );
+    cmp(
+        "features_module.enabled",
+        show(&boot.features_module.enabled),
+        show(&new.features_module.enabled),
+    );
+    if new.limits.max_header_bytes.0 > boot.limits.max_header_bytes.0 {
+        // The HTTP parser's buffer was sized at start.
+        cmp(
+            "limits.max_header_bytes (raised)",
+            show(&boot.limits.max_header_bytes),
+            show(&new.limits.max_header_bytes),
+        );
+    }
+    out
 }
 
 /// `aegis check` with the replay: judges `candidate` against `baseline`
@@ -1098,9 +1538,27 @@ pub fn register_admin(admin: &crate::admin::AdminState, gate: &Arc<Gate>, config
             let g = g.clone();
             Box::pin(async move {
                 match g.confirm() {
-                    Some(f) => Ok(serde_json::json!({ "confirmed": true, "was_frozen": f })),
-                    None => Ok(serde_json::json!({ "confirmed": false, "why": "promotion was not frozen" })),
+                    Some(c) => Ok(serde_json::json!({
+                        "confirmed": true,
+                        "was_frozen": c.was_frozen,
+                        "held": c.held,
+                    })),
+                    None => Ok(serde_json::json!({
+                        "confirmed": false,
+                        "why": "nothing waited: promotion was not frozen and no candidate was held",
+                    })),
                 }
+            })
+        }),
+    );
+    let g = gate.clone();
+    admin.register_post(
+        "/admin/rejudge",
+        Arc::new(move |_body| {
+            let g = g.clone();
+            Box::pin(async move {
+                g.rejudge("POST /admin/rejudge");
+                Ok(serde_json::json!({ "rejudging": true }))
             })
         }),
     );

@@ -45,6 +45,11 @@ pub struct SandboxReport {
     pub isolation: Isolation,
     pub sample: SampleInfo,
     pub replay: Option<ReplayReport>,
+    /// How much of the baseline the candidate removes or multiplies; only
+    /// when both compiled (a first config has nothing to compare). Absent in
+    /// reports written before it existed.
+    #[serde(default)]
+    pub blast_radius: Option<BlastRadius>,
 }
 
 impl SandboxReport {
@@ -63,6 +68,7 @@ impl SandboxReport {
             isolation,
             sample: SampleInfo::default(),
             replay: None,
+            blast_radius: None,
         }
     }
 }
@@ -281,6 +287,153 @@ pub struct ReplayReport {
     pub unreachable_upstreams: Vec<String>,
 }
 
+/// What one compiled config set holds, by name: the input of
+/// [`BlastRadius::between`]. The runner fills it from the compiled sets (the
+/// gate never parses a candidate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub routes: Vec<String>,
+    pub upstreams: Vec<String>,
+    /// One name per `tls` entry: its server names, sorted, comma-joined.
+    pub tls: Vec<String>,
+    pub features: Vec<String>,
+    pub rate_limits: Vec<String>,
+    /// Config files of the set (aegis.yaml included) and their sizes, bytes.
+    pub files: Vec<(String, u64)>,
+}
+
+/// One list of the baseline against the candidate's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListDiff {
+    /// Entries in the baseline.
+    pub baseline: u64,
+    /// Entries in the candidate.
+    pub candidate: u64,
+    /// Baseline names the candidate does not have (a rename counts as one
+    /// removed and one added: what served under the old name is gone).
+    pub removed: u64,
+    /// Candidate names the baseline does not have.
+    pub added: u64,
+    /// `removed / baseline`, 0 when the baseline has none.
+    pub removed_share: f64,
+    /// Up to [`MAX_EXAMPLES`] of the removed names.
+    pub removed_names: Vec<String>,
+}
+
+impl ListDiff {
+    /// Compares two lists of names as multisets (a name listed twice must be
+    /// gone twice to count twice).
+    pub fn between(baseline: &[String], candidate: &[String]) -> Self {
+        let mut left: BTreeMap<&str, u64> = BTreeMap::new();
+        for n in candidate {
+            bump(left.entry(n.as_str()).or_default());
+        }
+        let mut d = Self {
+            baseline: count(baseline.len()),
+            candidate: count(candidate.len()),
+            ..Self::default()
+        };
+        for n in baseline {
+            match left.get_mut(n.as_str()) {
+                Some(c) if *c > 0 => *c = c.saturating_sub(1),
+                _ => {
+                    bump(&mut d.removed);
+                    if d.removed_names.len() < MAX_EXAMPLES {
+                        d.removed_names.push(n.clone());
+                    }
+                }
+            }
+        }
+        d.added = left.values().fold(0u64, |a, n| a.saturating_add(*n));
+        d.removed_share = share(d.removed, d.baseline);
+        d
+    }
+}
+
+/// Size of one config file on either side, bytes; `None` where it does not
+/// exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileBytes {
+    pub name: String,
+    pub baseline: Option<u64>,
+    pub candidate: Option<u64>,
+}
+
+/// The candidate against the baseline as configs, not as traffic: cheap
+/// counts that catch what a replay cannot (a truncated routes file whose
+/// lost routes the sample never visited compiles and replays clean). The
+/// share of replayed requests whose route changed is not repeated here: it
+/// is `replay.changes.route_changed`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlastRadius {
+    pub routes: ListDiff,
+    pub upstreams: ListDiff,
+    /// `tls` entries, named by their server names.
+    pub tls: ListDiff,
+    pub features: ListDiff,
+    pub rate_limits: ListDiff,
+    /// Config files of the directory, by file name.
+    pub files: ListDiff,
+    /// Every config file of either side, sorted by name.
+    pub file_bytes: Vec<FileBytes>,
+    /// All config files together, bytes.
+    pub total_bytes: FileBytes,
+}
+
+impl BlastRadius {
+    pub fn between(baseline: &Inventory, candidate: &Inventory) -> Self {
+        let names = |files: &[(String, u64)]| -> Vec<String> {
+            files.iter().map(|(n, _)| n.clone()).collect()
+        };
+        let mut sizes: BTreeMap<&str, FileBytes> = BTreeMap::new();
+        for (name, bytes) in &baseline.files {
+            sizes.entry(name).or_default().baseline = Some(*bytes);
+        }
+        for (name, bytes) in &candidate.files {
+            sizes.entry(name).or_default().candidate = Some(*bytes);
+        }
+        let file_bytes = sizes
+            .into_iter()
+            .map(|(name, mut f)| {
+                f.name = name.to_string();
+                f
+            })
+            .collect();
+        let total =
+            |files: &[(String, u64)]| files.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
+        Self {
+            routes: ListDiff::between(&baseline.routes, &candidate.routes),
+            upstreams: ListDiff::between(&baseline.upstreams, &candidate.upstreams),
+            tls: ListDiff::between(&baseline.tls, &candidate.tls),
+            features: ListDiff::between(&baseline.features, &candidate.features),
+            rate_limits: ListDiff::between(&baseline.rate_limits, &candidate.rate_limits),
+            files: ListDiff::between(&names(&baseline.files), &names(&candidate.files)),
+            file_bytes,
+            total_bytes: FileBytes {
+                name: "the config set".to_string(),
+                baseline: Some(total(&baseline.files)),
+                candidate: Some(total(&candidate.files)),
+            },
+        }
+    }
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// `part / whole`, 0 when `whole` is 0.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 /// First line the runner writes on stdout after compiling the candidate:
 /// endpoints that the gate should probe (those of the candidate that the
 /// baseline does not have), by pool. The gate answers with [`ProbeAnswer`] on
@@ -309,6 +462,49 @@ mod tests {
         assert!((p.p50 - 50.0).abs() <= 1.0, "{p:?}");
         assert!((p.p99 - 99.0).abs() <= 1.0, "{p:?}");
         assert_eq!(Percentiles::from_micros(&mut []), Percentiles::default());
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn list_diff_counts_removed_and_added_by_name() {
+        let d = ListDiff::between(&names(&["a", "b", "c", "d"]), &names(&["a", "c", "e"]));
+        assert_eq!((d.baseline, d.candidate, d.removed, d.added), (4, 3, 2, 1));
+        assert_eq!(d.removed_names, names(&["b", "d"]));
+        assert!((d.removed_share - 0.5).abs() < 1e-9);
+        // No baseline entries: nothing can be removed, and no division.
+        let d = ListDiff::between(&[], &names(&["a"]));
+        assert_eq!((d.removed, d.added, d.removed_share), (0, 1, 0.0));
+    }
+
+    #[test]
+    fn blast_radius_lists_every_file_of_either_side() {
+        let base = Inventory {
+            files: vec![("a.yaml".into(), 100), ("b.yaml".into(), 50)],
+            ..Inventory::default()
+        };
+        let cand = Inventory {
+            files: vec![("a.yaml".into(), 300), ("c.yaml".into(), 7)],
+            ..Inventory::default()
+        };
+        let b = BlastRadius::between(&base, &cand);
+        assert_eq!(b.files.removed_names, names(&["b.yaml"]));
+        assert_eq!(b.file_bytes.len(), 3);
+        assert_eq!(b.file_bytes[1].name, "b.yaml");
+        assert_eq!(b.file_bytes[1].candidate, None);
+        assert_eq!(b.total_bytes.baseline, Some(150));
+        assert_eq!(b.total_bytes.candidate, Some(307));
+    }
+
+    #[test]
+    fn a_report_without_blast_radius_still_parses() {
+        let r = SandboxReport::new(Isolation::default());
+        let mut v = serde_json::to_value(&r).unwrap();
+        v.as_object_mut().unwrap().remove("blast_radius");
+        let back: SandboxReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back.blast_radius, None);
     }
 
     #[test]

@@ -72,6 +72,56 @@ pub struct SandboxRun {
     pub elapsed: Duration,
     /// How the memory limit was enforced (`cgroup` or `rlimit`).
     pub memory_mode: &'static str,
+    /// Set when the run ended for a reason that says nothing about the
+    /// candidate (see [`not_about_content`]).
+    pub machinery: Option<(&'static str, String)>,
+}
+
+/// Whether a run's failure is about the machinery rather than the content:
+/// the runner killed from outside (SIGKILL, SIGTERM, SIGINT, SIGHUP that the
+/// gate did not send), or the wall-clock deadline reached without the CPU
+/// limit (the host was too busy). Such a run is retried, never remembered
+/// as a verdict on the content. The candidate's own OOM under its memory
+/// limit, SIGXCPU at its CPU limit, a panic or SIGSEGV stay content
+/// verdicts.
+pub fn not_about_content(run: &SandboxRun) -> Option<(&'static str, String)> {
+    run.machinery.clone()
+}
+
+fn machinery_failure(
+    outcome: &SandboxOutcome,
+    status: Option<std::process::ExitStatus>,
+    timed_out: bool,
+    deadline: Duration,
+) -> Option<(&'static str, String)> {
+    let SandboxOutcome::Failed { failure, .. } = outcome else {
+        return None;
+    };
+    if matches!(failure, RunnerFailure::Oom { .. }) {
+        return None;
+    }
+    if timed_out {
+        return Some((
+            "deadline",
+            format!(
+                "the sandbox did not finish within its {deadline:?} wall-clock deadline without reaching its CPU limit (a busy host)"
+            ),
+        ));
+    }
+    let sig = status.and_then(|s| s.signal())?;
+    matches!(
+        sig,
+        nix::libc::SIGKILL | nix::libc::SIGTERM | nix::libc::SIGINT | nix::libc::SIGHUP
+    )
+    .then(|| {
+        (
+            "runner_killed",
+            format!(
+                "the sandbox runner was killed from outside by {}",
+                signal_name(sig)
+            ),
+        )
+    })
 }
 
 /// The runner binary.
@@ -187,7 +237,9 @@ impl Sandbox {
             stage,
             &req.limits,
         );
+        let machinery = machinery_failure(&outcome, status, timed_out, deadline);
         Ok(SandboxRun {
+            machinery,
             outcome,
             stderr,
             elapsed: start.elapsed(),

@@ -6,11 +6,26 @@
 //! where kind is `newly_blocked`, `status`, `route_changed`, `latency` or
 //! `memory` (gate.policy exceeded). When several policies are exceeded, the
 //! first in that order is primary and the others are listed in `also`.
+//!
+//! `held:blast_radius` is not a rejection of what the candidate does but of
+//! how much it changes: valid, replayed clean, yet it removes more than
+//! `max_routes_removed` / `max_upstreams_removed` / `max_tls_removed` /
+//! `max_files_removed` of the baseline's routes, pools, TLS entries or files,
+//! re-routes more than `max_rerouted` of the replayed requests, or makes a
+//! file, the whole set or a list reach `max_growth` times its size (by more
+//! than `growth_floor_bytes` / `growth_floor_entries`). The gate keeps such a
+//! candidate until `POST /admin/confirm` ([`Verdict::is_held`]). Rejection
+//! comes first: a candidate that is invalid or regresses keeps that code,
+//! and what would have held it is listed in `also`. Without a baseline
+//! there is nothing to compare and nothing is held.
 
 use aegis_engine::config::settings::{GatePolicy, SandboxLimits};
 use serde::{Deserialize, Serialize};
 
-use super::report::{ChangeCount, RunnerOutcome, SandboxReport};
+use super::report::{ChangeCount, ListDiff, ReplayReport, RunnerOutcome, SandboxReport};
+
+/// The reason code of a held candidate.
+pub const HELD_BLAST_RADIUS: &str = "held:blast_radius";
 
 /// How the runner ended when it did not hand back a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +85,25 @@ impl Verdict {
         }
     }
 
+    /// Not accepted, but only until a person confirms: the candidate is
+    /// valid and replayed clean, and changes too much to go in unasked.
+    fn hold(reason: &str, sentence: String) -> Self {
+        Self::reject(reason, sentence)
+    }
+
     /// `accept` or the reason code.
     pub fn code(&self) -> &str {
         self.reason.as_deref().unwrap_or("accept")
+    }
+
+    /// True for a candidate held for confirmation (`held:*`) rather than
+    /// rejected: `POST /admin/confirm` may promote it.
+    pub fn is_held(&self) -> bool {
+        !self.accepted
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("held:"))
     }
 }
 
@@ -82,6 +113,183 @@ fn mib(bytes: u64) -> String {
 
 fn pct(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
+}
+
+/// A configured share as people write it: `20%`, `12.5%`.
+fn limit_pct(share: f64) -> String {
+    let p = share * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+/// A configured factor as people write it: `2×`, `1.5×`.
+fn times(f: f64) -> String {
+    if (f - f.round()).abs() < 1e-9 {
+        format!("{f:.0}×")
+    } else {
+        format!("{f}×")
+    }
+}
+
+/// `Some(words)` when `cand` grew from `base` by more than `floor` and to at
+/// least `factor` times `base` ("doubled" must count at 2.0, hence `>=`).
+/// From nothing, any growth past the floor counts: there is no ratio.
+fn grown(base: u64, cand: u64, factor: f64, floor: u64) -> Option<String> {
+    if cand.saturating_sub(base) <= floor {
+        return None;
+    }
+    if base == 0 {
+        return Some("from none".to_string());
+    }
+    let ratio = cand as f64 / base as f64;
+    (ratio >= factor).then(|| format!("{ratio:.1}× ≥ {}", times(factor)))
+}
+
+/// Up to three names, for a sentence.
+fn some_names(names: &[String], total: u64) -> String {
+    let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+    let more = if total > count(shown.len()) {
+        ", …"
+    } else {
+        ""
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The blast-radius limits `report` exceeds under `policy`, as phrases of
+/// one sentence (empty when none is, or when there was no baseline).
+fn blast_radius(report: &SandboxReport, replay: &ReplayReport, policy: &GatePolicy) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let b = report.blast_radius.as_ref();
+    let mut removed_any = false;
+    let mut files_named = false;
+    if let Some(b) = b {
+        // Which files went is the first thing to check, so they are named;
+        // route or pool names would make the sentence long (the report
+        // lists them).
+        let removals: [(&str, &ListDiff, f64, bool); 4] = [
+            ("routes", &b.routes, policy.max_routes_removed, false),
+            (
+                "upstreams",
+                &b.upstreams,
+                policy.max_upstreams_removed,
+                false,
+            ),
+            ("tls entries", &b.tls, policy.max_tls_removed, false),
+            ("config files", &b.files, policy.max_files_removed, true),
+        ];
+        for (what, d, max, name_them) in removals {
+            if d.removed_share <= max {
+                continue;
+            }
+            removed_any = true;
+            let which = if name_them {
+                files_named = true;
+                format!(": {}", some_names(&d.removed_names, d.removed))
+            } else {
+                String::new()
+            };
+            found.push(format!(
+                "{} of {} {what} removed ({} > {}{which})",
+                d.removed,
+                d.baseline,
+                pct(d.removed_share),
+                limit_pct(max)
+            ));
+        }
+    }
+    // Reuses the replay's own count; without a baseline it has nothing to
+    // compare and stays 0. `max_route_changed` (a rejection) was checked
+    // before this is reached.
+    let rerouted = &replay.changes.route_changed;
+    if replay.baseline.is_some() && rerouted.share > policy.max_rerouted {
+        let example = rerouted
+            .examples
+            .first()
+            .map(|e| format!("; e.g. {}", e.describe()))
+            .unwrap_or_default();
+        found.push(format!(
+            "{} of {} replayed requests re-routed ({} > {}{example})",
+            rerouted.count,
+            replay.requests,
+            pct(rerouted.share),
+            limit_pct(policy.max_rerouted)
+        ));
+    }
+    let Some(b) = b else {
+        return found;
+    };
+    let lists: [(&str, &ListDiff); 6] = [
+        ("routes", &b.routes),
+        ("upstreams", &b.upstreams),
+        ("tls entries", &b.tls),
+        ("features", &b.features),
+        ("rate limits", &b.rate_limits),
+        ("config files", &b.files),
+    ];
+    for (what, d) in lists {
+        if let Some(g) = grown(
+            d.baseline,
+            d.candidate,
+            policy.max_growth,
+            policy.growth_floor_entries,
+        ) {
+            found.push(format!(
+                "{what} grew {} → {} ({g})",
+                d.baseline, d.candidate
+            ));
+        }
+    }
+    let floor = policy.growth_floor_bytes.0;
+    let mut file_grew = false;
+    for f in &b.file_bytes {
+        if let (Some(base), Some(cand)) = (f.baseline, f.candidate)
+            && let Some(g) = grown(base, cand, policy.max_growth, floor)
+        {
+            file_grew = true;
+            found.push(format!("{} grew {base} → {cand} bytes ({g})", f.name));
+        }
+    }
+    // The whole set catches a large new file (no per-file ratio); it would
+    // only repeat a file that grew already.
+    let t = &b.total_bytes;
+    if !file_grew
+        && let (Some(base), Some(cand)) = (t.baseline, t.candidate)
+        && let Some(g) = grown(base, cand, policy.max_growth, floor)
+    {
+        found.push(format!("{} grew {base} → {cand} bytes ({g})", t.name));
+    }
+    if removed_any {
+        // Where the removed entries went: the files that lost most of
+        // their bytes (a truncation) or disappeared, largest loss first.
+        let mut shrunk: Vec<(u64, String)> = b
+            .file_bytes
+            .iter()
+            .filter_map(|f| {
+                let base = f.baseline?;
+                match f.candidate {
+                    Some(cand) if cand.saturating_mul(2) < base => Some((
+                        base.saturating_sub(cand),
+                        format!("{} shrank {base} → {cand} bytes", f.name),
+                    )),
+                    None if !files_named => {
+                        Some((base, format!("{} deleted ({base} bytes)", f.name)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        shrunk.sort_by_key(|(loss, _)| std::cmp::Reverse(*loss));
+        found.extend(shrunk.into_iter().take(2).map(|(_, s)| s));
+    }
+    found
 }
 
 fn stage_words(stage: &Option<String>) -> String {
@@ -200,13 +408,26 @@ pub fn judge(outcome: &SandboxOutcome, policy: &GatePolicy, limits: &SandboxLimi
             ),
         ));
     }
+    let held = blast_radius(report, replay, policy);
     let mut it = found.into_iter();
     match it.next() {
         Some((code, sentence)) => {
             let mut v = Verdict::reject(&code, sentence);
             v.also = it.map(|(c, s)| format!("{c}: {s}")).collect();
+            // Rejection comes first; the hold is only mentioned.
+            if !held.is_empty() {
+                v.also
+                    .push(format!("{HELD_BLAST_RADIUS}: {}", held.join(", ")));
+            }
             v
         }
+        None if !held.is_empty() => Verdict::hold(
+            HELD_BLAST_RADIUS,
+            format!(
+                "held: {}; confirm with POST /admin/confirm",
+                held.join(", ")
+            ),
+        ),
         None => {
             let sample = &report.sample;
             Verdict::accept(format!(
@@ -263,7 +484,9 @@ fn judge_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::report::{ChangeExample, Isolation, ReplayReport, Side};
+    use crate::gate::report::{
+        BlastRadius, ChangeExample, Inventory, Isolation, ReplayReport, Side, Tally,
+    };
 
     fn side(status: u16, blocked: bool) -> Side {
         Side {
@@ -326,6 +549,288 @@ mod tests {
         let v = judge(&report(0, 900, 1000), &p, &l);
         assert_eq!(v.code(), "regression:newly_blocked");
         assert_eq!(v.also.len(), 1);
+    }
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    /// A clean replay of 1000 requests against a baseline, `rerouted` of
+    /// them on another route (same status), with `blast` as the report's
+    /// blast radius.
+    fn with_blast(blast: Option<BlastRadius>, rerouted: u64) -> SandboxOutcome {
+        let mut r = SandboxReport::new(Isolation::default());
+        r.outcome = RunnerOutcome::Replayed;
+        let mut replay = ReplayReport {
+            requests: 1000,
+            baseline: Some(Tally::default()),
+            ..ReplayReport::default()
+        };
+        for _ in 0..rerouted {
+            let mut cand = side(200, false);
+            cand.route = Some("other".into());
+            crate::gate::replay::compare(
+                &mut replay.changes,
+                &ChangeExample {
+                    method: "GET".into(),
+                    host: None,
+                    path: "/x".into(),
+                    synthetic: false,
+                    baseline: side(200, false),
+                    candidate: cand,
+                },
+            );
+        }
+        replay.changes.finish(1000);
+        r.replay = Some(replay);
+        r.blast_radius = blast;
+        SandboxOutcome::Report(Box::new(r))
+    }
+
+    /// A 30-route baseline in routes.yaml (4210 bytes) and features.yaml
+    /// (5000 bytes, 20 features); `edit` changes the candidate's copy.
+    fn blast(edit: impl FnOnce(&mut Inventory)) -> Option<BlastRadius> {
+        let base = Inventory {
+            routes: names("r", 30),
+            upstreams: names("u", 5),
+            features: names("f", 20),
+            files: vec![
+                ("aegis.yaml".into(), 100),
+                ("features.yaml".into(), 5000),
+                ("routes.yaml".into(), 4210),
+                ("upstreams.yaml".into(), 300),
+            ],
+            ..Inventory::default()
+        };
+        let mut cand = base.clone();
+        edit(&mut cand);
+        Some(BlastRadius::between(&base, &cand))
+    }
+
+    fn set_file(inv: &mut Inventory, name: &str, bytes: u64) {
+        for f in &mut inv.files {
+            if f.0 == name {
+                f.1 = bytes;
+            }
+        }
+    }
+
+    #[test]
+    fn most_routes_removed_is_held_with_the_numbers() {
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        let o = with_blast(
+            blast(|c| {
+                c.routes.truncate(18);
+                set_file(c, "routes.yaml", 150);
+            }),
+            0,
+        );
+        let v = judge(&o, &p, &l);
+        assert!(!v.accepted);
+        assert!(v.is_held());
+        assert_eq!(v.code(), HELD_BLAST_RADIUS);
+        assert_eq!(
+            v.sentence,
+            "held: 12 of 30 routes removed (40.0% > 20%), routes.yaml shrank 4210 → 150 bytes; confirm with POST /admin/confirm"
+        );
+        assert!(v.also.is_empty());
+    }
+
+    #[test]
+    fn blast_radius_thresholds() {
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        let held = |b: Option<BlastRadius>, rerouted: u64| {
+            let v = judge(&with_blast(b, rerouted), &p, &l);
+            assert!(v.accepted || v.is_held(), "{v:?}");
+            v
+        };
+        // Nothing changed; the same config against itself.
+        assert!(held(blast(|_| {}), 0).accepted);
+        // Routes: 6 of 30 is 20%, not above; 7 is.
+        assert!(held(blast(|c| c.routes.truncate(24)), 0).accepted);
+        assert!(held(blast(|c| c.routes.truncate(23)), 0).is_held());
+        // One route edited (renamed even), two added.
+        assert!(held(blast(|c| c.routes[3] = "renamed".into()), 0).accepted);
+        assert!(held(blast(|c| c.routes.extend(names("new", 2))), 0).accepted);
+        // Upstreams: 1 of 5 is 20%; 2 of 5 is held.
+        assert!(held(blast(|c| c.upstreams.truncate(4)), 0).accepted);
+        assert!(held(blast(|c| c.upstreams.truncate(3)), 0).is_held());
+        // TLS entries: one of two.
+        let tls = |c: &mut Inventory| c.tls = vec!["a.example".into()];
+        let v = judge(
+            &with_blast(
+                Some(BlastRadius::between(
+                    &Inventory {
+                        tls: vec!["a.example".into(), "b.example".into()],
+                        ..Inventory::default()
+                    },
+                    &{
+                        let mut c = Inventory::default();
+                        tls(&mut c);
+                        c
+                    },
+                )),
+                0,
+            ),
+            &p,
+            &l,
+        );
+        assert!(v.is_held(), "{v:?}");
+        assert!(
+            v.sentence
+                .contains("1 of 2 tls entries removed (50.0% > 20%)")
+        );
+        // Files: one of four deleted is 25%, named.
+        let v = held(blast(|c| c.files.retain(|f| f.0 != "upstreams.yaml")), 0);
+        assert!(v.is_held());
+        assert!(
+            v.sentence
+                .contains("1 of 4 config files removed (25.0% > 20%: upstreams.yaml)"),
+            "{}",
+            v.sentence
+        );
+        // Re-routed: 100 of 1000 is 10%, not above; 101 is.
+        assert!(held(blast(|_| {}), 100).accepted);
+        let v = held(blast(|_| {}), 101);
+        assert!(
+            v.sentence
+                .contains("101 of 1000 replayed requests re-routed (10.1% > 10%; e.g. GET /x"),
+            "{}",
+            v.sentence
+        );
+        // Growth: a file that doubled, by more than 4 KiB.
+        let v = held(blast(|c| set_file(c, "features.yaml", 10_000)), 0);
+        assert!(v.is_held());
+        assert!(
+            v.sentence
+                .contains("features.yaml grew 5000 → 10000 bytes (2.0× ≥ 2×)"),
+            "{}",
+            v.sentence
+        );
+        // 1.8× is not double; 300 → 900 bytes is under the floor.
+        assert!(held(blast(|c| set_file(c, "features.yaml", 9000)), 0).accepted);
+        assert!(held(blast(|c| set_file(c, "upstreams.yaml", 900)), 0).accepted);
+        // A list that doubled by more than 10 entries; 5 → 10 upstreams
+        // is under the floor.
+        let v = held(blast(|c| c.features.extend(names("g", 20))), 0);
+        assert!(
+            v.sentence.contains("features grew 20 → 40 (2.0× ≥ 2×)"),
+            "{}",
+            v.sentence
+        );
+        assert!(held(blast(|c| c.upstreams.extend(names("v", 5))), 0).accepted);
+        // A large new file: no ratio of its own, the whole set grew.
+        let v = held(blast(|c| c.files.push(("big.yaml".into(), 20_000))), 0);
+        assert!(
+            v.sentence
+                .contains("the config set grew 9610 → 29610 bytes (3.1× ≥ 2×)"),
+            "{}",
+            v.sentence
+        );
+    }
+
+    #[test]
+    fn tiny_configs_may_double_under_the_floors() {
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        let base = Inventory {
+            routes: names("r", 2),
+            files: vec![("routes.yaml".into(), 200)],
+            ..Inventory::default()
+        };
+        let mut cand = base.clone();
+        cand.routes.extend(names("new", 3));
+        cand.files = vec![("routes.yaml".into(), 500)];
+        let v = judge(
+            &with_blast(Some(BlastRadius::between(&base, &cand)), 0),
+            &p,
+            &l,
+        );
+        assert!(v.accepted, "{v:?}");
+    }
+
+    #[test]
+    fn rejection_comes_before_the_hold() {
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        // Regresses and removes most routes: the regression is the reason.
+        let SandboxOutcome::Report(mut r) = report(50, 0, 1000) else {
+            unreachable!()
+        };
+        r.blast_radius = blast(|c| c.routes.truncate(3));
+        let v = judge(&SandboxOutcome::Report(r.clone()), &p, &l);
+        assert_eq!(v.code(), "regression:status");
+        assert!(!v.is_held());
+        let also = v.also.last().unwrap();
+        assert!(
+            also.starts_with("held:blast_radius: 27 of 30 routes removed (90.0% > 20%)"),
+            "{also}"
+        );
+        // Invalid stays invalid.
+        r.outcome = RunnerOutcome::Invalid;
+        r.diagnostics = vec!["routes.yaml:1:1: bad".into()];
+        let v = judge(&SandboxOutcome::Report(r), &p, &l);
+        assert_eq!(v.code(), "invalid");
+        assert!(!v.is_held());
+    }
+
+    #[test]
+    fn rerouted_hold_and_max_route_changed_rejection() {
+        let l = SandboxLimits::default();
+        // max_route_changed under max_rerouted: the rejection wins.
+        let p = GatePolicy {
+            max_route_changed: Some(0.05),
+            ..GatePolicy::default()
+        };
+        let v = judge(&with_blast(blast(|_| {}), 200), &p, &l);
+        assert_eq!(v.code(), "regression:route_changed");
+        assert!(
+            v.also
+                .iter()
+                .any(|a| a.starts_with("held:blast_radius: 200 of 1000"))
+        );
+        // Above it: 10% < share ≤ 50% is held, above 50% rejected.
+        let p = GatePolicy {
+            max_route_changed: Some(0.5),
+            ..GatePolicy::default()
+        };
+        assert!(judge(&with_blast(blast(|_| {}), 200), &p, &l).is_held());
+        assert_eq!(
+            judge(&with_blast(blast(|_| {}), 600), &p, &l).code(),
+            "regression:route_changed"
+        );
+    }
+
+    #[test]
+    fn no_baseline_nothing_held() {
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        // No blast radius and no baseline tally: even a (nonsensical)
+        // route-changed count holds nothing.
+        let SandboxOutcome::Report(mut r) = with_blast(None, 500) else {
+            unreachable!()
+        };
+        if let Some(replay) = r.replay.as_mut() {
+            replay.baseline = None;
+        }
+        let v = judge(&SandboxOutcome::Report(r), &p, &l);
+        assert!(v.accepted, "{v:?}");
+        assert!(!v.is_held());
+    }
+
+    #[test]
+    fn is_held_only_for_held_codes() {
+        assert!(!Verdict::accept("ok".into()).is_held());
+        assert!(!Verdict::reject("invalid", "x".into()).is_held());
+        assert!(Verdict::hold(HELD_BLAST_RADIUS, "x".into()).is_held());
+        // An older verdict.json without the field parses the same.
+        let v: Verdict = serde_json::from_str(
+            r#"{"accepted":false,"reason":"held:blast_radius","sentence":"held: …"}"#,
+        )
+        .unwrap();
+        assert!(v.is_held());
     }
 
     #[test]

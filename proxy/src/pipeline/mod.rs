@@ -196,7 +196,7 @@ pub trait Connector: Clone + Send + Sync + 'static {
 }
 
 /// Per-process settings the pipeline reads on every request (from
-/// `aegis.yaml`, fixed at start).
+/// the promoted version's `aegis.yaml`; swapped on promotion).
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     /// `limits.max_request_body`; a route's `max_request_body` overrides it.
@@ -225,7 +225,9 @@ impl Default for PipelineSettings {
 
 struct Shared {
     config: ConfigHandle,
-    settings: PipelineSettings,
+    /// Swapped when a promoted version changes them (limits and fail mode
+    /// take effect live, like the routes).
+    settings: arc_swap::ArcSwap<PipelineSettings>,
     features_enabled: Arc<AtomicBool>,
     limiter: ratelimit::RateLimiter,
     access_log: AccessLog,
@@ -287,7 +289,7 @@ impl<C: Connector> PipelineBuilder<C> {
         Pipeline {
             shared: Arc::new(Shared {
                 config: self.config,
-                settings: self.settings,
+                settings: arc_swap::ArcSwap::from_pointee(self.settings),
                 features_enabled: self
                     .features_enabled
                     .unwrap_or_else(|| Arc::new(AtomicBool::new(true))),
@@ -317,6 +319,11 @@ impl<C: Connector> Pipeline<C> {
 
     pub fn config(&self) -> &ConfigHandle {
         &self.shared.config
+    }
+
+    /// Applies a promoted version's limits and fail mode to new requests.
+    pub fn set_settings(&self, settings: PipelineSettings) {
+        self.shared.settings.store(Arc::new(settings));
     }
 
     /// The features module kill switch.
@@ -489,7 +496,7 @@ impl<C: Connector> Pipeline<C> {
             let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_framing");
             return self.finish(resp, log, summary, Some("framing"));
         }
-        if headers::header_bytes(req.headers()) > self.shared.settings.max_header_bytes {
+        if headers::header_bytes(req.headers()) > self.shared.settings.load().max_header_bytes {
             let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
             let resp = plain(status, &status_text(status));
             return self.finish(
@@ -503,7 +510,7 @@ impl<C: Connector> Pipeline<C> {
         // Decide.
         let opts = DecideOptions {
             features_enabled: self.shared.features_enabled.load(Ordering::Relaxed),
-            fail_closed: self.shared.settings.fail_closed,
+            fail_closed: self.shared.settings.load().fail_closed,
         };
         let scheme = if client.tls { "https" } else { "http" };
         let path_owned = req.uri().path().to_string();
@@ -578,7 +585,7 @@ impl<C: Connector> Pipeline<C> {
         // Body limit, from the declared length first.
         let limit = route
             .max_request_body
-            .unwrap_or(self.shared.settings.max_request_body);
+            .unwrap_or_else(|| self.shared.settings.load().max_request_body);
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)

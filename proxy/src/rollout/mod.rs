@@ -55,13 +55,15 @@ pub struct SlotTraffic {
 pub trait Fleet: Send + Sync {
     /// Serving processes.
     fn size(&self) -> usize;
-    /// Makes slot `only` (or every slot) serve `config`, whose files are in
-    /// `files_dir` (a worker compiles them itself). Resolves to true once
-    /// every process concerned serves it.
+    /// Makes slot `only` (or every slot) serve `config`, the promoted
+    /// snapshot `id` whose files are in `files_dir` (a worker verifies and
+    /// compiles them itself). Resolves to true once every process concerned
+    /// serves it.
     fn load(
         &self,
         only: Option<usize>,
         files_dir: &Path,
+        id: &str,
         config: Arc<CompiledConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
     /// Every serving process's counters, as last read.
@@ -82,6 +84,7 @@ impl Fleet for LocalFleet {
         &self,
         _only: Option<usize>,
         _files_dir: &Path,
+        _id: &str,
         config: Arc<CompiledConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
         self.config.store(config);
@@ -270,9 +273,9 @@ impl Rollout {
 
     /// A version was accepted: how to promote it. A canary needs more than
     /// one worker, a canary window, and a stable version for the control
-    /// group to serve. A rollout in progress ends: a bake cut short so far
-    /// clean makes its version stable (the control group of the next canary
-    /// serves it); an unfinished canary is abandoned.
+    /// group to serve. A rollout in progress ends unfinished: a bake cut
+    /// short or an unfinished canary is abandoned, and never becomes stable
+    /// (only a version that finished its bake is a rollback target).
     pub fn plan(&mut self, version: &str, fleet_size: usize, policy: &Policy, at_ms: u64) -> Start {
         match std::mem::replace(&mut self.phase, Phase::Steady) {
             Phase::Steady => {}
@@ -286,10 +289,11 @@ impl Rollout {
                 self.log(
                     "superseded",
                     &v,
-                    format!("bake cut short, clean so far: {version} was accepted meanwhile"),
+                    format!(
+                        "bake cut short, clean so far but not stable: {version} was accepted meanwhile"
+                    ),
                     at_ms,
                 );
-                self.stable = Some(v);
             }
         }
         if fleet_size > 1 && !policy.canary.is_zero() && self.stable.is_some() {
@@ -615,13 +619,14 @@ mod tests {
     }
 
     #[test]
-    fn a_new_version_during_the_bake_makes_the_baking_one_stable() {
+    fn a_version_whose_bake_was_cut_short_never_becomes_stable() {
         let p = policy();
         let t0 = Instant::now();
         let mut r = Rollout::new(Some("v0".into()));
         r.plan("v1", 2, &p, 0);
         r.all_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
         assert_eq!(r.plan("v2", 2, &p, 0), Start::Canary);
-        assert_eq!(r.stable(), Some("v1"));
+        // v1 did not finish its bake: v0 stays the last known good.
+        assert_eq!(r.stable(), Some("v0"));
     }
 }

@@ -19,8 +19,17 @@ pub enum ToWorker {
     /// Answered with `Pong` from inside the worker's runtime, so a hung event
     /// loop fails the probe.
     Ping { seq: u64 },
-    /// Compile the hot content of `dir` and serve it.
-    Load { dir: PathBuf, version: String },
+    /// Serve the promoted snapshot `id` kept in `dir` (a state-dir version
+    /// directory): verify its content hash, compile it, apply its live
+    /// settings, swap it in. `version` is the engine version it compiles to.
+    /// Answered by `Loaded` or `LoadFailed` with the same `seq`, once the
+    /// worker serves it (or will not).
+    Load {
+        seq: u64,
+        dir: PathBuf,
+        id: String,
+        version: String,
+    },
     /// Send the worker's Prometheus text.
     Metrics { seq: u64 },
     /// The feature module's kill switch.
@@ -47,9 +56,13 @@ pub enum FromWorker {
         traffic: crate::pipeline::traffic::TrafficTotals,
     },
     Loaded {
+        #[serde(default)]
+        seq: u64,
         version: String,
     },
     LoadFailed {
+        #[serde(default)]
+        seq: u64,
         version: String,
         error: String,
     },
@@ -117,7 +130,9 @@ mod tests {
     async fn round_trip_and_limits() {
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
         let msg = ToWorker::Load {
+            seq: 7,
             dir: "/x".into(),
+            id: "0123456789ab".into(),
             version: "abc".into(),
         };
         write_msg(&mut a, &msg).await.unwrap();

@@ -44,7 +44,6 @@ use ipc::{FromWorker, ToWorker};
 pub struct SupervisorConfig {
     /// The `aegis` binary to run workers from.
     pub exe: PathBuf,
-    pub config_dir: PathBuf,
     pub workers: usize,
     pub threads_per_worker: usize,
     pub health: Health,
@@ -109,6 +108,9 @@ pub enum SupervisorEvent {
         deaths: usize,
         pause: Duration,
         since: Instant,
+        /// The versions the dead workers were serving (or starting on), so
+        /// the owner blames a promotion only when its workers died.
+        versions: Vec<String>,
     },
 }
 
@@ -173,7 +175,19 @@ struct Slot {
     kill_reason: Option<RestartReason>,
     /// The version this slot serves instead of everyone's (the canary's):
     /// a replacement process starts on it too.
-    serve: Option<(PathBuf, String)>,
+    serve: Option<Served>,
+}
+
+/// A promoted snapshot as a worker loads it: its files in the state
+/// directory and the id (content hash) the worker verifies them against.
+/// Workers start, restart and reload only from one of these, never from the
+/// watched config directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub dir: PathBuf,
+    pub id: String,
+    /// The engine version it compiles to (what workers report serving).
+    pub version: String,
 }
 
 enum Event {
@@ -193,9 +207,11 @@ struct Inner {
     /// The listening sockets, until the supervisor stops (then closed, so
     /// new connections are refused instead of queued for nobody).
     listeners: Mutex<Option<(Vec<TcpListener>, Vec<TcpListener>)>>,
-    serve_dir: Mutex<(PathBuf, Option<String>)>,
+    /// What every slot without a version of its own serves (and respawns on).
+    serve: Mutex<Served>,
     slots: Mutex<Vec<Slot>>,
-    deaths: Mutex<VecDeque<Instant>>,
+    /// Recent deaths, with the version each dead worker served.
+    deaths: Mutex<VecDeque<(Instant, String)>>,
     paused_until: Mutex<Option<(Instant, SystemTime)>>,
     seq: AtomicU64,
     stopping: AtomicBool,
@@ -213,14 +229,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Takes the bound listeners; `serve_dir` is the hot content workers
+    /// Takes the bound listeners; `serve` is the promoted snapshot workers
     /// start with (the active version). Returns the handle, the event loop to
     /// run, and the receiver of events the owner should act on.
     pub fn new(
         cfg: SupervisorConfig,
         plain: Vec<TcpListener>,
         tls: Vec<TcpListener>,
-        serve_dir: PathBuf,
+        serve: Served,
     ) -> (
         Self,
         SupervisorLoop,
@@ -233,7 +249,7 @@ impl Supervisor {
         let inner = Arc::new(Inner {
             cfg,
             listeners: Mutex::new(Some((plain, tls))),
-            serve_dir: Mutex::new((serve_dir, None)),
+            serve: Mutex::new(serve),
             slots: Mutex::new(slots),
             deaths: Mutex::new(VecDeque::new()),
             paused_until: Mutex::new(None),
@@ -287,25 +303,21 @@ impl Supervisor {
     fn spawn(&self, slot: usize) -> Result<oneshot::Receiver<()>, SupervisorError> {
         let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| SupervisorError::Spawn { slot, source })?;
-        let own = self
-            .slots()
-            .get(slot)
-            .and_then(|s| s.serve.as_ref().map(|(d, _)| d.clone()));
-        let serve_dir = own.unwrap_or_else(|| {
+        let own = self.slots().get(slot).and_then(|s| s.serve.clone());
+        let served = own.unwrap_or_else(|| {
             self.inner
-                .serve_dir
+                .serve
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .0
                 .clone()
         });
         let cfg = &self.inner.cfg;
         let mut cmd = tokio::process::Command::new(&cfg.exe);
         cmd.arg("worker")
-            .arg("--config-dir")
-            .arg(&cfg.config_dir)
             .arg("--serve-dir")
-            .arg(&serve_dir)
+            .arg(&served.dir)
+            .arg("--snapshot")
+            .arg(&served.id)
             .arg("--control-fd")
             .arg(fds::raw(&child_end).to_string())
             .arg("--supervisor-pid")
@@ -398,11 +410,11 @@ impl Supervisor {
                             *seq
                         }
                         FromWorker::MetricsText { seq, .. } => *seq,
-                        FromWorker::Loaded { version: v } => {
+                        FromWorker::Loaded { seq, version: v } => {
                             *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
-                            0
+                            *seq
                         }
-                        FromWorker::LoadFailed { .. } => 0,
+                        FromWorker::LoadFailed { seq, .. } => *seq,
                     };
                     let waiter = pending
                         .lock()
@@ -483,14 +495,10 @@ impl Supervisor {
     /// Hands a version to the worker of slot `only`, or to every worker (a
     /// replacement process then starts on it too); true when each concerned
     /// answers a probe with it.
-    pub async fn load(&self, only: Option<usize>, dir: PathBuf, version: String) -> bool {
+    pub async fn load(&self, only: Option<usize>, served: Served) -> bool {
         let slots: Vec<usize> = match only {
             None => {
-                *self
-                    .inner
-                    .serve_dir
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = (dir.clone(), Some(version.clone()));
+                *self.inner.serve.lock().unwrap_or_else(|e| e.into_inner()) = served.clone();
                 for s in self.slots().iter_mut() {
                     s.serve = None;
                 }
@@ -499,55 +507,52 @@ impl Supervisor {
             Some(slot) => {
                 let everyone = self
                     .inner
-                    .serve_dir
+                    .serve
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .1
+                    .id
                     .clone();
                 if let Some(s) = self.slots().get_mut(slot) {
                     // Back to everyone's version: no longer a canary.
-                    s.serve = (everyone.as_deref() != Some(version.as_str()))
-                        .then(|| (dir.clone(), version.clone()));
+                    s.serve = (everyone != served.id).then(|| served.clone());
                 }
                 vec![slot]
             }
         };
         let mut all = true;
         for slot in slots {
-            all &= self.load_slot(slot, dir.clone(), version.clone()).await;
+            all &= self.load_slot(slot, &served).await;
         }
         all
     }
 
-    async fn load_slot(&self, slot: usize, dir: PathBuf, version: String) -> bool {
-        // `Load` is answered by Loaded/LoadFailed with seq 0; probe after it
-        // instead, which reports the version the worker serves.
-        let tx = self
-            .slots()
-            .get(slot)
-            .and_then(|s| s.current.as_ref().map(|w| w.tx.clone()));
-        let sent = match tx {
-            Some(tx) => tx
-                .send(ToWorker::Load {
-                    dir,
-                    version: version.clone(),
-                })
-                .await
-                .is_ok(),
-            None => false,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sent && Instant::now() < deadline {
-            if let Some(FromWorker::Pong { version: v, .. }) = self
-                .ask(slot, |seq| ToWorker::Ping { seq }, Duration::from_secs(1))
-                .await
-                && v == version
-            {
-                return true;
+    async fn load_slot(&self, slot: usize, served: &Served) -> bool {
+        // Answered once the worker verified, compiled and swapped it in (a
+        // version whose hot content is unchanged but whose settings differ
+        // reports the same engine version: the answer, not a probe, tells).
+        let answer = self
+            .ask(
+                slot,
+                |seq| ToWorker::Load {
+                    seq,
+                    dir: served.dir.clone(),
+                    id: served.id.clone(),
+                    version: served.version.clone(),
+                },
+                Duration::from_secs(30),
+            )
+            .await;
+        match answer {
+            Some(FromWorker::Loaded { version, .. }) if version == served.version => true,
+            Some(FromWorker::LoadFailed { error, .. }) => {
+                tracing::error!(slot, id = %served.id, %error, "the worker did not load the version");
+                false
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            other => {
+                tracing::error!(slot, id = %served.id, ?other, "no load acknowledgement from the worker");
+                false
+            }
         }
-        false
     }
 
     /// Every slot's live counters, as of its last probe.
@@ -773,6 +778,7 @@ impl SupervisorLoop {
 
     fn on_exit(&mut self, slot: usize, pid: u32, status: std::process::ExitStatus) {
         use std::os::unix::process::ExitStatusExt;
+        let dead_version: String;
         let reason = {
             let mut slots = self.sup.slots();
             let Some(s) = slots.get_mut(slot) else { return };
@@ -784,7 +790,26 @@ impl SupervisorLoop {
             if s.current.as_ref().map(|w| w.pid) != Some(pid) {
                 return;
             }
-            s.current = None;
+            let reported = s
+                .current
+                .take()
+                .and_then(|w| w.version.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            // A worker that died before it reported was starting on its
+            // slot's version.
+            dead_version = reported.unwrap_or_else(|| {
+                s.serve.as_ref().map_or_else(
+                    || {
+                        self.sup
+                            .inner
+                            .serve
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .version
+                            .clone()
+                    },
+                    |v| v.version.clone(),
+                )
+            });
             s.healthy = false;
             if self.sup.inner.stopping.load(Ordering::SeqCst) {
                 return;
@@ -804,7 +829,7 @@ impl SupervisorLoop {
         tracing::warn!(slot, pid, %status, reason = reason.as_str(), "worker died");
         metrics::counter!("aegis_worker_restarts_total", "reason" => reason.as_str()).increment(1);
         let h = &self.sup.inner.cfg.health;
-        let (recent, backoff, since) = {
+        let (recent, backoff, since, versions) = {
             let mut deaths = self
                 .sup
                 .inner
@@ -812,10 +837,10 @@ impl SupervisorLoop {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            deaths.push_back(now);
+            deaths.push_back((now, dead_version));
             while deaths
                 .front()
-                .is_some_and(|t| now.duration_since(*t) > h.crash_window.0)
+                .is_some_and(|(t, _)| now.duration_since(*t) > h.crash_window.0)
             {
                 deaths.pop_front();
             }
@@ -829,7 +854,15 @@ impl SupervisorLoop {
             } else {
                 Duration::from_millis(100u64 << exp).min(Duration::from_secs(10))
             };
-            (n, backoff, deaths.front().copied().unwrap_or(now))
+            let mut versions: Vec<String> = deaths.iter().map(|(_, v)| v.clone()).collect();
+            versions.sort();
+            versions.dedup();
+            (
+                n,
+                backoff,
+                deaths.front().map_or(now, |(t, _)| *t),
+                versions,
+            )
         };
         let mut delay = backoff;
         if recent >= usize::try_from(h.crash_loop_deaths).unwrap_or(usize::MAX) {
@@ -854,6 +887,7 @@ impl SupervisorLoop {
                     deaths: recent,
                     pause,
                     since,
+                    versions,
                 });
             self.sup
                 .inner

@@ -10,7 +10,7 @@ use aegis_engine::config::Settings;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{Supervisor, SupervisorConfig, SupervisorEvent, bind_listener};
+use super::{Served, Supervisor, SupervisorConfig, SupervisorEvent, bind_listener};
 use crate::admin::{self, AdminState};
 use crate::gate::{Fleet, Gate};
 use crate::pipeline::ConfigHandle;
@@ -18,9 +18,8 @@ use crate::rollout::SlotTraffic;
 
 /// What the supervised process needs to start.
 pub struct Supervised {
-    pub config_dir: PathBuf,
-    /// The hot content the workers serve first (the active version's files).
-    pub serve_dir: PathBuf,
+    /// The promoted snapshot the workers serve first (the active version).
+    pub serve: Served,
     pub settings: Settings,
     pub compiled: Arc<aegis_engine::CompiledConfig>,
     pub workers: usize,
@@ -56,7 +55,6 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
     }
     let cfg = SupervisorConfig {
         exe,
-        config_dir: s.config_dir.clone(),
         workers: s.workers,
         threads_per_worker: 1,
         health: s.settings.health.clone(),
@@ -64,7 +62,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         sample_out: s.sample_out.clone(),
         features_enabled: s.settings.features_module.enabled,
     };
-    let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve_dir.clone());
+    let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(event_loop.run(shutdown.clone())));
@@ -140,14 +138,19 @@ impl Fleet for WorkerFleet {
         &self,
         only: Option<usize>,
         files_dir: &Path,
+        id: &str,
         config: Arc<aegis_engine::CompiledConfig>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'static>> {
         let version = config.version.clone();
         self.config.store(config);
         let sup = self.supervisor.clone();
-        let dir = files_dir.to_path_buf();
+        let served = Served {
+            dir: files_dir.to_path_buf(),
+            id: id.to_string(),
+            version: version.clone(),
+        };
         Box::pin(async move {
-            let ok = sup.load(only, dir, version.clone()).await;
+            let ok = sup.load(only, served).await;
             match (ok, only) {
                 (true, None) => tracing::info!(version, "every worker serves it"),
                 (true, Some(slot)) => tracing::info!(version, slot, "the worker serves it"),
@@ -184,12 +187,18 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => gate.trigger(),
-            ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause, since }) = ev {
-                tracing::error!(deaths, ?pause, "crash loop: respawning paused");
-                // Deaths that began after a promotion count against it.
+            _ = hup.recv() => gate.rejudge("SIGHUP"),
+            ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause, since, versions }) = ev {
+                tracing::error!(deaths, ?pause, ?versions, "crash loop: respawning paused");
+                // Deaths that began after a promotion count against it, but
+                // only when the dead workers were serving it: a loop of
+                // workers on another version says nothing about this one.
                 let after_promotion = gate.last_promotion().is_some_and(|p| p <= since);
-                if after_promotion {
+                let on_active = gate
+                    .status()
+                    .active_version()
+                    .is_some_and(|v| versions.contains(&v));
+                if after_promotion && on_active {
                     let why = format!(
                         "{deaths} worker deaths within health.crash_window after the promotion"
                     );

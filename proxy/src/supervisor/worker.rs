@@ -2,26 +2,35 @@
 //! inherited from the supervisor, and answers the supervisor on its control
 //! channel from inside its own runtime, so a hung event loop shows as a
 //! failed probe.
+//!
+//! A worker never reads the watched config directory: it serves only a
+//! promoted snapshot from the state directory (`--serve-dir`, named by its
+//! content hash `--snapshot`), and verifies that hash before serving it
+//! (`gate::store::load_verified`). Its process settings (limits, fail mode)
+//! come from that snapshot's own `aegis.yaml`, so a respawn serves exactly
+//! what was promoted, whatever the directory holds now.
 
-use aegis_engine::config::{self, ConfigSource, Limits, Settings};
+use aegis_engine::config::Settings;
 use anyhow::Context as _;
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::UnixStream;
 
 use super::fds;
 use super::ipc::{self, FromWorker, ToWorker};
 use crate::cli::run::{self, Listeners, Serving};
+use crate::gate::store;
+use crate::pipeline::PipelineSettings;
 
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
-    /// The config directory (its aegis.yaml gives the process settings).
-    #[arg(long)]
-    pub config_dir: PathBuf,
-    /// The directory whose hot content to serve first (the active version).
+    /// The promoted snapshot to serve first: its files in the state directory.
     #[arg(long)]
     pub serve_dir: PathBuf,
+    /// That snapshot's id (its content hash), verified before serving.
+    #[arg(long)]
+    pub snapshot: String,
     /// Inherited plain listener descriptors.
     #[arg(long = "listen-fd")]
     pub listen_fds: Vec<RawFd>,
@@ -83,8 +92,8 @@ fn run(args: WorkerArgs) -> anyhow::Result<()> {
         fds::adopt(args.control_fd).context("adopting the control channel")?,
     );
 
-    let settings = load_settings(&args.config_dir)?;
-    let compiled = compile_dir(&args.serve_dir, &settings.limits)?;
+    let (settings, compiled) = store::load_verified(&args.serve_dir, &args.snapshot)
+        .with_context(|| format!("worker {}", args.worker_id))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .thread_name(format!("aegis-worker-{}", args.worker_id))
@@ -92,18 +101,6 @@ fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(serve(args, settings, compiled, plain, tls, control))
-}
-
-fn load_settings(config_dir: &Path) -> anyhow::Result<Settings> {
-    let source = ConfigSource::read_dir(config_dir, Settings::default().limits.max_file_size.0)
-        .with_context(|| format!("reading {}", config_dir.display()))?;
-    config::parse_settings(&source).map_err(|d| anyhow::anyhow!("{d}"))
-}
-
-fn compile_dir(dir: &Path, limits: &Limits) -> anyhow::Result<aegis_engine::CompiledConfig> {
-    let source = ConfigSource::read_dir(dir, limits.max_file_size.0)
-        .with_context(|| format!("reading {}", dir.display()))?;
-    config::compile(&source, limits).map_err(|d| anyhow::anyhow!("{d}"))
 }
 
 async fn serve(
@@ -131,7 +128,6 @@ async fn serve(
     control.set_nonblocking(true)?;
     let control = UnixStream::from_std(control)?;
 
-    let limits = settings.limits.clone();
     let serving = run::start_with(
         settings,
         std::sync::Arc::new(compiled),
@@ -181,7 +177,12 @@ async fn serve(
                 seq,
                 text: prometheus.as_ref().map(|h| h.render()).unwrap_or_default(),
             },
-            Ok(ToWorker::Load { dir, version }) => load(&serving, &limits, dir, version).await,
+            Ok(ToWorker::Load {
+                seq,
+                dir,
+                id,
+                version,
+            }) => load(&serving, seq, dir, id, version).await,
             Ok(ToWorker::Features { enabled }) => {
                 features.store(enabled, std::sync::atomic::Ordering::SeqCst);
                 continue;
@@ -195,27 +196,47 @@ async fn serve(
     Ok(())
 }
 
-/// Compiles a version off the event loop (probes keep being answered) and
-/// swaps it in.
-async fn load(serving: &Serving, limits: &Limits, dir: PathBuf, version: String) -> FromWorker {
-    let limits = limits.clone();
-    let compiled = tokio::task::spawn_blocking(move || compile_dir(&dir, &limits)).await;
-    match compiled {
-        Ok(Ok(c)) if c.version == version => {
+/// Verifies and compiles a promoted snapshot off the event loop (probes
+/// keep being answered), then swaps it in with its live settings.
+async fn load(
+    serving: &Serving,
+    seq: u64,
+    dir: PathBuf,
+    id: String,
+    version: String,
+) -> FromWorker {
+    let loaded = tokio::task::spawn_blocking(move || store::load_verified(&dir, &id)).await;
+    match loaded {
+        Ok(Ok((settings, c))) if c.version == version => {
+            apply_live(serving, &settings);
             serving.promote(c);
-            FromWorker::Loaded { version }
+            FromWorker::Loaded { seq, version }
         }
-        Ok(Ok(c)) => FromWorker::LoadFailed {
-            error: format!("the directory holds version {}, not {version}", c.version),
+        Ok(Ok((_, c))) => FromWorker::LoadFailed {
+            seq,
+            error: format!(
+                "the snapshot compiles to version {}, not {version}",
+                c.version
+            ),
             version,
         },
         Ok(Err(e)) => FromWorker::LoadFailed {
+            seq,
             version,
-            error: format!("{e:#}"),
+            error: e.to_string(),
         },
         Err(e) => FromWorker::LoadFailed {
+            seq,
             version,
             error: e.to_string(),
         },
     }
+}
+
+/// The process settings a running worker takes from a new version at once
+/// (the others are listed by the gate as "takes effect on restart").
+fn apply_live(serving: &Serving, settings: &Settings) {
+    serving
+        .pipeline
+        .set_settings(PipelineSettings::from_settings(settings));
 }

@@ -72,10 +72,12 @@ pub fn pick(
     hash_key: Option<String>,
 ) -> Option<usize> {
     let usable = |backup: bool| -> Vec<usize> {
-        pool.endpoints
+        pool.members
             .iter()
             .enumerate()
-            .filter(|(i, e)| e.backup == backup && !tried.contains(i) && e.is_available())
+            .filter(|(i, m)| {
+                m.backup == backup && !tried.contains(i) && m.endpoint.is_available(spec)
+            })
             .map(|(i, _)| i)
             .collect()
     };
@@ -86,7 +88,7 @@ pub fn pick(
     if candidates.is_empty() {
         return None;
     }
-    let weight = |i: &usize| pool.endpoints.get(*i).map_or(1, |e| u64::from(e.weight));
+    let weight = |i: &usize| pool.members.get(*i).map_or(1, |m| u64::from(m.weight));
     let n = pool.rr.fetch_add(1, Ordering::Relaxed);
     match &spec.balance {
         Balance::RoundRobin => weighted_at(&candidates, weight, u64::try_from(n).unwrap_or(0)),
@@ -103,10 +105,9 @@ pub fn pick(
                 let Some(i) = candidates.get((start + k) % len).copied() else {
                     continue;
                 };
-                let active = pool
-                    .endpoints
-                    .get(i)
-                    .map_or(0, |e| u64::try_from(e.active()).unwrap_or(u64::MAX));
+                let active = pool.members.get(i).map_or(0, |m| {
+                    u64::try_from(m.endpoint.active()).unwrap_or(u64::MAX)
+                });
                 // Compare active/weight without division: scale by the
                 // product of weights would overflow; use active * 1000 / w.
                 let load = active.saturating_mul(1000) / weight(&i).max(1);
@@ -120,7 +121,7 @@ pub fn pick(
             // Rendezvous hashing: the endpoint with the highest score for the
             // key wins, so removing one endpoint moves only its keys.
             Some(key) => candidates.iter().copied().max_by_key(|i| {
-                let addr = pool.endpoints.get(*i).map_or("", |e| &*e.address);
+                let addr = pool.members.get(*i).map_or("", |m| &*m.endpoint.address);
                 stable_hash(key.as_str(), addr)
             }),
             None => weighted_at(&candidates, weight, u64::try_from(n).unwrap_or(0)),

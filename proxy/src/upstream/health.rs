@@ -45,9 +45,20 @@ pub(crate) fn spawn(
             let pools = connector.pools_for(&cfg, prune_due(&mut last_prune));
             for (spec, pool) in cfg.upstreams.iter().zip(pools.iter()) {
                 let Some(hc) = &spec.health_check else {
+                    // No checks in this version (the balancer ignores their
+                    // verdicts): forget the last ones, so that checks added
+                    // back start from up, as for a new endpoint.
+                    for m in &pool.members {
+                        if !m.endpoint.is_healthy() {
+                            *m.endpoint.check.lock().unwrap_or_else(|e| e.into_inner()) =
+                                CheckState::default();
+                            m.endpoint.set_healthy(true);
+                        }
+                    }
                     continue;
                 };
-                for ep in &pool.endpoints {
+                for m in &pool.members {
+                    let ep = &m.endpoint;
                     let due = {
                         let mut st = ep.check.lock().unwrap_or_else(|e| e.into_inner());
                         let due = !st.running && st.last.is_none_or(|l| l.elapsed() >= hc.interval);

@@ -49,16 +49,19 @@ struct IdleConn {
     since: Instant,
 }
 
-/// Live state of one endpoint of one pool.
+/// Live state of one endpoint of one pool, kept across versions while the
+/// pool names the address: health, ejection, connections. What a version
+/// says of the endpoint (weight, backup) is in its [`Member`], and the pool's
+/// settings are read from the request's version, so a promotion changes
+/// them at once.
 pub struct Endpoint {
     pub pool: String,
     pub address: Arc<str>,
-    pub weight: u32,
-    pub backup: bool,
     /// Active health: false after `fall` failed checks, true after `rise` good ones.
     healthy: AtomicBool,
-    /// Passive ejection: unavailable until this instant (ms since `epoch`).
-    ejected_until_ms: AtomicU64,
+    /// Passive ejection: when it was last ejected (ms since `epoch`), or
+    /// [`NEVER`]. The end is computed with the current `fail_timeout`.
+    ejected_at_ms: AtomicU64,
     /// Requests in flight (least_conn).
     active: AtomicUsize,
     idle: Mutex<Vec<IdleConn>>,
@@ -73,15 +76,15 @@ struct PassiveState {
     window_start: Option<Instant>,
 }
 
+const NEVER: u64 = u64::MAX;
+
 impl Endpoint {
-    fn new(pool: &str, spec: &aegis_engine::compiled::EndpointSpec, epoch: Instant) -> Self {
+    fn new(pool: &str, address: &str, epoch: Instant) -> Self {
         Self {
             pool: pool.to_string(),
-            address: Arc::from(spec.address.as_str()),
-            weight: spec.weight.max(1),
-            backup: spec.backup,
+            address: Arc::from(address),
             healthy: AtomicBool::new(true),
-            ejected_until_ms: AtomicU64::new(0),
+            ejected_at_ms: AtomicU64::new(NEVER),
             active: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             passive: Mutex::new(PassiveState::default()),
@@ -94,10 +97,20 @@ impl Endpoint {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Healthy by the active checks and not passively ejected.
-    pub fn is_available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    /// Usable under `spec` (the pool as the request's version has it):
+    /// healthy by the active checks, if it has any, and not passively
+    /// ejected, if it counts failures.
+    pub fn is_available(&self, spec: &UpstreamPool) -> bool {
+        (spec.health_check.is_none() || self.is_healthy()) && !self.is_ejected(spec)
+    }
+
+    fn is_ejected(&self, spec: &UpstreamPool) -> bool {
+        let at = self.ejected_at_ms.load(Ordering::Relaxed);
+        if at == NEVER || spec.max_fails == 0 {
+            return false;
+        }
+        let window = u64::try_from(spec.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms() < at.saturating_add(window)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -137,9 +150,7 @@ impl Endpoint {
         }
         p.fails = p.fails.saturating_add(1);
         if p.fails >= max_fails {
-            let ms = u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX);
-            self.ejected_until_ms
-                .store(self.now_ms().saturating_add(ms), Ordering::Relaxed);
+            self.ejected_at_ms.store(self.now_ms(), Ordering::Relaxed);
             p.fails = 0;
             p.window_start = None;
             tracing::warn!(upstream = %self.pool, endpoint = %self.address, ?fail_timeout, "endpoint ejected after failures");
@@ -176,10 +187,19 @@ impl Endpoint {
     }
 }
 
-/// One pool as served: the compiled spec's numbers and the endpoints' state.
+/// An endpoint as one version names it: the shared state, with this
+/// version's weight and backup flag.
+pub struct Member {
+    pub endpoint: Arc<Endpoint>,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+/// One pool of one version: its endpoints in config order (balance indexes
+/// them), each with the state shared across versions.
 pub struct PoolRuntime {
     pub name: String,
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub members: Vec<Member>,
     pub(crate) rr: AtomicUsize,
 }
 
@@ -221,8 +241,9 @@ impl PooledConnector {
         }
     }
 
-    /// The pools of `config`, building their runtime state on first use of a
-    /// version (endpoint state carries over by pool name and address).
+    /// The pools of `config`, built on first use of a version with the
+    /// version's weights and backup flags (endpoint state carries over by
+    /// pool name and address).
     pub fn pools(&self, config: &CompiledConfig) -> Vec<Arc<PoolRuntime>> {
         self.pools_for(config, false)
     }
@@ -245,23 +266,27 @@ impl PooledConnector {
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut keep = std::collections::HashSet::new();
         for up in &config.upstreams {
-            let mut endpoints = Vec::with_capacity(up.endpoints.len());
+            let mut members = Vec::with_capacity(up.endpoints.len());
             for spec in &up.endpoints {
                 let key = (up.name.clone(), spec.address.clone());
-                let ep = reg
+                let endpoint = reg
                     .entry(key.clone())
                     .or_insert_with(|| {
-                        let ep = Arc::new(Endpoint::new(&up.name, spec, self.inner.epoch));
+                        let ep = Arc::new(Endpoint::new(&up.name, &spec.address, self.inner.epoch));
                         ep.set_healthy(true);
                         ep
                     })
                     .clone();
                 keep.insert(key);
-                endpoints.push(ep);
+                members.push(Member {
+                    endpoint,
+                    weight: spec.weight.max(1),
+                    backup: spec.backup,
+                });
             }
             pools.push(Arc::new(PoolRuntime {
                 name: up.name.clone(),
-                endpoints,
+                members,
                 rr: AtomicUsize::new(0),
             }));
         }
@@ -462,7 +487,7 @@ impl Connector for PooledConnector {
                     upstream: spec.name.clone(),
                 }));
             };
-            let Some(ep) = pool.endpoints.get(idx).cloned() else {
+            let Some(ep) = pool.members.get(idx).map(|m| m.endpoint.clone()) else {
                 return Err(UpstreamError::NoHealthyEndpoint {
                     upstream: spec.name.clone(),
                 });
@@ -642,5 +667,96 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aegis_engine::config::{ConfigSource, Limits, SourceFile, compile};
+
+    fn config(upstream: &str) -> CompiledConfig {
+        let text = format!(
+            "upstreams:\n  - name: p\n{upstream}routes:\n  - name: r\n    match: {{ path_prefix: \"/\" }}\n    upstream: p\n"
+        );
+        let src = ConfigSource::from_files(
+            std::path::Path::new("/nonexistent"),
+            vec![SourceFile {
+                name: "routes.yaml".into(),
+                text,
+            }],
+        );
+        compile(&src, &Limits::default()).unwrap()
+    }
+
+    /// Endpoint addresses picked by `n` round-robin requests.
+    fn spread(c: &PooledConnector, cfg: &CompiledConfig, n: usize) -> HashMap<String, usize> {
+        let pools = c.pools(cfg);
+        let mut out = HashMap::new();
+        for _ in 0..n {
+            let i = balance::pick(&cfg.upstreams[0], &pools[0], &[], None).unwrap();
+            *out.entry(pools[0].members[i].endpoint.address.to_string())
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn promoted_weights_and_backup_take_effect_and_state_carries_over() {
+        let c = PooledConnector::new();
+        let v1 = config("    endpoints: [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"]\n");
+        let s = spread(&c, &v1, 300);
+        assert_eq!(s.get("10.0.0.1:80"), Some(&100), "{s:?}");
+        let old = c.pools(&v1)[0].members[0].endpoint.clone();
+        old.record_failure(5, Duration::from_secs(10));
+
+        let v2 = config(
+            "    endpoints:\n      - { address: \"10.0.0.1:80\", weight: 3 }\n      - { address: \"10.0.0.2:80\", backup: true }\n",
+        );
+        let s = spread(&c, &v2, 300);
+        assert_eq!(s.get("10.0.0.1:80"), Some(&300), "{s:?}");
+        assert_eq!(s.len(), 1, "backup or removed endpoint picked: {s:?}");
+        let pools = c.pools(&v2);
+        let p = &pools[0];
+        assert!(Arc::ptr_eq(&old, &p.members[0].endpoint), "state kept");
+        assert_eq!(old.passive.lock().unwrap().fails, 1, "failure count kept");
+        assert_eq!((p.members[0].weight, p.members[0].backup), (3, false));
+        assert_eq!((p.members[1].weight, p.members[1].backup), (1, true));
+
+        // Back to the first version: its own weights again.
+        let s = spread(&c, &v1, 300);
+        assert_eq!(s.get("10.0.0.2:80"), Some(&100), "{s:?}");
+    }
+
+    #[test]
+    fn ejection_and_health_follow_the_promoted_pool_settings() {
+        let c = PooledConnector::new();
+        let checked = config(
+            "    endpoints: [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n    health_check: { path: /health }\n    passive: { max_fails: 1, fail_timeout: 1h }\n",
+        );
+        let pools = c.pools(&checked);
+        let (a, b) = (
+            pools[0].members[0].endpoint.clone(),
+            pools[0].members[1].endpoint.clone(),
+        );
+        a.record_failure(1, Duration::from_secs(3600));
+        b.set_healthy(false);
+        let spec = &checked.upstreams[0];
+        assert!(!a.is_available(spec) && !b.is_available(spec));
+
+        // A shorter fail_timeout ends the ejection now; without checks the
+        // last verdict no longer counts.
+        let relaxed = config(
+            "    endpoints: [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n    passive: { max_fails: 1, fail_timeout: 1ms }\n",
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let spec = &relaxed.upstreams[0];
+        assert!(a.is_available(spec) && b.is_available(spec));
+
+        // Passive accounting off: no ejection applies.
+        let off = config("    endpoints: [\"10.0.0.1:80\"]\n    passive: { max_fails: 0 }\n");
+        a.record_failure(1, Duration::from_secs(3600));
+        assert!(!a.is_available(&checked.upstreams[0]));
+        assert!(a.is_available(&off.upstreams[0]));
     }
 }

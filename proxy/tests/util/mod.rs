@@ -25,6 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+pub mod load;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -370,7 +372,21 @@ impl Proxy {
     }
 
     fn spawn(dir: tempfile::TempDir) -> Proxy {
-        let state = tempfile::tempdir().unwrap();
+        Self::spawn_in(dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts `aegis run` on a config directory and a state directory the
+    /// test prepared (or kept from an earlier run: [`Proxy::into_dirs`]).
+    pub fn spawn_in(dir: tempfile::TempDir, state: tempfile::TempDir) -> Proxy {
+        match Self::try_spawn_in(dir, state) {
+            Ok(p) => p,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// As [`Proxy::spawn_in`]; `Err` with the exit status and stderr when
+    /// the process ends before it listens.
+    pub fn try_spawn_in(dir: tempfile::TempDir, state: tempfile::TempDir) -> Result<Proxy, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aegis"))
             .arg("run")
             .arg("--config-dir")
@@ -404,7 +420,14 @@ impl Proxy {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => panic!("aegis did not start; stderr:\n{}", seen.join("\n")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    return Err(format!(
+                        "aegis did not start ({status:?}); stderr:\n{}",
+                        seen.join("\n")
+                    ));
+                }
             };
             let addr = |l: &str| l.rsplit(' ').next().unwrap().parse::<SocketAddr>().unwrap();
             if line.starts_with("aegis: listening http ") {
@@ -416,7 +439,7 @@ impl Proxy {
             }
             seen.push(line);
         }
-        Proxy {
+        Ok(Proxy {
             child,
             http: http.unwrap(),
             https,
@@ -424,6 +447,31 @@ impl Proxy {
             dir,
             state,
             lines: Mutex::new(rx),
+        })
+    }
+
+    /// Stops the process (SIGKILL) and hands back its directories, to start
+    /// again on the same state.
+    pub fn into_dirs(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        (dir, state)
+    }
+
+    /// Waits for a stderr line containing `needle`; the line, or `None`
+    /// after `limit`. Lines before it are consumed.
+    pub fn wait_line(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let rx = self.lines.lock().unwrap();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! reported, located, and nothing is compiled unless there are none.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use serde_saphyr::{Location, Spanned};
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::raw::{self, Balance, HashKey, HotFile};
 use super::settings::{Limits, Settings};
-use super::source::{ConfigSource, ContentHasher, SourceFile};
+use super::source::{
+    ConfigSource, ConfinedError, ContentHasher, SourceFile, climbs_out, lexical, read_confined,
+};
 use crate::compiled::{
     Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction,
     HeaderCondition, HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate,
@@ -75,6 +77,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         diags: Diagnostics::default(),
         limits,
         dir: &source.dir,
+        roots: FileRoots::of(source),
         hasher: ContentHasher::default(),
     };
     let mut parsed: Vec<(&SourceFile, HotFile)> = Vec::new();
@@ -343,6 +346,52 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
     })
 }
 
+/// Reads a file a `tls` entry names, confined by [`FileRoots`]. The error
+/// names the path and why; never the content.
+fn read_referenced(dir: &Path, roots: &FileRoots, name: &str, max: u64) -> Result<Vec<u8>, String> {
+    let written = Path::new(name);
+    let outside_hint = "a file outside the config directory is named by its absolute path under one of `tls_dirs` (aegis.yaml)";
+    let (path, allowed): (PathBuf, &[PathBuf]) = if written.is_absolute() {
+        // Checked as written first, so a refused path does not tell whether
+        // something exists there.
+        let claimed = lexical(written);
+        let listed = roots
+            .tls_dirs
+            .iter()
+            .chain(&roots.tls_dirs_real)
+            .any(|d| claimed.starts_with(d));
+        if !listed {
+            return Err(format!(
+                "`{name}` is an absolute path not under any of `tls_dirs` (aegis.yaml): not read; name a file in the config directory by a relative path"
+            ));
+        }
+        (written.to_path_buf(), &roots.tls_dirs_real)
+    } else {
+        if climbs_out(written) {
+            return Err(format!(
+                "`{name}` leaves the config directory: not read; {outside_hint}"
+            ));
+        }
+        (dir.join(written), &roots.config_dir)
+    };
+    read_confined(&path, allowed, max).map_err(|e| match e {
+        ConfinedError::Outside { target } if written.is_absolute() => format!(
+            "`{name}` resolves to {}, outside `tls_dirs` (aegis.yaml): not read",
+            target.display()
+        ),
+        ConfinedError::Outside { target } => format!(
+            "`{name}` resolves to {}, outside the config directory: not read; {outside_hint}",
+            target.display()
+        ),
+        ConfinedError::NotFile => format!("`{name}` is not a regular file"),
+        ConfinedError::TooLarge { size, limit } => format!(
+            "`{name}`: {size} bytes, over the limit of {limit} bytes (limits.max_file_size)"
+        ),
+        ConfinedError::Changed => format!("`{name}` changed while it was being read"),
+        ConfinedError::Io(e) => format!("cannot read {}: {e}", path.display()),
+    })
+}
+
 fn origin(file: &SourceFile, at: Location) -> String {
     format!("{}:{}:{}", file.name, at.line(), at.column())
 }
@@ -358,7 +407,49 @@ struct Cx<'a> {
     diags: Diagnostics,
     limits: &'a Limits,
     dir: &'a Path,
+    roots: FileRoots,
     hasher: ContentHasher,
+}
+
+/// Where the files a config set names (certificates, keys) may be read
+/// from: a relative name inside the config directory, an absolute one under
+/// `tls_dirs`. A relative name is copied with the set into the gate's
+/// snapshot and an absolute one is read where it is, so a relative name
+/// leaving the directory would mean another file in the copy, and an
+/// absolute one into the directory would bypass the copy.
+struct FileRoots {
+    /// The config directory, canonical; empty when it cannot be resolved (a
+    /// set made in memory), so that nothing relative is read.
+    config_dir: Vec<PathBuf>,
+    /// `tls_dirs` as written (lexically normalized) and canonical.
+    tls_dirs: Vec<PathBuf>,
+    tls_dirs_real: Vec<PathBuf>,
+}
+
+impl FileRoots {
+    fn of(source: &ConfigSource) -> Self {
+        // Taken from the set's own aegis.yaml rather than the caller's
+        // settings: the runner, the gate and every worker compile the same
+        // snapshot, so they agree on what it may read. A settings file that
+        // does not parse allows nothing outside (its errors are reported by
+        // parse_settings).
+        let tls_dirs: Vec<PathBuf> = parse_settings(source)
+            .map(|s| s.tls_dirs)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.is_absolute())
+            .collect();
+        // A directory that does not exist holds nothing to read.
+        let tls_dirs_real = tls_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect();
+        Self {
+            config_dir: std::fs::canonicalize(&source.dir).into_iter().collect(),
+            tls_dirs: tls_dirs.iter().map(|d| lexical(d)).collect(),
+            tls_dirs_real,
+        }
+    }
 }
 
 impl Cx<'_> {
@@ -887,10 +978,8 @@ impl Cx<'_> {
             );
             return None;
         }
-        let read = |name: &str| -> Result<Vec<u8>, String> {
-            let p = self.dir.join(name);
-            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
+        let (dir, roots, max) = (self.dir, &self.roots, self.limits.max_file_size.0);
+        let read = |name: &str| read_referenced(dir, roots, name, max);
         let cert_pem = match read(&raw.certificate) {
             Ok(b) => b,
             Err(why) => {
@@ -1247,5 +1336,207 @@ mod tests {
         );
         assert!(parse_location("/x/$nope").is_err());
         assert!(parse_location("").is_err());
+    }
+
+    /// Copies the example certificate for shop.example.com into `dir` as
+    /// `shop.pem` / `shop.key`.
+    fn put_cert(dir: &Path) {
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/examples/multi-upstream/certs");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(certs.join("shop.cert.pem"), dir.join("shop.pem")).unwrap();
+        std::fs::copy(certs.join("shop.key.pem"), dir.join("shop.key")).unwrap();
+    }
+
+    fn tls_yaml(cert: &str, key: &str) -> String {
+        format!(
+            "tls:\n  - server_names: [shop.example.com]\n    certificate: \"{cert}\"\n    key: \"{key}\"\n"
+        )
+    }
+
+    /// The set in `dir` with `files` written, compiled as the runner does.
+    fn compile_with(dir: &Path, files: &[(&str, &str)]) -> Result<CompiledConfig, String> {
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let source = ConfigSource::read_dir(dir, 1 << 20).map_err(|e| e.to_string())?;
+        let settings = parse_settings(&source).map_err(|d| d.to_string())?;
+        compile(&source, &settings.limits).map_err(|d| d.to_string())
+    }
+
+    const SECRET: &str = "root:$6$containment-secret-line:19000:0:99999:7:::";
+
+    #[test]
+    fn tls_files_outside_the_config_directory_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        put_cert(outside.path());
+        std::fs::write(outside.path().join("shadow"), format!("{SECRET}\n")).unwrap();
+        let out = outside.path().display().to_string();
+        let d = tempfile::tempdir().unwrap();
+        let no_settings = [("aegis.yaml", "")];
+
+        // `../x.pem`: refused as written, whatever is there.
+        let e = compile_with(
+            d.path(),
+            &[
+                no_settings[0],
+                ("tls.yaml", &tls_yaml("../x.pem", "../x.key")),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "tls.yaml:2:5: tls[0].certificate: `../x.pem` leaves the config directory"
+            ),
+            "{e}"
+        );
+        // ... also when it climbs back to a real certificate.
+        let up = |f: &str| format!("{}{}/{f}", "../".repeat(40), out.trim_start_matches('/'));
+        let e = compile_with(
+            d.path(),
+            &[("tls.yaml", &tls_yaml(&up("shop.pem"), &up("shop.key")))],
+        )
+        .unwrap_err();
+        assert!(e.contains("tls[0].certificate: `../../"), "{e}");
+        assert!(e.contains("leaves the config directory"), "{e}");
+
+        // `/abs/x.pem`: refused without tls_dirs, before the file system is asked.
+        let abs = |f: &str| format!("{out}/{f}");
+        for cert in [abs("shop.pem"), "/abs/x.pem".to_string(), abs("shadow")] {
+            let e = compile_with(
+                d.path(),
+                &[("tls.yaml", &tls_yaml(&cert, &abs("shop.key")))],
+            )
+            .unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "tls[0].certificate: `{cert}` is an absolute path not under any of `tls_dirs`"
+                )),
+                "{e}"
+            );
+            assert!(!e.contains("containment-secret-line"), "{e}");
+        }
+
+        // A symlink inside that leads out is caught after resolution, and
+        // the content of what it points at is not in the message.
+        std::os::unix::fs::symlink(outside.path(), d.path().join("certs")).unwrap();
+        let e = compile_with(
+            d.path(),
+            &[("tls.yaml", &tls_yaml("certs/shadow", "certs/shop.key"))],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("tls[0].certificate: `certs/shadow` resolves to "),
+            "{e}"
+        );
+        assert!(e.contains("outside the config directory: not read"), "{e}");
+        assert!(!e.contains("containment-secret-line"), "{e}");
+        std::fs::remove_file(d.path().join("certs")).unwrap();
+    }
+
+    #[test]
+    fn tls_files_under_tls_dirs_are_read_where_they_are() {
+        let outside = tempfile::tempdir().unwrap();
+        put_cert(&outside.path().join("live"));
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("shadow"), format!("{SECRET}\n")).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("shadow"),
+            outside.path().join("live/escape.pem"),
+        )
+        .unwrap();
+        let live = outside.path().join("live").display().to_string();
+        let d = tempfile::tempdir().unwrap();
+        let settings = format!("tls_dirs: [\"{live}\"]\n");
+        let c = compile_with(
+            d.path(),
+            &[
+                ("aegis.yaml", &settings),
+                (
+                    "tls.yaml",
+                    &tls_yaml(&format!("{live}/shop.pem"), &format!("{live}/shop.key")),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.certificates.len(), 1);
+        // `..` out of the allowed directory, as written.
+        let e = compile_with(
+            d.path(),
+            &[(
+                "tls.yaml",
+                &tls_yaml(&format!("{live}/../live2/x.pem"), "x"),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("is an absolute path not under any of `tls_dirs`"),
+            "{e}"
+        );
+        // A symlink in it that leads out of it.
+        let e = compile_with(
+            d.path(),
+            &[(
+                "tls.yaml",
+                &tls_yaml(&format!("{live}/escape.pem"), &format!("{live}/shop.key")),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("outside `tls_dirs` (aegis.yaml): not read"),
+            "{e}"
+        );
+        assert!(!e.contains("containment-secret-line"), "{e}");
+        // A relative name still has to stay in the config directory.
+        let e =
+            compile_with(d.path(), &[("tls.yaml", &tls_yaml("../x.pem", "../x.key"))]).unwrap_err();
+        assert!(e.contains("leaves the config directory"), "{e}");
+        // And an entry of tls_dirs must be absolute.
+        let e = compile_with(d.path(), &[("aegis.yaml", "tls_dirs: [certs]\n")]).unwrap_err();
+        assert!(e.starts_with("aegis.yaml:"), "{e}");
+        assert!(e.contains("`certs` is not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_in_a_configmap_or_secret_layout_are_accepted() {
+        // The kubelet's layout: names are symlinks into `..data`, itself a
+        // symlink to the timestamped directory; all inside.
+        let lay_out = |dir: &Path| {
+            let ts = dir.join("..2026_12_01_00_00_00.123");
+            put_cert(&ts);
+            std::os::unix::fs::symlink("..2026_12_01_00_00_00.123", dir.join("..data")).unwrap();
+            for f in ["shop.pem", "shop.key"] {
+                std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+            }
+        };
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("certs")).unwrap();
+        lay_out(&d.path().join("certs"));
+        let ts = d.path().join("..2026_12_01_00_00_00.123");
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::write(
+            ts.join("tls.yaml"),
+            tls_yaml("certs/shop.pem", "certs/shop.key"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2026_12_01_00_00_00.123", d.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.yaml", d.path().join("tls.yaml")).unwrap();
+        assert_eq!(compile_with(d.path(), &[]).unwrap().certificates.len(), 1);
+
+        // A Secret volume named by tls_dirs.
+        let secret = tempfile::tempdir().unwrap();
+        lay_out(secret.path());
+        let s = secret.path().display();
+        let c = compile_with(
+            d.path(),
+            &[
+                ("aegis.yaml", &format!("tls_dirs: [\"{s}\"]\n")),
+                (
+                    "tls.yaml",
+                    &tls_yaml(&format!("{s}/shop.pem"), &format!("{s}/shop.key")),
+                ),
+            ],
+        );
+        assert_eq!(c.unwrap().certificates.len(), 1);
     }
 }

@@ -19,6 +19,15 @@ pub struct Settings {
     pub listen_tls: Vec<String>,
     /// What a TLS client whose SNI matches no certificate gets. Default `reject`.
     pub tls_unknown_sni: UnknownSni,
+    /// Directories outside the config directory that `tls` entries may name
+    /// certificate and key files in, by absolute path (a Kubernetes Secret
+    /// volume, `/etc/letsencrypt/live`). Everything else a config set names
+    /// must resolve inside the config directory: without this list a config
+    /// file could point the proxy at any file it can read. Absolute paths
+    /// only (the gate judges a copy of the set kept elsewhere, so a relative
+    /// entry would mean another place there). Default none.
+    #[serde(deserialize_with = "absolute_dirs")]
+    pub tls_dirs: Vec<PathBuf>,
     /// The admin listener (`/healthz`, `/metrics`, `/admin/*`); `off` disables
     /// it. Default `127.0.0.1:9901`. Off loopback it requires a token.
     pub admin: String,
@@ -48,6 +57,7 @@ impl Default for Settings {
             listen: vec!["127.0.0.1:8080".to_string()],
             listen_tls: Vec::new(),
             tls_unknown_sni: UnknownSni::Reject,
+            tls_dirs: Vec::new(),
             admin: "127.0.0.1:9901".to_string(),
             admin_token_env: "AEGIS_ADMIN_TOKEN".to_string(),
             admin_token_file: None,
@@ -62,6 +72,20 @@ impl Default for Settings {
             drain_timeout: Dur::secs(10),
         }
     }
+}
+
+/// `tls_dirs`: a list of absolute paths; a relative one is an error where it
+/// is written rather than a directory that silently means something else in
+/// the gate's copy of the set.
+fn absolute_dirs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    let dirs = Vec::<PathBuf>::deserialize(d)?;
+    if let Some(p) = dirs.iter().find(|p| !p.is_absolute()) {
+        return Err(serde::de::Error::custom(format!(
+            "tls_dirs: `{}` is not an absolute path",
+            p.display()
+        )));
+    }
+    Ok(dirs)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +341,37 @@ pub struct GatePolicy {
     pub max_p99: Dur,
     /// Peak RSS of the sandbox runner. Default 256 MiB.
     pub max_peak_rss: Size,
+    /// Blast radius: a valid candidate that replays clean but changes much
+    /// more of the active config than an edit usually does is held (reason
+    /// `held:blast_radius`) until `POST /admin/confirm`, not rejected: a
+    /// truncated or deleted file compiles fine and the sample may not visit
+    /// what it drops. These apply only with an active version to compare.
+    /// Share of the active routes (by name) the candidate no longer has.
+    /// Default 0.2.
+    pub max_routes_removed: f64,
+    /// Share of the active upstream pools (by name) gone. Default 0.2.
+    pub max_upstreams_removed: f64,
+    /// Share of the active `tls` entries (by server names) gone. Default 0.2.
+    pub max_tls_removed: f64,
+    /// Share of the active config files (`*.yaml`, aegis.yaml included, by
+    /// file name) gone from the directory. Default 0.2.
+    pub max_files_removed: f64,
+    /// Share of replayed requests whose route changes above which the
+    /// candidate is held. `max_route_changed`, when set, rejects instead and
+    /// is checked first: set it above this one to hold a middle band and
+    /// reject the rest. Default 0.1.
+    pub max_rerouted: f64,
+    /// A config file (bytes, by name), the whole set (bytes) or a list
+    /// (routes, upstreams, tls entries, features, rate limits, files) that
+    /// reaches this multiple of its active size is held: 2.0 holds a file
+    /// that doubled. Default 2.0.
+    pub max_growth: f64,
+    /// Growth by at most this many bytes is never held (a small file may
+    /// double with one route). Default 4KiB.
+    pub growth_floor_bytes: Size,
+    /// Growth by at most this many entries is never held (two routes may
+    /// become four). Default 10.
+    pub growth_floor_entries: u64,
 }
 
 impl Default for GatePolicy {
@@ -327,6 +382,14 @@ impl Default for GatePolicy {
             max_route_changed: None,
             max_p99: Dur::ms(50),
             max_peak_rss: Size(256 << 20),
+            max_routes_removed: 0.2,
+            max_upstreams_removed: 0.2,
+            max_tls_removed: 0.2,
+            max_files_removed: 0.2,
+            max_rerouted: 0.1,
+            max_growth: 2.0,
+            growth_floor_bytes: Size(4 << 10),
+            growth_floor_entries: 10,
         }
     }
 }
