@@ -123,6 +123,7 @@ impl Harness {
         let fleet = aegis_proxy::rollout::LocalFleet {
             config: handle.clone(),
             traffic,
+            apply_settings: None,
         };
         gate.clone().spawn(Arc::new(fleet), shutdown.clone());
         Harness {
@@ -405,8 +406,21 @@ fn editor_saves_partial_writes_and_bursts() {
     let new = h.history().split_off(seen);
     assert!(new.len() <= 2, "{} candidates for one burst", new.len());
 
-    // Deleting a file is a change like any other: features.yaml gone.
+    // Deleting a file is a change like any other, and a big one: one of the
+    // three files gone is held by the blast-radius guard until a person
+    // confirms it.
     std::fs::remove_file(h.path("features.yaml")).unwrap();
+    let start = Instant::now();
+    while h.gate.status().config_json()["held"]["reason"] != "held:blast_radius" {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "deletion not held: {}",
+            h.gate.status().config_json()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!h.handle.load().features.is_empty(), "held but promoted");
+    assert!(h.gate.confirm().is_some_and(|c| c.held.is_some()));
     let start = Instant::now();
     while !h.handle.load().features.is_empty() {
         assert!(

@@ -10,6 +10,8 @@
 //! - rollbacks go to the last version that finished its bake, never to a
 //!   superseded candidate; a directory restored to the stable version goes
 //!   back to it without a canary;
+//! - a writer that pauses mid-file, and a deleted file, are held by the
+//!   blast-radius guard, promoted only when a person confirms;
 //! - a sandbox killed from outside is retried, not remembered;
 //! - a full state directory is "could not judge", retried once space is back;
 //! - a tampered or missing snapshot at start is repaired from an identical
@@ -555,4 +557,135 @@ fn live_settings_reach_every_worker_and_restart_only_ones_are_announced() {
         .map(|w| w["requests"].as_u64().unwrap_or(0))
         .collect();
     eprintln!("per-worker requests: {per_worker:?}");
+}
+
+/// `n` respond routes, one per path.
+fn many_routes(n: usize) -> String {
+    // The catch-all first: a truncated file keeps it, so every request still
+    // gets a 200, only from another route (what the replay alone accepts).
+    let mut s = String::from(
+        "routes:\n  - name: hello\n    match: { path_prefix: / }\n    respond: { status: 200, body: \"hello\\n\" }\n",
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - name: r{i}\n    match: {{ path_prefix: /r{i} }}\n    respond: {{ status: 200, body: \"r{i}\\n\" }}\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn a_paused_writer_s_truncated_file_is_held_not_promoted() {
+    let full = many_routes(30);
+    let p = Proxy::start(&format!("{WORKERS}gate: {{ debounce: 50ms }}\n"), &full);
+    let id0 = active_id(&p);
+    let load = Load::start(p.http, CLIENTS, "/r29");
+    load.wait_ok(100, Duration::from_secs(10));
+    // A writer that stops after a few whole lines (valid YAML: 3 routes)
+    // for 2 s, then writes the rest, in place.
+    let cut = full
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|i| *i >= 150)
+        .unwrap();
+    let path = p.path().join("routes.yaml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    wait_until(
+        "the truncated candidate held",
+        Duration::from_secs(20),
+        || config(&p)["held"]["reason"] == "held:blast_radius",
+    );
+    let held = config(&p)["held"].clone();
+    eprintln!("held: {held}");
+    assert!(
+        held["sentence"]
+            .as_str()
+            .is_some_and(|s| s.contains("routes removed")),
+        "{held}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    wait_until(
+        "the hold released by the full file",
+        Duration::from_secs(20),
+        || config(&p)["held"].is_null(),
+    );
+    // The rest of the file lands in one write; a look between the gate's
+    // reads may still catch a nearly whole file (a few routes short, under
+    // the limits): it may be promoted on its way, but the end is the full file.
+    wait_until("the full file serving", Duration::from_secs(20), || {
+        active_id(&p) == id0
+    });
+    load.wait_ok(100, Duration::from_secs(10));
+    let seen = load.finish();
+    assert_eq!(seen.failures(), 0, "{seen:?}");
+    let held_id = held["id"].as_str().unwrap();
+    assert!(
+        !verdicts(&p)
+            .iter()
+            .any(|v| v["id"] == held_id && v["verdict"]["accepted"] == true),
+        "the truncated version {held_id} was accepted"
+    );
+}
+
+#[test]
+fn a_held_deletion_is_promoted_only_when_a_person_confirms() {
+    let p = Proxy::start_with(
+        "gate: { debounce: 50ms }\n",
+        &[
+            ("routes.yaml", ROUTES),
+            (
+                "more.yaml",
+                "routes:\n  - name: more\n    match: { path_prefix: /more }\n    respond: { status: 200, body: \"more\\n\" }\n",
+            ),
+        ],
+    );
+    let id0 = active_id(&p);
+    std::fs::remove_file(p.path().join("more.yaml")).unwrap();
+    wait_until("the deletion held", Duration::from_secs(20), || {
+        config(&p)["held"]["reason"] == "held:blast_radius"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(active_id(&p), id0, "held but promoted");
+    let answer = admin(&p, "POST", "/admin/confirm");
+    assert_eq!(answer["confirmed"], true, "{answer}");
+    wait_until("promoted once confirmed", Duration::from_secs(20), || {
+        active_id(&p) != id0
+    });
+    let c = config(&p);
+    assert!(c["held"].is_null(), "{c}");
+    assert!(
+        verdicts(&p)[0]["verdict"]["sentence"]
+            .as_str()
+            .is_some_and(|s| s.contains("confirmed by the admin API")),
+        "{:?}",
+        verdicts(&p)
+    );
+}
+
+#[test]
+fn a_read_only_state_directory_is_named_as_such_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), ROUTES).unwrap();
+    std::fs::write(
+        dir.path().join("aegis.yaml"),
+        "listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\n",
+    )
+    .unwrap();
+    let _fs = Tmpfs::mount(state.path(), "1m");
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(state.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "remount read-only");
+    let err = match Proxy::try_spawn_in(dir, state) {
+        Ok(_) => panic!("started on a read-only state directory"),
+        Err(e) => e,
+    };
+    assert!(err.contains("read-only file system"), "{err}");
 }

@@ -125,9 +125,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             gate::register_admin(admin, &gate, serving.config.clone());
             crate::kill_switch::register(admin, serving.pipeline.features_switch());
         }
+        let pipeline = serving.pipeline.clone();
         let fleet = crate::rollout::LocalFleet {
             config: serving.config.clone(),
             traffic: serving.pipeline.traffic(),
+            apply_settings: Some(Arc::new(move |s: &Settings| {
+                pipeline.set_settings(crate::pipeline::PipelineSettings::from_settings(s));
+            })),
         };
         let watcher = gate
             .clone()

@@ -484,7 +484,14 @@ impl Gate {
                 a.settings.limits.max_file_size.0
             });
         let dir = &self.opts.config_dir;
-        let read = |d: &Path| Snapshot::read(d, max).map_err(|e| GateError::could_not("read", e));
+        let read = |d: &Path| {
+            Snapshot::read(d, max).map_err(|e| match e {
+                // Refused, not failed: a file that resolves outside the
+                // config directory is never read (its content never shows).
+                StoreError::Outside { .. } => GateError::could_not("outside_config_dir", e),
+                e => GateError::could_not("read", e),
+            })
+        };
         let mut last = read(dir)?;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1090,7 +1097,10 @@ impl Gate {
                     record.id
                 );
             } else {
-                self.promote_candidate(&record.id, cached).await?;
+                // A verdict reused for content seen before is a revert; one a
+                // person just confirmed is not.
+                let reverted = cached && record.source != "admin";
+                self.promote_candidate(&record.id, reverted).await?;
                 promoted = true;
             }
         } else {

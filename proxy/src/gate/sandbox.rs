@@ -79,8 +79,9 @@ pub struct SandboxRun {
 
 /// Whether a run's failure is about the machinery rather than the content:
 /// the runner killed from outside (SIGKILL, SIGTERM, SIGINT, SIGHUP that the
-/// gate did not send), or the wall-clock deadline reached without the CPU
-/// limit (the host was too busy). Such a run is retried, never remembered
+/// gate did not send), or the wall-clock deadline reached while the runner
+/// had been on a CPU for less than half of it (the host was too busy; a
+/// candidate that keeps the runner busy past the deadline is a `timeout`). Such a run is retried, never remembered
 /// as a verdict on the content. The candidate's own OOM under its memory
 /// limit, SIGXCPU at its CPU limit, a panic or SIGSEGV stay content
 /// verdicts.
@@ -88,10 +89,24 @@ pub fn not_about_content(run: &SandboxRun) -> Option<(&'static str, String)> {
     run.machinery.clone()
 }
 
+/// User + system CPU time of a live process, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.get(stat.rfind(')')?.saturating_add(2)..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // In USER_HZ, which Linux fixes at 100 for what it reports to user space.
+    let ticks = utime.saturating_add(stime);
+    Some(Duration::from_millis(ticks.saturating_mul(10)))
+}
+
 fn machinery_failure(
     outcome: &SandboxOutcome,
     status: Option<std::process::ExitStatus>,
-    timed_out: bool,
+    starved: bool,
     deadline: Duration,
 ) -> Option<(&'static str, String)> {
     let SandboxOutcome::Failed { failure, .. } = outcome else {
@@ -100,13 +115,16 @@ fn machinery_failure(
     if matches!(failure, RunnerFailure::Oom { .. }) {
         return None;
     }
-    if timed_out {
+    if starved {
         return Some((
             "deadline",
             format!(
-                "the sandbox did not finish within its {deadline:?} wall-clock deadline without reaching its CPU limit (a busy host)"
+                "the sandbox did not finish within its {deadline:?} wall-clock deadline and was on a CPU less than half of it (a busy host)"
             ),
         ));
+    }
+    if matches!(failure, RunnerFailure::Timeout { .. }) {
+        return None;
     }
     let sig = status.and_then(|s| s.signal())?;
     matches!(
@@ -208,9 +226,13 @@ impl Sandbox {
         };
         let deadline = req.limits.deadline.0;
         let result = tokio::time::timeout(deadline, talk).await;
+        // CPU the runner used by the deadline: what tells a slow candidate
+        // from a starved runner on a busy host.
+        let mut cpu_at_deadline = None;
         let (report, status, timed_out) = match result {
             Ok((report, status)) => (report, status.ok(), false),
             Err(_) => {
+                cpu_at_deadline = child.id().and_then(cpu_time);
                 let _ = child.start_kill();
                 let status = child.wait().await.ok();
                 (None, status, true)
@@ -237,7 +259,11 @@ impl Sandbox {
             stage,
             &req.limits,
         );
-        let machinery = machinery_failure(&outcome, status, timed_out, deadline);
+        // Starved: less than half the deadline on a CPU (an unknown reading
+        // counts as busy: retrying costs little, a wrong verdict sticks).
+        let starved = timed_out
+            && cpu_at_deadline.is_none_or(|cpu| cpu.as_secs_f64() < deadline.as_secs_f64() / 2.0);
+        let machinery = machinery_failure(&outcome, status, starved, deadline);
         Ok(SandboxRun {
             machinery,
             outcome,

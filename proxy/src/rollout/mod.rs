@@ -70,10 +70,15 @@ pub trait Fleet: Send + Sync {
     fn traffic(&self) -> Vec<SlotTraffic>;
 }
 
+/// Applies a promoted version's live process settings (its `aegis.yaml`).
+pub type ApplySettings = Arc<dyn Fn(&Settings) + Send + Sync>;
+
 /// `--workers 0`: this process serves, alone.
 pub struct LocalFleet {
     pub config: ConfigHandle,
     pub traffic: Arc<TrafficCounters>,
+    /// Where the version's live settings go (the pipeline's limits).
+    pub apply_settings: Option<ApplySettings>,
 }
 
 impl Fleet for LocalFleet {
@@ -83,10 +88,15 @@ impl Fleet for LocalFleet {
     fn load(
         &self,
         _only: Option<usize>,
-        _files_dir: &Path,
+        files_dir: &Path,
         _id: &str,
         config: Arc<CompiledConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
+        // The gate verified and compiled this snapshot just now; its
+        // aegis.yaml is small and already validated.
+        if let Some(apply) = &self.apply_settings {
+            apply(&crate::gate::settings_of_dir(files_dir));
+        }
         self.config.store(config);
         Box::pin(async { true })
     }

@@ -143,6 +143,11 @@ fn status(addr: SocketAddr, path: &str) -> Answer {
     }
 }
 
+/// One `GET path` on a fresh connection: true for a 200.
+pub fn get_ok(addr: SocketAddr, path: &str) -> bool {
+    matches!(status(addr, path), Answer::Status(200))
+}
+
 /// An admin API call; the JSON body (`null` when there is none).
 pub fn admin(p: &Proxy, method: &str, path: &str) -> serde_json::Value {
     let body = super::raw(
