@@ -7,8 +7,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Aegis: an edge reverse proxy that never trusts a configuration file.
+// The version line carries the commit and build date (`proxy/build.rs`), so
+// a bug report names the exact build.
 #[derive(Parser)]
-#[command(name = "aegis", version, about, long_about = None)]
+#[command(
+    name = "aegis",
+    version = env!("AEGIS_VERSION_LONG"),
+    about,
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,10 +24,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a config directory (supervisor, workers, gate).
+    ///
+    /// At start the gate gives the version to serve: the last promoted one
+    /// from the state directory, or the config directory judged now. A
+    /// supervisor with `workers` worker processes serves it (`--workers 0`:
+    /// this one process). The gate watches the directory: a change is judged
+    /// in a sandbox against the recorded traffic, rolled out on one canary
+    /// worker, then on all, and rolled back on a regression. A rejected
+    /// change is never served; the version before it stays.
     Run(aegis_proxy::cli::run::RunArgs),
     /// Check a config set: exit 0 and a summary when it is valid, exit 1 and
     /// every error as `file:line:col: path: message` when not, 2 on usage errors.
     Check(aegis_proxy::cli::check::CheckArgs),
+    /// Show what a running aegis serves and why: the active and stable
+    /// versions, the rollout, held or unjudged candidates, workers, verdicts.
+    Status(aegis_proxy::cli::status::StatusArgs),
     /// Convert an nginx configuration into an Aegis config set.
     ImportNginx(aegis_proxy::cli::import_nginx::ImportArgs),
     /// A worker process, started by the supervisor (not for direct use).
@@ -43,6 +61,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => aegis_proxy::cli::run::main(args),
         Command::Check(args) => aegis_proxy::cli::check::main(args),
+        Command::Status(args) => aegis_proxy::cli::status::main(args),
         Command::ImportNginx(args) => aegis_proxy::cli::import_nginx::main(args),
         Command::Worker(args) => aegis_proxy::supervisor::worker::main(args),
     }

@@ -1,12 +1,221 @@
 //! Metrics and logs set-up. The request path records through the `metrics`
 //! facade only; which recorder receives the figures is decided here (the
 //! process-wide Prometheus recorder in a worker, a local one in the sandbox).
+//!
+//! Every family the crate records is listed in [`FAMILIES`] with its HELP
+//! text, and each process registers the families it owns at start
+//! ([`register_data_plane`], [`register_supervisor`], [`register_gate`]):
+//! a family that appears only once something happens makes `rate()` and
+//! absence alerts blind until then, and a scrape cannot tell "zero" from
+//! "not this version".
 
+use std::sync::Mutex;
+
+use metrics::Unit;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets of `aegis_request_duration_seconds`.
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family: its name, kind, unit and HELP text.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    Family {
+        name,
+        kind,
+        unit: None,
+        help,
+    }
+}
+
+/// Every family this crate records (a unit test checks that each
+/// `metrics::counter!/gauge!/histogram!` in `src/` names one of these).
+pub const FAMILIES: &[Family] = &[
+    // Data plane (each worker, or the single process).
+    family(
+        "aegis_requests_total",
+        Kind::Counter,
+        "Requests served, by route and status",
+    ),
+    Family {
+        name: "aegis_request_duration_seconds",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help: "Time from request head to the end of the response body",
+    },
+    family(
+        "aegis_upstream_endpoint_healthy",
+        Kind::Gauge,
+        "1 when the endpoint passes its health checks",
+    ),
+    family(
+        "aegis_config_info",
+        Kind::Gauge,
+        "1 for the active config version",
+    ),
+    family(
+        "aegis_feature_errors_total",
+        Kind::Counter,
+        "Requests whose feature scoring failed at run time",
+    ),
+    family(
+        "aegis_upstream_errors_total",
+        Kind::Counter,
+        "Requests answered 502/503/504, by route and status",
+    ),
+    family(
+        "aegis_upstream_connections_total",
+        Kind::Counter,
+        "Connections opened to upstream endpoints",
+    ),
+    family(
+        "aegis_tls_handshake_failures_total",
+        Kind::Counter,
+        "TLS handshakes with clients that failed",
+    ),
+    family(
+        "aegis_access_log_dropped_total",
+        Kind::Counter,
+        "Access log records dropped because the log writer fell behind",
+    ),
+    family(
+        "aegis_features_module_enabled",
+        Kind::Gauge,
+        "1 while the feature module is switched on (the kill switch)",
+    ),
+    // Supervisor.
+    family(
+        "aegis_workers_healthy",
+        Kind::Gauge,
+        "Worker processes that answered their last health probe",
+    ),
+    family(
+        "aegis_worker_restarts_total",
+        Kind::Counter,
+        "Worker processes replaced, by reason (exited, killed, hung, rss)",
+    ),
+    // Gate and state directory.
+    family(
+        "aegis_config_candidates_total",
+        Kind::Counter,
+        "Config candidates taken by the gate",
+    ),
+    family(
+        "aegis_config_promotions_total",
+        Kind::Counter,
+        "Config versions promoted",
+    ),
+    family(
+        "aegis_config_rejections_total",
+        Kind::Counter,
+        "Config candidates rejected, by primary reason",
+    ),
+    family(
+        "aegis_config_rollbacks_total",
+        Kind::Counter,
+        "Versions taken back, by reason (canary_5xx, bake_5xx, crash_loop, manual, reverted, ...)",
+    ),
+    family(
+        "aegis_config_held_total",
+        Kind::Counter,
+        "Accepted candidates held for confirmation, by reason",
+    ),
+    family(
+        "aegis_config_could_not_judge_total",
+        Kind::Counter,
+        "Times the gate could not judge a candidate (not about its content), by reason",
+    ),
+    family(
+        "aegis_config_freezes_total",
+        Kind::Counter,
+        "Times promotion was frozen because the config directory kept flapping",
+    ),
+    family(
+        "aegis_config_canary_state",
+        Kind::Gauge,
+        "Progressive rollout: 0 steady, 1 canary, 2 baking, 3 promotion frozen",
+    ),
+    Family {
+        name: "aegis_gate_duration_seconds",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help: "Time from a candidate's snapshot to its verdict",
+    },
+    family(
+        "aegis_state_verify_failures_total",
+        Kind::Counter,
+        "Promoted snapshots whose content did not match their id when loaded",
+    ),
+    family(
+        "aegis_state_bad_snapshots_total",
+        Kind::Counter,
+        "Times the active version in the state directory could not be served at start",
+    ),
+    family(
+        "aegis_state_corrupt_history_lines",
+        Kind::Gauge,
+        "Unreadable lines the last read of the verdict history skipped",
+    ),
+];
+
+/// Known `reason` values of `aegis_worker_restarts_total`
+/// (`supervisor::RestartReason`).
+const RESTART_REASONS: &[&str] = &["exited", "killed", "hung", "rss"];
+
+/// Primary reason codes of a rejected candidate (`gate::verdict`).
+const REJECTION_REASONS: &[&str] = &[
+    "invalid",
+    "crashed",
+    "oom",
+    "timeout",
+    "regression:newly_blocked",
+    "regression:status",
+    "regression:route_changed",
+    "regression:latency",
+    "regression:memory",
+];
+
+/// Rollback reasons (`rollout::compare` findings, the gate's own codes).
+const ROLLBACK_REASONS: &[&str] = &[
+    "canary_health",
+    "canary_5xx",
+    "canary_latency",
+    "bake_health",
+    "bake_5xx",
+    "bake_latency",
+    "load_failed",
+    "crash_loop",
+    "manual",
+    "reverted",
+];
+
+/// Reasons the gate could not judge a candidate (`gate::GateError`,
+/// `gate::sandbox::not_about_content`).
+const COULD_NOT_JUDGE_REASONS: &[&str] = &[
+    "read",
+    "outside_config_dir",
+    "sandbox",
+    "deadline",
+    "state_dir",
+    "load",
+    "rollback",
 ];
 
 /// A Prometheus recorder with our histogram buckets, not installed.
@@ -17,37 +226,111 @@ pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
     )
 }
 
-/// Installs the process-wide recorder and returns the handle the admin
-/// listener renders. Once per process.
-pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+/// The process-wide recorder, once installed: the gate installs it before
+/// it judges the config directory at start (so that judgement is counted)
+/// and the serving code asks for it again later.
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// The process-wide recorder, installed (every family described) on the
+/// first call; later calls return the same handle.
+pub fn process_recorder() -> Result<PrometheusHandle, BuildError> {
+    let mut slot = RECORDER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
     let handle = prometheus_builder()?.install_recorder()?;
     describe();
+    *slot = Some(handle.clone());
     Ok(handle)
 }
 
-fn describe() {
-    metrics::describe_counter!(
-        "aegis_requests_total",
-        "Requests served, by route and status"
+/// The recorder of a serving process (a worker, or the single process),
+/// with the data plane's families registered. Returns the handle the admin
+/// listener renders.
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    let handle = process_recorder()?;
+    register_data_plane();
+    Ok(handle)
+}
+
+/// Describes every family to the current recorder (a description without
+/// a series is not rendered: registration makes the series).
+pub fn describe() {
+    for f in FAMILIES {
+        match (f.kind, f.unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(f.name, u, f.help),
+            (Kind::Counter, None) => metrics::describe_counter!(f.name, f.help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(f.name, u, f.help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(f.name, f.help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(f.name, u, f.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(f.name, f.help),
+        }
+    }
+}
+
+// Registration adds 0 (never sets): a family registered by two roles in one
+// process (single-process mode) or after it was first recorded keeps its
+// value.
+
+fn zero_counter(name: &'static str) {
+    metrics::counter!(name).increment(0);
+}
+
+fn zero_counters(name: &'static str, reasons: &[&'static str]) {
+    for r in reasons {
+        metrics::counter!(name, "reason" => *r).increment(0);
+    }
+}
+
+/// Looking a histogram up registers it: rendered with empty buckets until
+/// its first sample.
+fn empty_histogram(name: &'static str) {
+    let _registered = metrics::histogram!(name);
+}
+
+fn zero_gauge(name: &'static str) {
+    metrics::gauge!(name).increment(0.0);
+}
+
+/// The data plane's unlabelled families at 0. The families labelled by
+/// route and status appear with their first request (the statuses are not
+/// known before); the endpoint gauges and `aegis_config_info` are set when
+/// the config is loaded.
+pub fn register_data_plane() {
+    empty_histogram("aegis_request_duration_seconds");
+    zero_counter("aegis_feature_errors_total");
+    zero_counter("aegis_upstream_connections_total");
+    zero_counter("aegis_tls_handshake_failures_total");
+    zero_counter("aegis_access_log_dropped_total");
+    zero_counter("aegis_state_verify_failures_total");
+}
+
+/// The supervisor's families: no worker healthy yet, no restart.
+pub fn register_supervisor() {
+    zero_gauge("aegis_workers_healthy");
+    zero_counters("aegis_worker_restarts_total", RESTART_REASONS);
+}
+
+/// The gate's families, with every reason it knows at 0.
+pub fn register_gate() {
+    zero_counter("aegis_config_candidates_total");
+    zero_counter("aegis_config_promotions_total");
+    zero_counter("aegis_config_freezes_total");
+    zero_counter("aegis_state_verify_failures_total");
+    zero_counter("aegis_state_bad_snapshots_total");
+    zero_counters("aegis_config_rejections_total", REJECTION_REASONS);
+    zero_counters("aegis_config_rollbacks_total", ROLLBACK_REASONS);
+    zero_counters(
+        "aegis_config_held_total",
+        &[crate::gate::verdict::HELD_BLAST_RADIUS],
     );
-    metrics::describe_histogram!(
-        "aegis_request_duration_seconds",
-        metrics::Unit::Seconds,
-        "Time from request head to the end of the response body"
+    zero_counters(
+        "aegis_config_could_not_judge_total",
+        COULD_NOT_JUDGE_REASONS,
     );
-    metrics::describe_gauge!(
-        "aegis_upstream_endpoint_healthy",
-        "1 when the endpoint passes its health checks"
-    );
-    metrics::describe_gauge!("aegis_config_info", "1 for the active config version");
-    metrics::describe_counter!(
-        "aegis_feature_errors_total",
-        "Requests whose feature scoring failed at run time"
-    );
-    metrics::describe_counter!(
-        "aegis_upstream_errors_total",
-        "Requests answered 502/503/504, by route and status"
-    );
+    zero_gauge("aegis_config_canary_state");
+    zero_gauge("aegis_state_corrupt_history_lines");
+    empty_histogram("aegis_gate_duration_seconds");
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -58,4 +341,107 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family registered by every role, rendered by a local recorder.
+    fn rendered() -> String {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            register_data_plane();
+            register_supervisor();
+            register_gate();
+        });
+        handle.render()
+    }
+
+    #[test]
+    fn every_registered_family_has_help_and_type() {
+        let text = rendered();
+        let declared = |kw: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(kw))
+                .filter_map(|l| l.split(' ').next())
+                .map(str::to_string)
+                .collect()
+        };
+        let (help, types) = (declared("# HELP "), declared("# TYPE "));
+        assert!(!types.is_empty());
+        for t in &types {
+            assert!(help.contains(t), "{t} has no HELP in\n{text}");
+        }
+        for name in [
+            "aegis_config_promotions_total",
+            "aegis_config_rejections_total",
+            "aegis_worker_restarts_total",
+            "aegis_request_duration_seconds",
+            "aegis_gate_duration_seconds",
+            "aegis_workers_healthy",
+        ] {
+            assert!(types.iter().any(|t| t == name), "{name} missing:\n{text}");
+        }
+        assert!(text.contains("aegis_config_rejections_total{reason=\"invalid\"} 0"));
+        assert!(text.contains("aegis_request_duration_seconds_count 0"));
+    }
+
+    #[test]
+    fn registering_again_keeps_values() {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("aegis_config_promotions_total").increment(2);
+            metrics::gauge!("aegis_config_canary_state").set(1.0);
+            register_gate();
+            register_gate();
+        });
+        let text = handle.render();
+        assert!(text.contains("aegis_config_promotions_total 2"), "{text}");
+        assert!(text.contains("aegis_config_canary_state 1"), "{text}");
+    }
+
+    /// Every `metrics::counter!/gauge!/histogram!("name"` in the crate's
+    /// sources names a family of [`FAMILIES`] of that kind: a new metric
+    /// without a description fails here, not in `promtool`.
+    #[test]
+    fn every_recorded_family_is_listed() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src];
+        let mut seen = 0usize;
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "rs") || p.ends_with("telemetry.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (mac, kind) in [
+                ("metrics::counter!(", Kind::Counter),
+                ("metrics::gauge!(", Kind::Gauge),
+                ("metrics::histogram!(", Kind::Histogram),
+            ] {
+                for (at, _) in text.match_indices(mac) {
+                    let rest = text[at + mac.len()..].trim_start();
+                    let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next())
+                    else {
+                        panic!("{}: {mac} without a literal name", p.display());
+                    };
+                    let f = FAMILIES.iter().find(|f| f.name == name);
+                    assert!(
+                        f.is_some_and(|f| f.kind == kind),
+                        "{}: {name} ({kind:?}) is not in telemetry::FAMILIES",
+                        p.display()
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 10, "only {seen} metrics found: the scan is broken");
+    }
 }

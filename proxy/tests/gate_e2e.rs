@@ -29,33 +29,24 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `aegis-sandbox` binary of this build profile, built if missing.
+/// The `aegis-sandbox` binary of this build profile. `cargo test
+/// --workspace` builds it (the sandbox runner's own integration tests make
+/// cargo build its binary) before any test runs; no cargo is run from here:
+/// a nested cargo invocation changed the environment cargo fingerprints and
+/// made the next build recompile the workspace.
 fn runner() -> PathBuf {
-    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        if let Some(p) = std::env::var_os("AEGIS_SANDBOX") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/gate_e2e-… → target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let bin = profile_dir.join("aegis-sandbox");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "aegis-sandbox", "--target-dir"])
-            .arg(&target_dir)
-            .current_dir(repo());
-        if release {
-            cmd.arg("--release");
-        }
-        // Cheap when up to date; makes sure the runner matches this tree.
-        let st = cmd.status().unwrap();
-        assert!(st.success(), "building aegis-sandbox failed");
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
-    })
-    .clone()
+    if let Some(p) = std::env::var_os("AEGIS_SANDBOX") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/gate_e2e-… → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("aegis-sandbox");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the whole suite (`cargo test --workspace --release`) or `cargo build --release -p aegis-sandbox` first",
+        bin.display()
+    );
+    bin
 }
 
 struct Harness {

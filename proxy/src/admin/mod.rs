@@ -25,8 +25,10 @@ use crate::pipeline::ConfigHandle;
 /// A JSON endpoint's producer.
 pub type JsonFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// More Prometheus text for `/metrics` (the supervisor's merged workers).
-pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// More Prometheus text for `/metrics` (the supervisor's merged workers),
+/// produced at scrape time.
+pub type MetricsFn =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 /// A `POST` endpoint: the request body (at most [`MAX_POST_BODY`]) in, JSON
 /// or a message for a 400 out.
@@ -152,7 +154,7 @@ impl AdminState {
             .push(f);
     }
 
-    fn render_metrics(&self) -> Option<String> {
+    async fn render_metrics(&self) -> Option<String> {
         let sources = self
             .metrics_sources
             .read()
@@ -161,15 +163,18 @@ impl AdminState {
         if self.prometheus.is_none() && sources.is_empty() {
             return None;
         }
-        let mut out = String::new();
-        if let Some(h) = &self.prometheus {
+        let own = self.prometheus.as_ref().map_or_else(String::new, |h| {
             h.run_upkeep();
-            out.push_str(&h.render());
-        }
+            h.render()
+        });
+        let mut texts = vec![own];
         for f in sources {
-            out.push_str(&f());
+            texts.push(f().await);
         }
-        Some(out)
+        // Merged, not concatenated: a family this process and the sources
+        // both have must be one group (its HELP/TYPE once).
+        let parts: Vec<(Option<usize>, &str)> = texts.iter().map(|t| (None, t.as_str())).collect();
+        Some(crate::supervisor::metrics_merge::merge(&parts))
     }
 
     /// Adds or replaces a JSON endpoint (`GET path`).
@@ -201,8 +206,8 @@ impl AdminState {
         diff == 0
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if !self.authorized(req) {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(&req) {
             return text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -214,7 +219,7 @@ impl AdminState {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
-            "/metrics" => match self.render_metrics() {
+            "/metrics" => match self.render_metrics().await {
                 Some(body) => text(StatusCode::OK, &body, "text/plain; version=0.0.4"),
                 None => text(StatusCode::NOT_FOUND, "no metrics recorder\n", "text/plain"),
             },
@@ -303,7 +308,7 @@ pub fn serve(
                         let resp = if req.method() == Method::POST {
                             state.handle_post(req).await
                         } else {
-                            state.handle(&req)
+                            state.handle(req).await
                         };
                         Ok::<_, Infallible>(resp)
                     }

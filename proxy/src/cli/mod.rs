@@ -3,3 +3,4 @@
 pub mod check;
 pub mod import_nginx;
 pub mod run;
+pub mod status;

@@ -31,13 +31,63 @@ use crate::pipeline::{ConfigHandle, Pipeline, PipelineSettings};
 use crate::server::{self, ConnOptions, tls};
 use crate::upstream::PooledConnector;
 
+/// The rest of `aegis run --help`: what an operator needs without the
+/// source (signals, exit codes, where state lives, the admin API). Exit code
+/// 3 is [`EXIT_REJECTED`]; `proxy/tests/cli.rs` checks the text names it.
+const RUN_LONG_HELP: &str = "\
+Signals:
+  SIGHUP           re-read the config directory and judge it again now, even
+                   if it looks unchanged (also retries a could-not-judge);
+                   same as POST /admin/rejudge
+  SIGTERM, SIGINT  stop accepting, drain requests in flight up to
+                   `drain_timeout` (aegis.yaml, default 10s), then exit 0;
+                   with workers, what is left after `drain_timeout` +
+                   `health.grace` is killed
+
+Exit codes:
+  0  stopped cleanly (after SIGTERM or SIGINT)
+  1  error: a listener did not bind, the state directory is unusable, an
+     admin listener off loopback without a token, ...
+  2  usage error (bad arguments)
+  3  the config directory was rejected by the gate at first start (no
+     promoted version in the state directory): nothing is served; the
+     verdict is printed. Later rejections do not stop aegis: it keeps
+     serving the version it has.
+
+State (--state-dir, else `state_dir` in aegis.yaml, else ./aegis-state):
+  active          the promoted version (served again on restart)
+  versions/<id>/  every judged version: its files, verdict and report
+  stable          the stable chain: versions that finished their bake, what
+                  a rollback returns to
+  history.jsonl   the verdicts
+  sample.jsonl    the traffic sample the gate replays against a candidate
+
+Admin API (`admin` in aegis.yaml, default 127.0.0.1:9901; off loopback every
+request needs `Authorization: Bearer <token>`, the token from
+`admin_token_file` or $AEGIS_ADMIN_TOKEN, see `admin_token_env`):
+  GET  /healthz, /metrics
+  GET  /admin/config       active and stable versions, the stable chain, the
+                           rollout, held and could-not-judge candidates,
+                           settings pending a restart
+  GET  /admin/verdicts     the last 50 verdicts, newest first
+  GET  /admin/workers      one row per worker (with workers only)
+  POST /admin/confirm      promote a held candidate, release a frozen promotion
+  POST /admin/rollback     take the active version back to the stable one
+  POST /admin/rejudge      judge the config directory again now (as SIGHUP)
+`aegis status` prints the first three for a person.
+
+Stderr, for scripts: `aegis: listening http|https|admin ADDR` once bound;
+`aegis: config <version>` at start (with `(restored)` or `(gated)`) and on
+every promotion.";
+
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = RUN_LONG_HELP)]
 pub struct RunArgs {
     /// The config directory (watched).
     #[arg(long, default_value = "configs")]
     pub config_dir: PathBuf,
-    /// Where versions, verdicts and the traffic sample are kept (default:
-    /// `state_dir` in aegis.yaml, else ./aegis-state).
+    /// Where versions, verdicts, the stable chain and the traffic sample are
+    /// kept (default: `state_dir` in aegis.yaml, else ./aegis-state).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Worker processes, overriding `workers` in aegis.yaml. `0` serves in

@@ -188,31 +188,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn describe_metrics() {
-    metrics::describe_counter!(
-        "aegis_config_candidates_total",
-        "Config candidates taken by the gate"
-    );
-    metrics::describe_counter!("aegis_config_promotions_total", "Config versions promoted");
-    metrics::describe_counter!(
-        "aegis_config_rejections_total",
-        "Config candidates rejected, by primary reason"
-    );
-    metrics::describe_counter!(
-        "aegis_config_rollbacks_total",
-        "Versions taken back, by reason (canary_5xx, bake_5xx, crash_loop, manual, reverted, ...)"
-    );
-    metrics::describe_gauge!(
-        "aegis_config_canary_state",
-        "Progressive rollout: 0 steady, 1 canary, 2 baking, 3 promotion frozen"
-    );
-    metrics::describe_histogram!(
-        "aegis_gate_duration_seconds",
-        metrics::Unit::Seconds,
-        "Time from a candidate's snapshot to its verdict"
-    );
-}
-
 /// The promoted version in this process.
 #[derive(Debug, Clone)]
 struct Active {
@@ -413,7 +388,9 @@ pub struct Gate {
 
 impl Gate {
     pub fn open(opts: GateOptions) -> Result<Arc<Self>, GateError> {
-        describe_metrics();
+        // Described in `telemetry`; registered here, at 0, so the gate's
+        // families are on `/metrics` before its first candidate.
+        crate::telemetry::register_gate();
         let store = Store::open(&opts.state_dir)?;
         let status = GateStatus {
             inner: Arc::new(Mutex::new(StatusInner::default())),
@@ -708,10 +685,11 @@ impl Gate {
         let (_, compiled) = self.activate(&previous, false)?;
         if let Some(fleet) = self.fleet.get() {
             let dir = self.store.files_dir(&previous);
-            if !fleet.load(None, &dir, &previous, compiled).await {
+            if !fleet.load(None, &dir, &previous, compiled.clone()).await {
                 tracing::error!(version = %previous, "not every worker acknowledged the rollback");
             }
         }
+        announce(&compiled);
         let freeze = {
             let mut g = self.status.lock();
             g.rollbacks = g.rollbacks.saturating_add(1);
@@ -790,9 +768,17 @@ impl Gate {
         });
         drop(g);
         tracing::info!(target: "aegis::gate", "promoted {id}: {}", compiled.summary());
-        // For scripts and tests, like the listener lines.
-        crate::say!("aegis: config {}", compiled.version);
         Ok((settings, compiled))
+    }
+
+    /// [`Gate::activate`] at start-up, before anything serves: announced at once.
+    fn activate_announced(
+        &self,
+        id: &str,
+    ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
+        let v = self.activate(id, false)?;
+        announce(&v.1);
+        Ok(v)
     }
 
     /// Promotes an accepted candidate to the fleet: to the canary worker
@@ -804,6 +790,7 @@ impl Gate {
         let policy = policy.unwrap_or_else(|| Policy::of(&settings));
         let Some(fleet) = self.fleet.get().cloned() else {
             self.status.lock().rollout.settled(id);
+            announce(&compiled);
             return Ok(());
         };
         if self.store.stable_chain().last().map(String::as_str) == Some(id) {
@@ -818,9 +805,10 @@ impl Gate {
                 now_ms(),
             );
             let dir = self.store.files_dir(id);
-            if !fleet.load(None, &dir, id, compiled).await {
+            if !fleet.load(None, &dir, id, compiled.clone()).await {
                 tracing::error!(version = %id, "not every worker acknowledged the stable version");
             }
+            announce(&compiled);
             self.status.lock().rollout.settled(id);
             self.publish_state();
             return Ok(());
@@ -836,7 +824,10 @@ impl Gate {
             Start::Canary => Some(CANARY_SLOT),
             Start::All => None,
         };
-        let loaded = fleet.load(only, &dir, id, compiled).await;
+        let loaded = fleet.load(only, &dir, id, compiled.clone()).await;
+        if loaded {
+            announce(&compiled);
+        }
         if !loaded {
             let why = match only {
                 Some(slot) => format!("worker {slot} (the canary) did not load and serve it"),
@@ -1129,7 +1120,7 @@ impl Gate {
 
     async fn startup_inner(&self) -> Result<Started, StartupError> {
         if let Some(id) = self.store.active_pointer() {
-            let restored = match self.activate(&id, false) {
+            let restored = match self.activate_announced(&id) {
                 Ok(v) => Some((id.clone(), v, "restored")),
                 Err(e) => {
                     metrics::counter!("aegis_state_bad_snapshots_total").increment(1);
@@ -1166,7 +1157,7 @@ impl Gate {
                 state: self.store.root().display().to_string(),
             });
         }
-        let (settings, compiled) = self.activate(&record.id, false)?;
+        let (settings, compiled) = self.activate_announced(&record.id)?;
         self.status.lock().rollout = Rollout::new(Some(record.id.clone()));
         self.mark_stable(&record.id);
         self.saw(&record.id, true);
@@ -1189,7 +1180,7 @@ impl Gate {
             && snap.id == bad
         {
             match self.store.repair_snapshot(&snap) {
-                Ok(_) => match self.activate(bad, false) {
+                Ok(_) => match self.activate_announced(bad) {
                     Ok(v) => {
                         crate::say!(
                             "aegis: state: {bad} repaired from the identical config directory"
@@ -1205,7 +1196,7 @@ impl Gate {
             if id == bad || !self.store.record(&id).is_some_and(|r| r.verdict.accepted) {
                 continue;
             }
-            match self.activate(&id, false) {
+            match self.activate_announced(&id) {
                 Ok(v) => {
                     crate::say!(
                         "aegis: state: serving the previous stable version {id} instead of {bad}"
@@ -1376,6 +1367,12 @@ impl Gate {
     }
 }
 
+/// The line scripts and tests wait for (like the listener lines), printed
+/// once the version serves, not when the pointer moved.
+fn announce(compiled: &CompiledConfig) {
+    crate::say!("aegis: config {}", compiled.version);
+}
+
 /// What `POST /admin/confirm` released.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Confirmed {
@@ -1478,6 +1475,10 @@ pub fn start_blocking(
     config_dir: &Path,
     state_dir: Option<&Path>,
 ) -> Result<(Arc<Gate>, Started), StartupError> {
+    // The serving process's recorder first: the judgement just below (the
+    // first promotion) is counted, not recorded into no recorder. A failure
+    // is reported by the serving code, which asks again.
+    let _ = crate::telemetry::process_recorder();
     let opts = GateOptions::new(config_dir, state_dir)?;
     let gate = Gate::open(opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -154,7 +154,8 @@ enum Phase {
 pub struct RolloutEvent {
     pub at_ms: u64,
     /// `canary_started`, `canary_passed`, `promoted_all`, `baked`,
-    /// `rolled_back`, `superseded`, `frozen`, `confirmed`.
+    /// `rolled_back`, `rollback_impossible`, `back_to_stable`, `superseded`,
+    /// `frozen`, `confirmed`.
     pub event: &'static str,
     pub version: String,
     pub detail: String,
@@ -264,8 +265,15 @@ impl Rollout {
     }
 
     pub fn log(&mut self, event: &'static str, version: &str, detail: String, at_ms: u64) {
+        // Normal steps at INFO, so WARN and above stay what needs a look:
+        // a version taken back, or promotion stopped until someone acts. An
+        // event not listed here is new: WARN until it is placed.
         match event {
-            "rolled_back" | "frozen" => {
+            "canary_started" | "canary_passed" | "promoted_all" | "baked" | "confirmed"
+            | "back_to_stable" | "superseded" => {
+                tracing::info!(target: "aegis::rollout", version, "{event}: {detail}")
+            }
+            "rolled_back" | "rollback_impossible" | "frozen" => {
                 tracing::error!(target: "aegis::rollout", version, "{event}: {detail}")
             }
             _ => tracing::warn!(target: "aegis::rollout", version, "{event}: {detail}"),

@@ -149,6 +149,11 @@ pub fn bind_listener(addr: &str) -> Result<TcpListener, SupervisorError> {
     Ok(socket.into())
 }
 
+/// How long a scrape of `/metrics` waits for a worker's text: well inside
+/// a scraper's timeout (Prometheus: 10 s), long enough for a worker that
+/// is merely busy to render it.
+const SCRAPE_WAIT: Duration = Duration::from_millis(500);
+
 /// A running worker process.
 struct WorkerProc {
     pid: u32,
@@ -157,6 +162,9 @@ struct WorkerProc {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
     version: Arc<Mutex<Option<String>>>,
     traffic: Arc<Mutex<TrafficTotals>>,
+    /// The last Prometheus text it sent, served when it does not answer a
+    /// scrape in time.
+    metrics: String,
 }
 
 #[derive(Default)]
@@ -217,7 +225,6 @@ struct Inner {
     stopping: AtomicBool,
     /// The feature module's kill switch, for every worker (new ones too).
     features: AtomicBool,
-    metrics_text: Mutex<String>,
     events: mpsc::UnboundedSender<Event>,
     owner_events: mpsc::UnboundedSender<SupervisorEvent>,
 }
@@ -256,7 +263,6 @@ impl Supervisor {
             seq: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             features: AtomicBool::new(cfg_features),
-            metrics_text: Mutex::new(String::new()),
             events,
             owner_events: owner_tx,
         });
@@ -441,6 +447,7 @@ impl Supervisor {
             pending,
             version,
             traffic,
+            metrics: String::new(),
         };
         let mut slots = self.slots();
         if let Some(s) = slots.get_mut(slot) {
@@ -640,14 +647,52 @@ impl Supervisor {
             .collect()
     }
 
-    /// The merged Prometheus text of every worker (refreshed each health
-    /// interval), labelled by worker slot.
-    pub fn metrics_text(&self) -> String {
-        self.inner
-            .metrics_text
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The merged Prometheus text of every worker, labelled by worker slot,
+    /// as each has it now: asked at scrape time, so a scrape right after
+    /// traffic counts it. A worker that does not answer within
+    /// [`SCRAPE_WAIT`] (busy loading a version, hung) is served from the
+    /// last text it sent.
+    pub async fn metrics_text(&self) -> String {
+        let current: Vec<(usize, u32)> = self
+            .slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.current.as_ref().map(|w| (i, w.pid)))
+            .collect();
+        let asks = current.into_iter().map(|(slot, pid)| {
+            let sup = self.clone();
+            async move {
+                let answer = sup
+                    .ask(slot, |seq| ToWorker::Metrics { seq }, SCRAPE_WAIT)
+                    .await;
+                (slot, pid, answer)
+            }
+        });
+        let answers = futures_join_all(asks).await;
+        let mut texts = Vec::new();
+        {
+            let mut slots = self.slots();
+            for (slot, pid, answer) in answers {
+                // Replaced meanwhile: the answer (if any) was not its
+                // successor's, which has sent nothing yet.
+                let Some(w) = slots
+                    .get_mut(slot)
+                    .and_then(|s| s.current.as_mut())
+                    .filter(|w| w.pid == pid)
+                else {
+                    continue;
+                };
+                if let Some(FromWorker::MetricsText { text, .. }) = answer {
+                    w.metrics = text;
+                }
+                texts.push((slot, w.metrics.clone()));
+            }
+        }
+        let sources: Vec<(Option<usize>, &str)> = texts
+            .iter()
+            .map(|(slot, text)| (Some(*slot), text.as_str()))
+            .collect();
+        metrics_merge::merge(&sources)
     }
 
     /// Stops every worker: drain, then SIGKILL whatever is left after
@@ -922,18 +967,10 @@ impl SupervisorLoop {
             let timeout = cfg.health.timeout.0;
             async move {
                 let pong = sup.ask(slot, |seq| ToWorker::Ping { seq }, timeout).await;
-                let metrics = match pong {
-                    Some(_) => {
-                        sup.ask(slot, |seq| ToWorker::Metrics { seq }, timeout)
-                            .await
-                    }
-                    None => None,
-                };
-                (slot, pong.is_some(), metrics)
+                (slot, pong.is_some())
             }
         });
         let results = futures_join_all(probes).await;
-        let mut texts = Vec::new();
         let pids: Vec<sysinfo::Pid> = self
             .sup
             .slots()
@@ -954,7 +991,7 @@ impl SupervisorLoop {
         let mut healthy = 0usize;
         {
             let mut slots = self.sup.slots();
-            for (slot, ok, metrics) in results {
+            for (slot, ok) in results {
                 let Some(s) = slots.get_mut(slot) else {
                     continue;
                 };
@@ -962,9 +999,6 @@ impl SupervisorLoop {
                     continue;
                 };
                 let pid = w.pid;
-                if let Some(FromWorker::MetricsText { text, .. }) = metrics {
-                    texts.push((slot, text));
-                }
                 if let Some(p) = sys
                     .as_ref()
                     .and_then(|sys| sys.process(sysinfo::Pid::from_u32(pid)))
@@ -1010,12 +1044,6 @@ impl SupervisorLoop {
             }
         }
         metrics::gauge!("aegis_workers_healthy").set(healthy as f64);
-        *self
-            .sup
-            .inner
-            .metrics_text
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = metrics_merge::merge(&texts);
         for pid in to_kill {
             let p = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = kill(p, Signal::SIGTERM);

@@ -39,7 +39,17 @@ pub struct Running {
 
 /// Binds, starts the workers and the admin listener.
 pub async fn start(s: Supervised) -> anyhow::Result<Running> {
-    let prometheus = crate::telemetry::install_prometheus().ok();
+    // The supervisor's own families only: the data plane's are the workers'.
+    let prometheus = match crate::telemetry::process_recorder() {
+        Ok(h) => {
+            crate::telemetry::register_supervisor();
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed");
+            None
+        }
+    };
     let exe = std::env::current_exe().context("locating the aegis binary")?;
     let mut plain = Vec::new();
     for addr in &s.settings.listen {
@@ -96,7 +106,10 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
             Arc::new(move || serde_json::to_value(sup.status()).unwrap_or_default()),
         );
         let sup = supervisor.clone();
-        state.add_metrics_source(Arc::new(move || sup.metrics_text()));
+        state.add_metrics_source(Arc::new(move || {
+            let sup = sup.clone();
+            Box::pin(async move { sup.metrics_text().await })
+        }));
         crate::kill_switch::register(&state, Arc::new(supervisor.clone()));
         tasks.push(admin::serve(l, state.clone(), shutdown.clone()));
         admin_state = Some(state);
