@@ -72,10 +72,10 @@ fn git_commit(dir: &Path) -> Option<String> {
     if let Some(r) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
         // A branch only in packed-refs gets its loose file on the next
         // commit: watch the directory it will appear in.
-        if !watch(&r) {
-            if let Some(parent) = Path::new(&r).parent().and_then(|p| p.to_str()) {
-                watch(parent);
-            }
+        if !watch(&r)
+            && let Some(parent) = Path::new(&r).parent().and_then(|p| p.to_str())
+        {
+            watch(parent);
         }
     }
     watch("packed-refs");

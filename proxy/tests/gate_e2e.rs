@@ -40,7 +40,12 @@ fn runner() -> PathBuf {
     }
     // target/<profile>/deps/gate_e2e-… → target/<profile>
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("aegis-sandbox");
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("aegis-sandbox");
     assert!(
         bin.is_file(),
         "{} is missing: run the whole suite (`cargo test --workspace --release`) or `cargo build --release -p aegis-sandbox` first",

@@ -64,11 +64,17 @@ fn newest_code(p: &Proxy) -> String {
         .unwrap_or_default()
 }
 
+/// The active snapshot id (waits out an admin call lost on a loaded machine).
 fn active_id(p: &Proxy) -> String {
-    config(p)["active"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    let mut id = String::new();
+    wait_until("the admin API answers", Duration::from_secs(10), || {
+        id = config(p)["active"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !id.is_empty()
+    });
+    id
 }
 
 fn all_workers_on(p: &Proxy, version: &str) -> bool {
@@ -524,11 +530,14 @@ fn live_settings_reach_every_worker_and_restart_only_ones_are_announced() {
             .replace("workers: 2", "workers: 3"),
     );
     // Only aegis.yaml changed: the engine version (the hot content's hash)
-    // stays, the snapshot id does not.
-    wait_until("promoted to every worker", Duration::from_secs(30), || {
-        let c = config(&p);
-        c["active"]["id"] != id0.as_str() && c["rollout"]["phase"] != "canary"
-    });
+    // stays, the snapshot id does not. The config line comes once every
+    // worker acknowledged the load (no canary here).
+    assert!(
+        p.wait_line("aegis: config ", Duration::from_secs(30))
+            .is_some(),
+        "not promoted"
+    );
+    assert_ne!(active_id(&p), id0);
     let c = config(&p);
     let pending = c["pending_restart"].to_string();
     assert!(pending.contains("workers"), "{c}");

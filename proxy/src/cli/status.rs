@@ -569,17 +569,17 @@ fn render(config: &Value, verdicts: &Value, workers: Option<&Value>, now_ms: u64
         out.push("candidate", c.to_string());
     }
     if let Some(h) = config.get("held").filter(|h| !h.is_null()) {
-        let mut line = format!("{}: ", str_of(h, "id"));
-        if let Some(r) = h.get("reason").and_then(Value::as_str) {
-            line.push_str(&format!("{r}: "));
+        // The sentence starts with `held:` and usually says how to confirm;
+        // the reason code is in the verdict line.
+        let sentence = str_of(h, "sentence");
+        let confirm = h
+            .get("confirm")
+            .and_then(Value::as_str)
+            .unwrap_or("POST /admin/confirm");
+        let mut line = format!("{}: {sentence}", str_of(h, "id"));
+        if !sentence.contains(confirm) {
+            line.push_str(&format!("; confirm with {confirm}"));
         }
-        line.push_str(str_of(h, "sentence"));
-        line.push_str(&format!(
-            "; confirm with {}",
-            h.get("confirm")
-                .and_then(Value::as_str)
-                .unwrap_or("POST /admin/confirm")
-        ));
         out.push("held", line);
     }
     if let Some(f) = config.get("frozen").filter(|f| !f.is_null()) {
@@ -881,7 +881,7 @@ mod tests {
             "stable_chain": ["ff4d9f88b54c", "89a0f7216143"],
             "candidate": "214fb4e985b6",
             "held": {"id": "214fb4e985b6", "reason": "held:blast_radius",
-                     "sentence": "12 of 30 routes removed", "confirm": "POST /admin/confirm"},
+                     "sentence": "held: 12 of 30 routes removed", "confirm": "POST /admin/confirm"},
             "could_not_judge": {"reason": "could_not_judge:state_dir", "detail": "disk full",
                                 "attempts": 3, "since_ms": 1_796_122_621_000u64},
             "pending_restart": ["workers 2 → 3"],
@@ -906,7 +906,7 @@ mod tests {
 active   ff4d9f88b54c (engine 829721ec939b) since 2026-12-01 10:57:01Z, stable
 stable   ff4d9f88b54c  (chain: ff4d9f88b54c, 89a0f7216143)
 rollout  canary: 214fb4e985b6 on worker 0, 6 s left
-held     214fb4e985b6: held:blast_radius: 12 of 30 routes removed; confirm with POST /admin/confirm
+held     214fb4e985b6: held: 12 of 30 routes removed; confirm with POST /admin/confirm
 could not judge  could_not_judge:state_dir: disk full (3 attempts, since 2026-12-01 10:57:01Z, retrying)
 pending restart  workers 2 → 3
 workers  0 pid 1234 healthy 829721ec939b canary 12.3 MiB 1520 req

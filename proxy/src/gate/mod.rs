@@ -772,10 +772,7 @@ impl Gate {
     }
 
     /// [`Gate::activate`] at start-up, before anything serves: announced at once.
-    fn activate_announced(
-        &self,
-        id: &str,
-    ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
+    fn activate_announced(&self, id: &str) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
         let v = self.activate(id, false)?;
         announce(&v.1);
         Ok(v)
