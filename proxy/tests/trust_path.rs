@@ -509,12 +509,16 @@ fn a_corrupt_history_line_is_skipped_not_the_whole_history() {
     wait_until("the new verdict listed", Duration::from_secs(20), || {
         verdicts(&p).len() >= 2
     });
-    let m = util::raw(
-        p.admin.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    );
-    assert!(m.contains("aegis_state_corrupt_history_lines 2"), "{m}");
+    let mut m = String::new();
+    let seen = util::load::wait_until_ok(Duration::from_secs(10), || {
+        m = util::raw(
+            p.admin.unwrap(),
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        m.contains("aegis_state_corrupt_history_lines 2")
+    });
+    assert!(seen, "{m}");
 }
 
 #[test]

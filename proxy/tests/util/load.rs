@@ -206,6 +206,18 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
     start.elapsed()
 }
 
+/// Polls `f` every 20 ms for up to `limit`; whether it became true.
+pub fn wait_until_ok(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// Kills the worker of `slot` with SIGKILL and waits until its replacement
 /// serves (healthy, another pid).
 pub fn kill_worker(p: &Proxy, slot: usize) {
