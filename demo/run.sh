@@ -14,7 +14,8 @@
 # The story, against a copy of configs/ (so your tree stays clean; by hand you
 # copy into configs/ itself):
 #   1. load running: open loop at $AEGIS_DEMO_RATE req/s through the proxy
-#   2. a good change (demo/changes/route-to-backends) is promoted by the gate
+#   2. a good change (demo/changes/route-to-backends) is held by the blast-radius
+#      guard (every request changes route), confirmed, and promoted by the gate
 #      and the traffic moves from the welcome page to backend-1..3
 #   3. the 18 Nov 2025 feature file (configs/examples/dangerous/feature-file-
 #      doubled) is rejected: the reason from GET /admin/verdicts, the served
@@ -281,6 +282,20 @@ for ((i = 0; i < TIMEOUT; i++)); do
     sleep 1
 done
 verdict=$(jq -c 'first // empty' <<<"$new" | verdict_of)
+# Every request changes route: the blast-radius guard holds the change for a
+# person. The operator looks at the numbers and confirms.
+if [[ -n "$verdict" && "$(jq -r '.reason // ""' <<<"$verdict")" == held:* ]]; then
+    ok "held: $(jq -r .sentence <<<"$verdict")"
+    curl -fsS --max-time 3 -X POST --data "" -H "Authorization: Bearer $AEGIS_ADMIN_TOKEN" "$ADMIN_URL/admin/confirm" >/dev/null || true
+    say "  curl -X POST $ADMIN_URL/admin/confirm    # the operator confirms"
+    verdict=''
+    for ((i = 0; i < TIMEOUT; i++)); do
+        verdict=$(new_entries "$VB" "$(list /admin/verdicts)" | jq -c '[.[] | select(.verdict.accepted == true)] | first // empty' | verdict_of)
+        [[ -n "$verdict" ]] && break
+        sleep 1
+    done
+    new=$(new_entries "$VB" "$(list /admin/verdicts)")
+fi
 if [[ "$new" == '[]' && "$V1" == "$V0" ]]; then
     measure_stop
     pending_step "$step" "config gate" "after ${TIMEOUT}s no verdict at GET /admin/verdicts and /admin/config still serves $V0: nothing watches configs/ and decides yet (the gate: watcher → sandbox → verdict → promotion)"
