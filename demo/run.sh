@@ -178,7 +178,13 @@ export AEGIS_CONFIG_DIR="$CONF"
 if [[ $BUILD -eq 1 ]]; then
     head_ "image"
     t0=$SECONDS
-    "$DEMO_DIR/build-image.sh" || die "the image did not build"
+    if ! "$DEMO_DIR/build-image.sh"; then
+        if [[ "$AEGIS_IMAGE_SOURCE" == official ]]; then
+            # The usual cause: no registry to pull the base image from.
+            die "the image did not build from the top-level Dockerfile (is a registry reachable?); AEGIS_IMAGE_SOURCE=local $0 builds its base image locally with debootstrap and pulls nothing"
+        fi
+        die "the image did not build (AEGIS_IMAGE_SOURCE=$AEGIS_IMAGE_SOURCE; see the output above)"
+    fi
     T_IMAGE=$((SECONDS - t0))
 else
     docker image inspect "$AEGIS_IMAGE" >/dev/null 2>&1 || die "--no-build: no image $AEGIS_IMAGE"
