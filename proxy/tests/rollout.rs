@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use util::load::admin;
 use util::{Backend, Proxy};
 
 fn routes_to(backend: &Backend) -> String {
@@ -24,19 +25,6 @@ fn routes_to(backend: &Backend) -> String {
         "upstreams:\n  - name: app\n    endpoints: [\"{}\"]\nroutes:\n  - name: site\n    match: {{ path_prefix: / }}\n    upstream: app\n",
         backend.addr
     )
-}
-
-fn admin(p: &Proxy, method: &str, path: &str) -> serde_json::Value {
-    let body = util::raw(
-        p.admin.unwrap(),
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-        Duration::from_secs(10),
-    );
-    serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("null"))
-        .unwrap_or(serde_json::Value::Null)
 }
 
 fn get(p: &Proxy, path: &str) -> serde_json::Value {

@@ -266,11 +266,11 @@ pub async fn replay(
         ConfigHandle::from_arc(candidate),
         SampleConnector::new(opts.unreachable.iter().cloned()),
     )
-    .settings(opts.settings.clone())
+    .settings(opts.settings)
     .build();
     let base = baseline.map(|b| {
         Pipeline::builder(ConfigHandle::from_arc(b), SampleConnector::new([]))
-            .settings(opts.baseline_settings.clone())
+            .settings(opts.baseline_settings)
             .build()
     });
 

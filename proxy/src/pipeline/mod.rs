@@ -197,7 +197,7 @@ pub trait Connector: Clone + Send + Sync + 'static {
 
 /// Per-process settings the pipeline reads on every request (from
 /// the promoted version's `aegis.yaml`; swapped on promotion).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct PipelineSettings {
     /// `limits.max_request_body`; a route's `max_request_body` overrides it.
     pub max_request_body: u64,
@@ -496,7 +496,10 @@ impl<C: Connector> Pipeline<C> {
             let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_framing");
             return self.finish(resp, log, summary, Some("framing"));
         }
-        if headers::header_bytes(req.headers()) > self.shared.settings.load().max_header_bytes {
+        // Copied once: the request sees one version's settings, and no
+        // guard is held across the awaits below.
+        let settings = **self.shared.settings.load();
+        if headers::header_bytes(req.headers()) > settings.max_header_bytes {
             let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
             let resp = plain(status, &status_text(status));
             return self.finish(
@@ -510,7 +513,7 @@ impl<C: Connector> Pipeline<C> {
         // Decide.
         let opts = DecideOptions {
             features_enabled: self.shared.features_enabled.load(Ordering::Relaxed),
-            fail_closed: self.shared.settings.load().fail_closed,
+            fail_closed: settings.fail_closed,
         };
         let scheme = if client.tls { "https" } else { "http" };
         let path_owned = req.uri().path().to_string();
@@ -583,9 +586,7 @@ impl<C: Connector> Pipeline<C> {
         }
 
         // Body limit, from the declared length first.
-        let limit = route
-            .max_request_body
-            .unwrap_or_else(|| self.shared.settings.load().max_request_body);
+        let limit = route.max_request_body.unwrap_or(settings.max_request_body);
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
