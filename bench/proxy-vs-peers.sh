@@ -213,8 +213,8 @@ run_h2load() {
 	local out rps
 	out=$(taskset -c "$LOAD_CPU" h2load -c"$CONNS" -m 10 -t"$THREADS" -D "$SECS" "$1" 2>/dev/null)
 	rps=$(awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) { v=$(i-1); print v } }' <<<"$out")
-	# h2load prints request-time distribution as min max mean sd.
-	mean=$(awk '/^time for request:/ { print $5 }' <<<"$out" | to_ms)
+	# h2load prints "time for request:  min  max  mean  sd  +/- sd": fields 4-8, so the mean is $6 ($5 is the maximum).
+	mean=$(awk '/^time for request:/ { print $6 }' <<<"$out" | to_ms)
 	echo "${rps:-0} ${mean:-0} -"
 }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }

@@ -247,7 +247,7 @@ pub fn run_forever(cfg: BackendConfig, on_ready: impl FnOnce(SocketAddr)) -> any
         on_ready(listener.local_addr().context("local_addr")?);
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            crate::stop_signal().await;
             let _ = tx.send(true);
         });
         serve(listener, state, acceptor, rx).await;

@@ -15,3 +15,22 @@ pub mod sample;
 pub mod scenario;
 pub mod tls;
 pub mod util;
+
+/// Resolves on SIGINT or SIGTERM. Both stop a run or a backend: in a
+/// container the process is PID 1, which the kernel gives no default action
+/// for SIGTERM, so without a handler `docker stop` waits out its timeout and
+/// kills it.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

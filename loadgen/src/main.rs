@@ -260,7 +260,8 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Ctrl-C stops the run early; the report covers what ran.
+/// Ctrl-C or SIGTERM (`docker stop`) stops the run early; the report
+/// covers what ran.
 fn watch_ctrl_c(cfg: &RunConfig) {
     let stop = cfg.stop.clone();
     let _ = std::thread::Builder::new()
@@ -273,9 +274,8 @@ fn watch_ctrl_c(cfg: &RunConfig) {
                 return;
             };
             rt.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    stop.store(true, Ordering::Relaxed);
-                }
+                aegis_loadgen::stop_signal().await;
+                stop.store(true, Ordering::Relaxed);
             });
         });
 }

@@ -63,6 +63,7 @@ pub fn generate(
             status: scenario.expected(i).first().copied(),
             route: None,
             synthetic: false,
+            ..SampledRequest::default()
         };
         req.redact(&[]);
         requests.push(req);

@@ -250,3 +250,51 @@ fn bad_input_is_reported() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.yaml"));
 }
+
+/// Sends SIGTERM (what `docker stop` sends) and waits up to `within`.
+fn terminate(child: &mut Child, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn backend_and_run_stop_on_sigterm() {
+    let mut be = Backend::start("term");
+    let mut run = Command::new(BIN)
+        .args([
+            "run",
+            "--target",
+            &be.url,
+            "-c",
+            "2",
+            "-d",
+            "60s",
+            "--no-live",
+        ])
+        .args(["--json", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Handled, not merely fatal: a clean exit with the report of what ran
+    // (a process that is PID 1 in a container would otherwise ignore it).
+    let status = terminate(&mut run, std::time::Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "run: {status:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut run.stdout.take().unwrap(), &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["requests"].as_u64().unwrap() > 0, "{out}");
+
+    let status = terminate(&mut be.child, std::time::Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "backend: {status:?}");
+}

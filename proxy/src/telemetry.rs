@@ -8,10 +8,18 @@
 //! a family that appears only once something happens makes `rate()` and
 //! absence alerts blind until then, and a scrape cannot tell "zero" from
 //! "not this version".
+//!
+//! The families a fleet compares across pods carry the config version
+//! ([`VersionMetrics`]): per-route request counters by status class and the
+//! duration histogram. Their handles are resolved once per compiled
+//! version, when it is activated, so a request increments a counter it
+//! already holds instead of building labels.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-use metrics::Unit;
+use aegis_engine::CompiledConfig;
+use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets of `aegis_request_duration_seconds`.
@@ -54,11 +62,16 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Requests served, by route and status",
     ),
+    family(
+        "aegis_route_requests_total",
+        Kind::Counter,
+        "Requests served, by config version, route and status class",
+    ),
     Family {
         name: "aegis_request_duration_seconds",
         kind: Kind::Histogram,
         unit: Some(Unit::Seconds),
-        help: "Time from request head to the end of the response body",
+        help: "Time from request head to the end of the response body, by config version",
     },
     family(
         "aegis_upstream_endpoint_healthy",
@@ -68,7 +81,7 @@ pub const FAMILIES: &[Family] = &[
     family(
         "aegis_config_info",
         Kind::Gauge,
-        "1 for the active config version",
+        "1 for the active config version (0 for the ones before), with its SHA-256",
     ),
     family(
         "aegis_feature_errors_total",
@@ -81,6 +94,11 @@ pub const FAMILIES: &[Family] = &[
         "Requests answered 502/503/504, by route and status",
     ),
     family(
+        "aegis_upstream_ejections_spared_total",
+        Kind::Counter,
+        "Passive ejections not made because the endpoint was the last one of its upstream",
+    ),
+    family(
         "aegis_upstream_connections_total",
         Kind::Counter,
         "Connections opened to upstream endpoints",
@@ -91,9 +109,54 @@ pub const FAMILIES: &[Family] = &[
         "TLS handshakes with clients that failed",
     ),
     family(
+        "aegis_overloaded",
+        Kind::Gauge,
+        "1 while this process is at limits.max_connections or out of descriptors (and 5 s after)",
+    ),
+    family(
+        "aegis_connections_active",
+        Kind::Gauge,
+        "Client connections this process serves",
+    ),
+    family(
+        "aegis_accept_paused_total",
+        Kind::Counter,
+        "Times accepting paused at limits.max_connections",
+    ),
+    family(
+        "aegis_accept_errors_total",
+        Kind::Counter,
+        "Failed accepts of client connections (EMFILE and the like back off)",
+    ),
+    family(
+        "aegis_request_header_timeouts_total",
+        Kind::Counter,
+        "Request heads incomplete at limits.client_header_timeout, answered 408",
+    ),
+    family(
+        "aegis_client_body_timeouts_total",
+        Kind::Counter,
+        "Request bodies idle for limits.client_body_timeout, answered 408",
+    ),
+    family(
+        "aegis_client_send_timeouts_total",
+        Kind::Counter,
+        "Clients disconnected after reading nothing for limits.send_timeout",
+    ),
+    family(
         "aegis_access_log_dropped_total",
         Kind::Counter,
         "Access log records dropped because the log writer fell behind",
+    ),
+    family(
+        "aegis_sample_heads_truncated_total",
+        Kind::Counter,
+        "Traffic-sample heads stored without some header lines (over sample.max_head_bytes)",
+    ),
+    family(
+        "aegis_sample_heads_dropped_total",
+        Kind::Counter,
+        "Traffic-sample heads not stored (over sample.max_head_bytes or sample.max_bytes)",
     ),
     family(
         "aegis_features_module_enabled",
@@ -112,6 +175,11 @@ pub const FAMILIES: &[Family] = &[
         "Worker processes replaced, by reason (exited, killed, hung, rss)",
     ),
     // Gate and state directory.
+    family(
+        "aegis_config_verdicts_total",
+        Kind::Counter,
+        "Verdicts on config candidates (reused ones too), by version, result and reason",
+    ),
     family(
         "aegis_config_candidates_total",
         Kind::Counter,
@@ -294,14 +362,23 @@ fn zero_gauge(name: &'static str) {
 
 /// The data plane's unlabelled families at 0. The families labelled by
 /// route and status appear with their first request (the statuses are not
-/// known before); the endpoint gauges and `aegis_config_info` are set when
-/// the config is loaded.
+/// known before); the endpoint gauges, `aegis_config_info` and the
+/// per-version families ([`VersionMetrics`]) are set when the config is
+/// activated.
 pub fn register_data_plane() {
-    empty_histogram("aegis_request_duration_seconds");
     zero_counter("aegis_feature_errors_total");
     zero_counter("aegis_upstream_connections_total");
     zero_counter("aegis_tls_handshake_failures_total");
+    zero_gauge("aegis_overloaded");
+    zero_gauge("aegis_connections_active");
+    zero_counter("aegis_accept_paused_total");
+    zero_counter("aegis_accept_errors_total");
+    zero_counter("aegis_request_header_timeouts_total");
+    zero_counter("aegis_client_body_timeouts_total");
+    zero_counter("aegis_client_send_timeouts_total");
     zero_counter("aegis_access_log_dropped_total");
+    zero_counter("aegis_sample_heads_truncated_total");
+    zero_counter("aegis_sample_heads_dropped_total");
     zero_counter("aegis_state_verify_failures_total");
 }
 
@@ -331,6 +408,151 @@ pub fn register_gate() {
     zero_gauge("aegis_config_canary_state");
     zero_gauge("aegis_state_corrupt_history_lines");
     empty_histogram("aegis_gate_duration_seconds");
+}
+
+/// Status classes of `aegis_route_requests_total`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `route` label of a request no route matched (or answered before
+/// routing: framing, header size).
+pub const NO_ROUTE: &str = "-";
+
+/// Index into [`STATUS_CLASSES`]; a code outside 100..=599 counts as 5xx.
+fn class_of(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// The per-version request families of one compiled config, their handles
+/// resolved (and so registered, at 0) once when the version is activated:
+/// `aegis_route_requests_total{version, route, class}` for every route and
+/// [`NO_ROUTE`] × [`STATUS_CLASSES`], and
+/// `aegis_request_duration_seconds{version}`. Cardinality: (routes + 1) × 5
+/// counters and one histogram per version this process activated.
+pub struct VersionMetrics {
+    version: String,
+    routes: HashMap<String, [Counter; 5]>,
+    no_route: [Counter; 5],
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for VersionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionMetrics")
+            .field("version", &self.version)
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+fn class_counters(version: &str, route: &str) -> [Counter; 5] {
+    STATUS_CLASSES.map(|class| {
+        metrics::counter!(
+            "aegis_route_requests_total",
+            "version" => version.to_string(),
+            "route" => route.to_string(),
+            "class" => class
+        )
+    })
+}
+
+impl VersionMetrics {
+    /// Resolves the handles of `config`'s version in the current recorder.
+    pub fn new(config: &CompiledConfig) -> Self {
+        let version = config.version.as_str();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), class_counters(version, &r.name)))
+            .collect();
+        Self {
+            version: version.to_string(),
+            routes,
+            no_route: class_counters(version, NO_ROUTE),
+            duration: metrics::histogram!(
+                "aegis_request_duration_seconds",
+                "version" => version.to_string()
+            ),
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Counts one request of this version; the histogram to record its
+    /// duration into when the body ends.
+    pub fn request(&self, route: Option<&str>, status: u16) -> &Histogram {
+        let counters = route
+            .and_then(|r| self.routes.get(r))
+            .unwrap_or(&self.no_route);
+        if let Some(c) = counters.get(class_of(status)) {
+            c.increment(1);
+        }
+        &self.duration
+    }
+}
+
+/// Counts a request of a version whose handles are not at hand (it started
+/// before a promotion and ended after): labels built once, for this rare
+/// request only.
+pub fn request_of_version(version: &str, route: Option<&str>, status: u16) -> Histogram {
+    let class = STATUS_CLASSES
+        .get(class_of(status))
+        .copied()
+        .unwrap_or("5xx");
+    metrics::counter!(
+        "aegis_route_requests_total",
+        "version" => version.to_string(),
+        "route" => route.unwrap_or(NO_ROUTE).to_string(),
+        "class" => class
+    )
+    .increment(1);
+    metrics::histogram!("aegis_request_duration_seconds", "version" => version.to_string())
+}
+
+/// `aegis_config_info{version, sha256}`: 1 for `new`, 0 for `old`.
+pub fn config_info(old: Option<&CompiledConfig>, new: &CompiledConfig) {
+    if let Some(old) = old.filter(|o| o.version != new.version) {
+        metrics::gauge!(
+            "aegis_config_info",
+            "version" => old.version.clone(),
+            "sha256" => old.sha256.clone()
+        )
+        .set(0.0);
+    }
+    metrics::gauge!(
+        "aegis_config_info",
+        "version" => new.version.clone(),
+        "sha256" => new.sha256.clone()
+    )
+    .set(1.0);
+}
+
+/// Counts a verdict: `version` is the candidate's engine version when it
+/// compiled (the value the request families carry), else its snapshot id;
+/// `result` is `accepted`, `held` or `rejected`; `reason` the verdict code
+/// (`accept`, `invalid`, `regression:status`, `held:blast_radius`, ...).
+pub fn verdict(version: &str, accepted: bool, reason: &str) {
+    let result = if accepted {
+        "accepted"
+    } else if reason.starts_with("held:") {
+        "held"
+    } else {
+        "rejected"
+    };
+    metrics::counter!(
+        "aegis_config_verdicts_total",
+        "version" => version.to_string(),
+        "result" => result,
+        "reason" => reason.to_string()
+    )
+    .increment(1);
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -379,14 +601,60 @@ mod tests {
             "aegis_config_promotions_total",
             "aegis_config_rejections_total",
             "aegis_worker_restarts_total",
-            "aegis_request_duration_seconds",
             "aegis_gate_duration_seconds",
             "aegis_workers_healthy",
         ] {
             assert!(types.iter().any(|t| t == name), "{name} missing:\n{text}");
         }
         assert!(text.contains("aegis_config_rejections_total{reason=\"invalid\"} 0"));
-        assert!(text.contains("aegis_request_duration_seconds_count 0"));
+        assert!(!text.contains("aegis_request_duration_seconds_count"));
+    }
+
+    #[test]
+    fn version_metrics_are_registered_and_counted() {
+        let yaml = "routes:\n  - { name: a, match: { path_prefix: /a }, respond: { body: a } }\n";
+        let src = aegis_engine::config::ConfigSource::from_files(
+            std::path::Path::new("."),
+            vec![aegis_engine::config::SourceFile {
+                name: "routes.yaml".to_string(),
+                text: yaml.to_string(),
+            }],
+        );
+        let compiled =
+            aegis_engine::config::compile(&src, &aegis_engine::config::Limits::default()).unwrap();
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            let m = VersionMetrics::new(&compiled);
+            m.request(Some("a"), 200).record(0.01);
+            m.request(Some("a"), 503).record(0.02);
+            m.request(None, 404).record(0.0);
+            m.request(Some("gone"), 200);
+            config_info(None, &compiled);
+            verdict(&compiled.version, false, "regression:status");
+        });
+        let text = handle.render();
+        let v = &compiled.version;
+        for line in [
+            format!("aegis_route_requests_total{{version=\"{v}\",route=\"a\",class=\"2xx\"}} 1"),
+            format!("aegis_route_requests_total{{version=\"{v}\",route=\"a\",class=\"5xx\"}} 1"),
+            format!("aegis_route_requests_total{{version=\"{v}\",route=\"a\",class=\"1xx\"}} 0"),
+            format!("aegis_route_requests_total{{version=\"{v}\",route=\"-\",class=\"4xx\"}} 1"),
+            format!("aegis_route_requests_total{{version=\"{v}\",route=\"-\",class=\"2xx\"}} 1"),
+            format!("aegis_request_duration_seconds_count{{version=\"{v}\"}} 3"),
+            format!(
+                "aegis_config_info{{version=\"{v}\",sha256=\"{}\"}} 1",
+                compiled.sha256
+            ),
+            format!(
+                "aegis_config_verdicts_total{{version=\"{v}\",result=\"rejected\",reason=\"regression:status\"}} 1"
+            ),
+        ] {
+            assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
+        assert_eq!(compiled.sha256.len(), 64);
+        assert!(compiled.sha256.starts_with(v.as_str()));
     }
 
     #[test]

@@ -124,6 +124,7 @@ routes:
   - name: r
     match: {{ path_prefix: "/" }}
     upstream: a
+    websocket: true
 "#,
         a.addr
     );

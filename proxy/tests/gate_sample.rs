@@ -78,8 +78,9 @@ fn single_process_records_heads_outcomes_and_redacts() {
             .find(|(k, _)| k == n)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(header("authorization"), Some("[redacted]"));
-    assert_eq!(header("x-api-key"), Some("[redacted]"));
+    // Masked at their length (docs/GATE.md, "What the sample keeps").
+    assert_eq!(header("authorization"), Some("Bearer a0aaaa"));
+    assert_eq!(header("x-api-key"), Some("a0a"));
     assert_eq!(header("user-agent"), Some("t"));
     let text = std::fs::read_to_string(p.state.path().join("sample.jsonl")).unwrap();
     assert!(!text.contains("s3cret") && !text.contains("k3y"));
@@ -98,4 +99,84 @@ fn supervised_workers_record_a_sample_too() {
             .iter()
             .all(|r| r.route.as_deref() == Some("hello"))
     );
+}
+
+/// 20 000 unauthenticated GETs with 60 KB of headers each, the padding an
+/// attacker would fill the sample with: the sample stays under
+/// the default `sample.max_bytes` on disk, the serving process's memory
+/// grows by at most about that bound (not by 10 000 × 60 KB, 1.27 GB before
+/// the bound), and the cut heads are counted.
+#[test]
+fn padded_heads_cannot_grow_the_sample_or_the_worker() {
+    // The default `sample.max_bytes`: the settings are the shipped ones.
+    const BOUND: u64 = 32 << 20;
+    let p = Proxy::start("sample: { flush_interval: 200ms }\n", ROUTES);
+    let pad = "p".repeat(1000);
+    let mut head = String::from("GET /pad HTTP/1.1\r\nHost: shop.test\r\n");
+    for i in 0..60 {
+        head.push_str(&format!("X-Pad-{i}: {pad}\r\n"));
+    }
+    head.push_str("\r\n");
+    let head = head.into_bytes();
+    assert!(head.len() > 60_000);
+    // Warm up (connection buffers, allocator arenas), then measure.
+    let run = |n: usize| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let head = head.clone();
+                let addr = p.http;
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..n / 4 {
+                        s.write_all(&head).unwrap();
+                        // One short response per request (keep-alive).
+                        let k = s.read(&mut buf).unwrap();
+                        assert!(
+                            buf[..k].starts_with(b"HTTP/1.1 200"),
+                            "{}",
+                            String::from_utf8_lossy(&buf[..k])
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    run(400);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = p.rss_kib();
+    run(20_000);
+    std::thread::sleep(Duration::from_millis(800));
+    let after = p.rss_kib();
+    let grew = after.saturating_sub(before) * 1024;
+    let size = std::fs::metadata(p.state.path().join("sample.jsonl"))
+        .unwrap()
+        .len();
+    eprintln!("rss {before} KiB -> {after} KiB (+{grew} B), sample {size} B");
+    assert!(size <= BOUND, "sample {size} bytes, bound {BOUND}");
+    // The bound, plus room for the allocator's slack; the unbounded
+    // reservoir grew by about 600 MB here.
+    assert!(grew <= BOUND + (32 << 20), "grew {grew} bytes");
+    let s = recorded(&p, 1);
+    let r = &s.requests[0];
+    assert!(
+        r.omitted_headers > 0 && r.omitted_header_bytes > 40_000,
+        "{r:?}"
+    );
+    let metrics = util::raw(
+        p.admin.unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let truncated = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aegis_sample_heads_truncated_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(truncated >= 1000.0, "{truncated}");
 }

@@ -315,3 +315,138 @@ fn single_process_metrics_are_complete_and_valid() {
     assert_grouped(&after);
     promtool(&after);
 }
+
+/// The families a fleet compares across pods carry the config version:
+/// per-route counters by status class and the duration histogram, each
+/// version's own after a promotion; `aegis_config_info{version, sha256}`;
+/// a verdict counter by version, result and reason.
+#[test]
+fn versioned_families_follow_promotion() {
+    let two_routes = |body: &str| {
+        format!(
+            "routes:\n  - name: fail\n    match: {{ path_prefix: /fail }}\n    respond: {{ status: 503, body: \"no\\n\" }}\n  - name: hello\n    match: {{ path_prefix: / }}\n    respond: {{ status: 200, body: \"{body}\\n\" }}\n"
+        )
+    };
+    let version = |p: &Proxy| {
+        util::load::admin(p, "GET", "/admin/config")["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let p = Proxy::start("", &two_routes("one"));
+    let v1 = version(&p);
+    for _ in 0..10 {
+        assert!(get_ok(p.http, "/"));
+    }
+    for _ in 0..4 {
+        assert!(!get_ok(p.http, "/fail"));
+    }
+    p.write("routes.yaml", &two_routes("two"));
+    let start = std::time::Instant::now();
+    let v2 = loop {
+        let v = version(&p);
+        if v != v1 {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no promotion");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for _ in 0..6 {
+        assert!(get_ok(p.http, "/"));
+    }
+    let text = scrape(&p);
+    let count = |version: &str, route: &str, class: &str| {
+        sum(
+            &text,
+            "aegis_route_requests_total",
+            &[("version", version), ("route", route), ("class", class)],
+        )
+    };
+    assert_eq!(count(&v1, "hello", "2xx"), 10.0, "{text}");
+    assert_eq!(count(&v1, "fail", "5xx"), 4.0, "{text}");
+    assert_eq!(count(&v2, "hello", "2xx"), 6.0, "{text}");
+    // Registered at activation: "zero" is told from "not this version".
+    assert!(
+        has(
+            &text,
+            "aegis_route_requests_total",
+            &[("version", &v2), ("route", "fail"), ("class", "5xx")]
+        ),
+        "{text}"
+    );
+    assert_eq!(count(&v2, "fail", "5xx"), 0.0);
+    assert_eq!(
+        sum(
+            &text,
+            "aegis_request_duration_seconds_count",
+            &[("version", &v1)]
+        ),
+        14.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aegis_request_duration_seconds_count",
+            &[("version", &v2)]
+        ),
+        6.0,
+        "{text}"
+    );
+    let info: Vec<_> = samples(&text)
+        .into_iter()
+        .filter(|s| s.name == "aegis_config_info")
+        .collect();
+    let of = |v: &str| {
+        info.iter()
+            .find(|s| s.labels.get("version").map(String::as_str) == Some(v))
+    };
+    let now = of(&v2).expect("no aegis_config_info for the new version");
+    assert_eq!(now.value, 1.0);
+    let sha = now.labels.get("sha256").unwrap();
+    assert!(sha.len() == 64 && sha.starts_with(&v2), "{sha}");
+    assert_eq!(of(&v1).expect("the old version").value, 0.0);
+    assert_eq!(
+        sum(
+            &text,
+            "aegis_config_verdicts_total",
+            &[
+                ("version", &v2),
+                ("result", "accepted"),
+                ("reason", "accept")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+
+    // A rejected candidate is counted with its reason.
+    p.write(
+        "routes.yaml",
+        "routes:\n  - name: broken\n    match: { path_prefix: / }\n",
+    );
+    let start = std::time::Instant::now();
+    let text = loop {
+        let text = scrape(&p);
+        if has(
+            &text,
+            "aegis_config_verdicts_total",
+            &[("result", "rejected"), ("reason", "invalid")],
+        ) {
+            break text;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        sum(
+            &text,
+            "aegis_config_verdicts_total",
+            &[("result", "rejected"), ("reason", "invalid")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_grouped(&text);
+    promtool(&text);
+}

@@ -17,6 +17,7 @@
 )]
 
 mod limits;
+mod privileges;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
@@ -26,11 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_engine::CompiledConfig;
+use aegis_engine::config::settings::GatePolicy;
 use aegis_engine::config::{self, ConfigSource, Limits, Settings};
-use aegis_engine::sample::{SampleLimits, TrafficSample};
+use aegis_engine::sample::{SampleLimits, SampledRequest, TrafficSample};
+use aegis_engine::tls_check;
 use aegis_proxy::gate::replay::{self, ReplayOptions};
 use aegis_proxy::gate::report::{
     BlastRadius, Inventory, ProbeAnswer, ProbeRequest, RunnerOutcome, SampleInfo, SandboxReport,
+    TlsFinding, TlsReport,
 };
 use aegis_proxy::gate::sandbox::STAGE_PREFIX;
 use aegis_proxy::pipeline::PipelineSettings;
@@ -75,6 +79,12 @@ struct Args {
     /// At most this many synthetic requests.
     #[arg(long, default_value_t = 10_000)]
     max_synthetic: usize,
+    /// User id to run as when started as root (privileges.rs).
+    #[arg(long, default_value_t = 65534)]
+    uid: u32,
+    /// Group id to run as when started as root.
+    #[arg(long, default_value_t = 65534)]
+    gid: u32,
 }
 
 /// Test hook: sleep this many milliseconds before the replay (so a test can
@@ -118,6 +128,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     stage("read sample");
     let (recorded, mut sample_info) = read_sample(args.sample.as_deref())?;
+    // The sample is read; the configs are read with one reading capability.
+    report.isolation.privileges = privileges::drop_to_reader(privileges::RunAs {
+        uid: args.uid,
+        gid: args.gid,
+    })?;
 
     stage("compile candidate");
     let t = Instant::now();
@@ -157,6 +172,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report.compile_ms.baseline = Some(ms(t.elapsed()));
     }
 
+    stage("check certificates");
+    {
+        let policy = baseline
+            .as_ref()
+            .map_or(&cand_settings.gate.policy, |(s, _)| &s.gate.policy);
+        report.tls = Some(check_tls(
+            &candidate,
+            baseline.as_ref().map(|(_, c)| c.as_ref()),
+            &recorded,
+            policy,
+            &args.candidate,
+        ));
+    }
+
+    privileges::drop_all()?;
     stage("probe");
     let unreachable = if args.no_probe {
         Vec::new()
@@ -187,6 +217,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .as_ref()
             .map(|(s, _)| PipelineSettings::from_settings(s))
             .unwrap_or_default(),
+        tls_listener: !cand_settings.listen_tls.is_empty(),
+        baseline_tls_listener: baseline
+            .as_ref()
+            .is_some_and(|(s, _)| !s.listen_tls.is_empty()),
     };
     // One thread: RLIMIT_AS is the memory limit of exactly this process.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -339,4 +373,102 @@ fn ask_probe(
         .context("reading the probe answer")?;
     let answer: ProbeAnswer = serde_json::from_str(line.trim()).unwrap_or_default();
     Ok(answer.unreachable)
+}
+
+/// The candidate's certificates checked as a client would, now: validity,
+/// expiry within `tls_expiry_window`, chain (to `tls_trust_store` when set),
+/// and every HTTPS name of the recorded sample that the baseline covered
+/// and the candidate no longer does. A problem the active version has with
+/// the very same certificate is `inherited`, not the candidate's doing.
+fn check_tls(
+    candidate: &CompiledConfig,
+    baseline: Option<&CompiledConfig>,
+    sample: &[SampledRequest],
+    policy: &GatePolicy,
+    candidate_dir: &Path,
+) -> TlsReport {
+    let mut out = TlsReport {
+        checked: u64::try_from(candidate.certificates.len()).unwrap_or(u64::MAX),
+        ..TlsReport::default()
+    };
+    let configured = policy.tls_trust_store.as_deref().map(|p| {
+        let path = Path::new(p);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            candidate_dir.join(path)
+        };
+        tls_check::read_roots(&path)
+    });
+    let configured_roots = match configured {
+        Some(Ok(roots)) => Some(roots),
+        Some(Err(e)) => {
+            out.findings.push(TlsFinding {
+                code: "tls_chain".to_string(),
+                name: "(every certificate)".to_string(),
+                detail: format!("the trust store gate.policy.tls_trust_store cannot be used: {e}"),
+            });
+            Some(Vec::new())
+        }
+        None => None,
+    };
+    let opts = tls_check::CheckOptions {
+        now: std::time::SystemTime::now(),
+        expiry_window: policy.tls_expiry_window.0,
+        // Only read when there is something to check.
+        system_roots: if candidate.certificates.is_empty() {
+            Vec::new()
+        } else {
+            tls_check::system_roots()
+        },
+        configured_roots,
+    };
+    let active: HashSet<[u8; 32]> = baseline
+        .map(|b| {
+            b.certificates
+                .iter()
+                .filter_map(|c| c.key.cert.first())
+                .map(|d| tls_check::fingerprint(d))
+                .collect()
+        })
+        .unwrap_or_default();
+    for p in tls_check::check(candidate, &opts) {
+        let f = TlsFinding {
+            code: p.problem.code().to_string(),
+            name: p.names,
+            detail: p.detail,
+        };
+        if active.contains(&p.leaf_sha256) {
+            out.inherited.push(f);
+        } else {
+            out.findings.push(f);
+        }
+    }
+    if let Some(base) = baseline {
+        let mut names: Vec<String> = sample
+            .iter()
+            .filter(|r| !r.synthetic && r.scheme.eq_ignore_ascii_case("https"))
+            .filter_map(|r| r.host.as_deref())
+            .map(|h| {
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or(h, |(h, _)| h)
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names.retain(|n| tls_check::covers(base, n));
+        for n in &names {
+            if !tls_check::covers(candidate, n) {
+                out.findings.push(TlsFinding {
+                    code: "tls_sni".to_string(),
+                    name: n.clone(),
+                    detail: "served HTTPS traffic in the sample and no certificate of the candidate covers it any more".to_string(),
+                });
+            }
+        }
+        out.sample_names = names;
+    }
+    out
 }

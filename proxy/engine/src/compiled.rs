@@ -20,8 +20,10 @@ pub type UpstreamId = usize;
 /// A validated config set.
 #[derive(Debug)]
 pub struct CompiledConfig {
-    /// Content hash of the set (12 hex digits).
+    /// Content hash of the set (12 hex digits: the start of `sha256`).
     pub version: String,
+    /// The whole SHA-256 of the set, hex (`aegis_config_info{sha256}`).
+    pub sha256: String,
     pub routes: Vec<CompiledRoute>,
     pub table: RouteTable,
     pub upstreams: Vec<UpstreamPool>,
@@ -70,6 +72,10 @@ pub struct CompiledRoute {
     pub response_edits: HeaderEditList,
     pub rate_limit: Option<usize>,
     pub max_request_body: Option<u64>,
+    /// `websocket: true`: a client's `Upgrade: websocket` is relayed to the
+    /// upstream. Off by default (nginx relays an upgrade only where the
+    /// config sets the Upgrade headers); `Upgrade: h2c` is never relayed.
+    pub websocket: bool,
     /// Requests that this route matches, one per host it serves (none for a
     /// pure regex route). The gate replays them when the recorded sample is
     /// thin, so a route nobody visited lately is still exercised.

@@ -18,6 +18,7 @@ pub mod features;
 pub mod route_table;
 pub mod sample;
 pub mod tls;
+pub mod tls_check;
 
 pub use compiled::CompiledConfig;
 pub use config::{LoadError, load_dir};

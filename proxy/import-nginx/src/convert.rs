@@ -51,7 +51,13 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub struct Conversion {
     pub set: ConfigSet,
+    /// What was not carried over exactly: the entries of [`Self::report`]
+    /// that are not [`Impact::Carried`], sorted by file and line.
     pub findings: Vec<Finding>,
+    /// Every directive of the input (includes and the directives inside
+    /// blocks too), exactly once each, in input order: carried, differs,
+    /// dropped or ignored.
+    pub report: Vec<Finding>,
 }
 
 impl Conversion {
@@ -69,6 +75,7 @@ const UNLIMITED_BODY: u64 = 1 << 50;
 /// Converts a parsed nginx configuration.
 pub fn convert(tree: &[Directive], opts: &Options) -> Conversion {
     let mut cx = Cx::new(opts);
+    cx.caches = uses_cache(tree);
     let has_http = tree.iter().any(|d| d.name == "http");
     if has_http {
         for d in tree {
@@ -79,7 +86,7 @@ pub fn convert(tree: &[Directive], opts: &Options) -> Conversion {
         // as the inside of `http`.
         cx.http(tree);
     }
-    cx.finish()
+    cx.finish(tree)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,13 +95,16 @@ struct Scope {
     add_headers: Option<Vec<Directive>>,
     hide_headers: Option<Vec<Directive>>,
     limit_reqs: Option<Vec<Directive>>,
-    connect_timeout: Option<(u64, Loc)>,
+    connect_timeout: Option<(u64, Loc, String)>,
     read_timeout: Option<u64>,
     body_size: Option<u64>,
     default_type: Option<String>,
     limit_req_status: Option<(u16, Loc)>,
     ssl_certificate: Option<Directive>,
     ssl_certificate_key: Option<Directive>,
+    /// `proxy_redirect` lines (array-like: inherited only by a level that
+    /// has none).
+    redirects: Option<Vec<Directive>>,
 }
 
 /// Directives that the scope handles (at http, server and location level).
@@ -110,6 +120,7 @@ const SCOPE_DIRECTIVES: &[&str] = &[
     "limit_req_status",
     "ssl_certificate",
     "ssl_certificate_key",
+    "proxy_redirect",
 ];
 
 #[derive(Debug, Clone)]
@@ -132,10 +143,33 @@ struct Listen {
 #[derive(Debug, Clone)]
 struct Server {
     at: Loc,
-    /// Host names as Aegis writes them (exact and `*.suffix`).
-    names: Vec<String>,
+    /// Host names as Aegis writes them (exact and `*.suffix`), each with
+    /// the `server_name` directive that named it.
+    name_dirs: Vec<(String, Directive)>,
     listens: Vec<Listen>,
     routes: Vec<RouteOut>,
+}
+
+impl Server {
+    /// The `server` directive itself (what findings about the whole server
+    /// point at).
+    fn directive(&self) -> Directive {
+        Directive {
+            name: "server".into(),
+            args: Vec::new(),
+            block: None,
+            at: self.at.clone(),
+        }
+    }
+
+    /// Every route redirects (the usual `return 301 https://...` server).
+    fn redirect_only(&self) -> bool {
+        !self.routes.is_empty()
+            && self
+                .routes
+                .iter()
+                .all(|r| matches!(r.action, ActionOut::Redirect { .. }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,19 +178,7 @@ enum LocKind {
     Prefix(String),
     Stop(String),
     Regex { pattern: String, re: Regex },
-    Named,
-}
-
-impl LocKind {
-    fn label(&self) -> String {
-        match self {
-            LocKind::Exact(p) => format!("={p}"),
-            LocKind::Prefix(p) => p.clone(),
-            LocKind::Stop(p) => format!("^~{p}"),
-            LocKind::Regex { pattern, .. } => format!("~{pattern}"),
-            LocKind::Named => "@".to_string(),
-        }
-    }
+    Named(String),
 }
 
 #[derive(Debug, Clone)]
@@ -164,7 +186,20 @@ struct LocInfo {
     kind: LocKind,
     at: Loc,
     text: String,
+    args: Vec<String>,
     block: Vec<Directive>,
+}
+
+impl LocInfo {
+    /// The `location` directive as written (without its block).
+    fn directive(&self) -> Directive {
+        Directive {
+            name: "location".into(),
+            args: self.args.clone(),
+            block: None,
+            at: self.at.clone(),
+        }
+    }
 }
 
 struct ServerCtx<'a> {
@@ -179,19 +214,33 @@ struct Cx<'o> {
     upstreams: Vec<UpstreamBlock>,
     zones: HashMap<String, Zone>,
     /// connect timeouts asked for, per upstream name.
-    connect_timeouts: BTreeMap<String, Vec<(u64, Option<Loc>)>>,
+    connect_timeouts: BTreeMap<String, Vec<TimeoutAsk>>,
     rate_limits: Vec<RateLimitOut>,
     rate_names: HashMap<(String, u32), String>,
     servers: Vec<Server>,
     workers: Option<u32>,
     route_names: HashSet<String>,
     copies: Vec<(PathBuf, String)>,
-    tls: Vec<(usize, TlsOut)>,
+    tls: Vec<CertIn>,
     /// File extension → MIME type, from `types` (nginx's built-in map
     /// when there is none).
     types: HashMap<String, String>,
     /// Upstream blocks that could not be carried over.
     unusable_upstreams: HashSet<String>,
+    /// The server being read: its scope, named locations, the named
+    /// locations a `try_files` used, its first name and ports (for
+    /// `$server_name` and `$server_port`).
+    server_scope: Scope,
+    server_block: Vec<Directive>,
+    named: Vec<LocInfo>,
+    used_named: HashSet<String>,
+    cur_primary: String,
+    cur_ports: Vec<String>,
+    /// Depth of named-location fallbacks being followed (a guard).
+    depth: u8,
+    /// Some `proxy_cache` (other than `off`) is set: without one, the
+    /// other `proxy_cache_*` directives have no effect.
+    caches: bool,
 }
 
 fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
@@ -230,7 +279,21 @@ impl<'o> Cx<'o> {
             .map(|(e, t)| (e.to_string(), t.to_string()))
             .collect(),
             unusable_upstreams: HashSet::new(),
+            server_scope: Scope::default(),
+            server_block: Vec::new(),
+            named: Vec::new(),
+            used_named: HashSet::new(),
+            cur_primary: String::new(),
+            cur_ports: Vec::new(),
+            depth: 0,
+            caches: false,
         }
+    }
+
+    /// Marks a directive as carried over exactly (a note made about it
+    /// elsewhere takes precedence in the report).
+    fn carried(&mut self, d: &Directive) {
+        self.findings.push(find(d, Impact::Carried, ""));
     }
 
     fn note(&mut self, d: &Directive, impact: Impact, reason: impl Into<String>) {
@@ -240,7 +303,9 @@ impl<'o> Cx<'o> {
     // ---------------------------------------------------------------- main
 
     fn main_directive(&mut self, d: &Directive) {
+        self.carried(d);
         match d.name.as_str() {
+            "include" => {}
             "http" => match &d.block {
                 Some(b) => self.http(b),
                 None => self.note(d, Impact::Dropped, "`http` without a block"),
@@ -275,7 +340,11 @@ impl<'o> Cx<'o> {
             | "working_directory"
             | "worker_rlimit_core"
             | "ssl_engine"
-            | "debug_points" => {}
+            | "debug_points" => self.note(
+                d,
+                Impact::Ignored,
+                "a process setting of nginx; Aegis has its own (docs/CONFIG.md)",
+            ),
             "load_module" => self.note(
                 d,
                 Impact::Differs,
@@ -314,8 +383,10 @@ impl<'o> Cx<'o> {
             }
         }
         for d in block {
+            self.carried(d);
             match d.name.as_str() {
-                "upstream" | "limit_req_zone" => {}
+                "upstream" | "limit_req_zone" | "types" | "include" => {}
+                "map" => self.map(d, block),
                 "server" => match &d.block {
                     Some(b) => self.server(d, b, &scope),
                     None => self.note(d, Impact::Dropped, "`server` without a block"),
@@ -335,15 +406,17 @@ impl<'o> Cx<'o> {
         let mut adds = Vec::new();
         let mut hides = Vec::new();
         let mut limits = Vec::new();
+        let mut redirects = Vec::new();
         for d in block {
             match d.name.as_str() {
                 "proxy_set_header" => sets.push(d.clone()),
                 "add_header" => adds.push(d.clone()),
                 "proxy_hide_header" => hides.push(d.clone()),
                 "limit_req" => limits.push(d.clone()),
+                "proxy_redirect" => redirects.push(d.clone()),
                 "proxy_connect_timeout" => {
                     if let Some(ms) = self.duration_arg(d) {
-                        s.connect_timeout = Some((ms, d.at.clone()));
+                        s.connect_timeout = Some((ms, d.at.clone(), d.text()));
                     }
                 }
                 "proxy_read_timeout" => {
@@ -378,7 +451,51 @@ impl<'o> Cx<'o> {
         if !limits.is_empty() {
             s.limit_reqs = Some(limits);
         }
+        if !redirects.is_empty() {
+            s.redirects = Some(redirects);
+        }
         s
+    }
+
+    /// `map $src $var { ... }`: carried where the engine has an equivalent
+    /// (the WebSocket `Connection` idiom), else listed.
+    fn map(&mut self, d: &Directive, http: &[Directive]) {
+        let (Some(src), Some(var)) = (d.arg(0), d.arg(1)) else {
+            self.note(d, Impact::Dropped, "map takes a source and a variable");
+            return;
+        };
+        let mut uses = Vec::new();
+        uses_of(http, var, &mut uses);
+        if uses.is_empty() {
+            self.note(
+                d,
+                Impact::Ignored,
+                format!("no effect: `{var}` is not used"),
+            );
+        } else if src == "$http_upgrade"
+            && uses.iter().all(|u| {
+                u.name == "proxy_set_header"
+                    && u.arg(0)
+                        .is_some_and(|h| h.eq_ignore_ascii_case("connection"))
+            })
+        {
+            self.note(
+                d,
+                Impact::Carried,
+                "the WebSocket idiom: routes whose Connection header uses it upgrade \
+                 (`websocket: true`)",
+            );
+        } else {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!(
+                    "variables from `map` are not expressible in Aegis yet (no map in the \
+                     engine); the {} directive(s) using `{var}` are listed where they are",
+                    uses.len()
+                ),
+            );
+        }
     }
 
     fn duration_arg(&mut self, d: &Directive) -> Option<u64> {
@@ -411,7 +528,9 @@ impl<'o> Cx<'o> {
         let mut balance = BalanceOut::RoundRobin;
         let mut fails: Vec<(Option<u32>, Option<u64>, Loc)> = Vec::new();
         for s in block {
+            self.carried(s);
             match s.name.as_str() {
+                "include" => {}
                 "server" => {
                     if let Some((Some(e), mf, ft)) = self.upstream_server(s) {
                         endpoints.push(e);
@@ -478,7 +597,11 @@ impl<'o> Cx<'o> {
                     }
                 }
                 "keepalive" | "keepalive_timeout" | "keepalive_requests" | "keepalive_time"
-                | "zone" => {}
+                | "zone" => self.note(
+                    s,
+                    Impact::Ignored,
+                    "Aegis pools upstream connections itself and keeps its state per worker",
+                ),
                 _ => self.note(
                     s,
                     Impact::Dropped,
@@ -649,13 +772,16 @@ impl<'o> Cx<'o> {
     fn server(&mut self, d: &Directive, block: &[Directive], parent: &Scope) {
         let scope = self.child_scope(parent, block);
         let mut names = Vec::new();
+        let mut name_dirs: Vec<(String, Directive)> = Vec::new();
         let mut primary_name = String::new();
         let mut listens = Vec::new();
         let mut locations = Vec::new();
         let mut server_rewrites = Vec::new();
         let mut ssl_on = false;
         for c in block {
+            self.carried(c);
             match c.name.as_str() {
+                "include" => {}
                 "listen" => {
                     if let Some(l) = self.listen(c) {
                         listens.push(l);
@@ -666,7 +792,11 @@ impl<'o> Cx<'o> {
                         if primary_name.is_empty() {
                             primary_name = n.clone();
                         }
+                        let before = names.len();
                         self.server_name(c, n, &mut names);
+                        for added in names.iter().skip(before) {
+                            name_dirs.push((added.clone(), bare(c)));
+                        }
                     }
                 }
                 "location" => {
@@ -720,6 +850,16 @@ impl<'o> Cx<'o> {
             p.dedup();
             p
         };
+        self.server_scope = scope.clone();
+        self.server_block = block.to_vec();
+        self.named = locations
+            .iter()
+            .filter(|l| matches!(l.kind, LocKind::Named(_)))
+            .cloned()
+            .collect();
+        self.used_named.clear();
+        self.cur_primary = primary_name.clone();
+        self.cur_ports = ports.clone();
         let sctx = ServerCtx {
             label,
             primary_name: &primary_name,
@@ -802,12 +942,14 @@ impl<'o> Cx<'o> {
                 routes.append(&mut rs);
             }
             self.auto_redirects(&sctx, &locations, &scope, &mut routes);
+            self.named_locations();
         }
+        self.named.clear();
         let index = self.servers.len();
-        self.server_tls(d, index, &listens, &names, &scope);
+        self.server_tls(d, index, &listens, &scope);
         self.servers.push(Server {
             at: d.at.clone(),
-            names,
+            name_dirs,
             listens,
             routes,
         });
@@ -819,6 +961,19 @@ impl<'o> Cx<'o> {
                 d,
                 Impact::Differs,
                 "Aegis uses rustls's protocol and cipher choice: TLS 1.2 and 1.3 with modern suites",
+            );
+        } else if d.name == "http2" {
+            self.note(
+                d,
+                Impact::Ignored,
+                "Aegis offers HTTP/2 by ALPN on TLS and h2c with prior knowledge on plain listeners",
+            );
+        } else {
+            self.note(
+                d,
+                Impact::Ignored,
+                "TLS session, stapling and key-exchange tuning: rustls's own choices; the \
+                 same content reaches the client",
             );
         }
     }
@@ -889,14 +1044,7 @@ impl<'o> Cx<'o> {
         push_unique(names, lower);
     }
 
-    fn server_tls(
-        &mut self,
-        d: &Directive,
-        index: usize,
-        listens: &[Listen],
-        names: &[String],
-        scope: &Scope,
-    ) {
+    fn server_tls(&mut self, d: &Directive, index: usize, listens: &[Listen], scope: &Scope) {
         if !listens.iter().any(|l| l.ssl) {
             return;
         }
@@ -929,16 +1077,23 @@ impl<'o> Cx<'o> {
         }
         let cert_name = self.copy_file(cert_path, index, "crt");
         let key_name = self.copy_file(key_path, index, "key");
-        self.tls.push((
-            index,
-            TlsOut {
-                server_names: names.to_vec(),
+        let source = if Path::new(cert_path).is_absolute() {
+            PathBuf::from(cert_path)
+        } else {
+            self.opts.prefix.join(cert_path)
+        };
+        self.tls.push(CertIn {
+            server: index,
+            out: TlsOut {
+                server_names: Vec::new(),
                 certificate: cert_name,
                 key: key_name,
                 default: false,
                 comment: format!("nginx: {} and {}", cert.at, key.at),
             },
-        ));
+            cert: cert.clone(),
+            source,
+        });
     }
 
     fn copy_file(&mut self, path: &str, index: usize, ext: &str) -> String {
@@ -1017,7 +1172,7 @@ impl<'o> Cx<'o> {
                     }
                 }
             }
-            "@" => LocKind::Named,
+            "@" => LocKind::Named(pattern.trim_start_matches('@').to_string()),
             other => {
                 self.note(
                     d,
@@ -1041,6 +1196,7 @@ impl<'o> Cx<'o> {
             kind,
             at: d.at.clone(),
             text: d.text(),
+            args: d.args.clone(),
             block: block.clone(),
         })
     }
@@ -1053,18 +1209,10 @@ impl<'o> Cx<'o> {
         all: &[LocInfo],
         parent: &Scope,
     ) -> Vec<RouteOut> {
-        let ld = Directive {
-            name: "location".into(),
-            args: vec![loc.kind.label()],
-            block: None,
-            at: loc.at.clone(),
-        };
-        if let LocKind::Named = loc.kind {
-            self.note(
-                &ld,
-                Impact::Dropped,
-                "named locations serve error_page and try_files fallbacks, which Aegis does not have",
-            );
+        let ld = loc.directive();
+        if let LocKind::Named(_) = loc.kind {
+            // Reached through `try_files` (carried by the caller) or
+            // `error_page`; accounted for in `named_locations`.
             return Vec::new();
         }
         let scope = self.child_scope(parent, &loc.block);
@@ -1072,14 +1220,18 @@ impl<'o> Cx<'o> {
         let mut proxy: Option<&Directive> = None;
         let mut returned: Option<ActionOut> = None;
         let mut strip: Option<(String, String)> = None;
-        let mut static_files: Option<&Directive> = None;
+        let mut statics: Vec<&Directive> = Vec::new();
+        let mut try_files: Option<&Directive> = None;
+        let mut internal: Option<&Directive> = None;
+        let mut nested: Vec<LocInfo> = Vec::new();
         for c in &loc.block {
+            self.carried(c);
             match c.name.as_str() {
-                "location" => self.note(
-                    c,
-                    Impact::Dropped,
-                    "nested locations are not carried over; the outer location is",
-                ),
+                "location" => {
+                    if let Some(n) = self.location_info(c) {
+                        nested.push(n);
+                    }
+                }
                 "proxy_pass" => proxy = Some(c),
                 "return" => {
                     if returned.is_some() {
@@ -1129,16 +1281,25 @@ impl<'o> Cx<'o> {
                         }
                     }
                 }
+                "break"
+                    if !loc.block.iter().any(|o| {
+                        matches!(o.name.as_str(), "if" | "set" | "rewrite" | "return")
+                    }) =>
+                {
+                    self.note(
+                        c,
+                        Impact::Ignored,
+                        "no effect: no other rewrite-module directive in this location",
+                    );
+                }
                 "if" | "set" | "break" => self.note(
                     c,
                     Impact::Dropped,
                     "rewrite-module logic (`if`, `set`, `break`) is not expressible in Aegis",
                 ),
-                "root" | "alias" | "try_files" | "autoindex" | "index" => {
-                    if static_files.is_none() {
-                        static_files = Some(c);
-                    }
-                }
+                "try_files" => try_files = Some(c),
+                "internal" => internal = Some(c),
+                "root" | "alias" | "autoindex" | "index" => statics.push(c),
                 n if SCOPE_DIRECTIVES.contains(&n) => {}
                 "proxy_send_timeout" => self.send_timeout(c),
                 _ => self.common(c, "location"),
@@ -1155,20 +1316,71 @@ impl<'o> Cx<'o> {
                 stop_regex: true,
             },
             LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
-            LocKind::Named => return out,
+            LocKind::Named(_) => return out,
         };
+        // `try_files ... @name`: nginx goes on in the named location when no
+        // file matches.
+        let fallback = try_files.and_then(|t| {
+            let last = t.args.last()?;
+            let name = last.strip_prefix('@')?;
+            self.named
+                .iter()
+                .find(|n| matches!(&n.kind, LocKind::Named(x) if x == name))
+                .cloned()
+                .map(|n| (t, n))
+        });
         let (action, is_proxy) = if let Some(a) = returned {
             if let Some(p) = proxy {
                 self.note(p, Impact::Ignored, "never reached: `return` answers first");
             }
             (a, false)
+        } else if let Some(i) = internal {
+            self.note(
+                i,
+                Impact::Carried,
+                "requests from clients get 404, as in nginx (Aegis makes no internal requests, \
+                 so the rest of this location is never used)",
+            );
+            for c in &loc.block {
+                if c.name != "internal" && c.name != "location" {
+                    self.note(
+                        c,
+                        Impact::Ignored,
+                        "in an `internal` location: used only by nginx's internal requests \
+                         (auth_request, error_page, try_files), which Aegis does not make",
+                    );
+                }
+            }
+            (
+                ActionOut::Respond {
+                    status: 404,
+                    body: String::new(),
+                    headers: Vec::new(),
+                },
+                false,
+            )
         } else if let Some(p) = proxy {
+            if let Some(t) = try_files {
+                if only_dev_null(t) {
+                    self.note(t, Impact::Carried, "no file ever matches; nginx proxies");
+                } else {
+                    self.note(
+                        t,
+                        Impact::Dropped,
+                        "try_files checks the file system first; Aegis always proxies",
+                    );
+                }
+            }
             match self.proxy_action(p, &loc.kind, strip.take(), &scope) {
                 Some(a) => (a, true),
                 None => (placeholder("proxy_pass not carried over"), false),
             }
+        } else if let Some((t, named)) = fallback
+            && self.depth < 4
+        {
+            return self.named_fallback(sctx, loc, t, &named, &scope, &statics, out, nested);
         } else {
-            let why = match static_files {
+            let why = match statics.first().copied().or(try_files) {
                 Some(s) => format!(
                     "serves files (`{}`); Aegis does not serve files, so the location answers 404",
                     s.name
@@ -1177,26 +1389,179 @@ impl<'o> Cx<'o> {
                          Aegis answers 404"
                     .to_string(),
             };
-            self.findings.push(Finding {
-                at: loc.at.clone(),
-                directive: loc.text.clone(),
-                impact: Impact::Dropped,
-                reason: why,
-            });
+            self.note(&ld, Impact::Dropped, why);
+            for s in statics.iter().copied().chain(try_files) {
+                self.note(
+                    s,
+                    Impact::Dropped,
+                    "Aegis does not serve files (the static-file action is not in the engine yet)",
+                );
+            }
             (placeholder("static files are not served by Aegis"), false)
         };
-        if let (Some(s), true) = (static_files, is_proxy)
-            && s.name == "try_files"
-        {
-            self.note(
-                s,
-                Impact::Dropped,
-                "try_files checks the file system first; Aegis always proxies",
-            );
+        if is_proxy {
+            for s in &statics {
+                self.note(
+                    s,
+                    Impact::Ignored,
+                    "no effect: the location proxies and serves no files",
+                );
+            }
         }
         let route = self.route_for(sctx, &ld, "", path, action);
         out.push(self.decorate(route, &scope, is_proxy));
+        self.nested_routes(sctx, loc, &nested, &scope, &mut out);
         out
+    }
+
+    /// Locations inside a location: flattened into routes of their own,
+    /// inheriting the outer location's settings, as nginx does.
+    fn nested_routes(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        outer: &LocInfo,
+        nested: &[LocInfo],
+        scope: &Scope,
+        out: &mut Vec<RouteOut>,
+    ) {
+        for (j, n) in nested.iter().enumerate() {
+            if let (LocKind::Regex { .. }, false) =
+                (&n.kind, matches!(outer.kind, LocKind::Regex { .. }))
+            {
+                let nd = n.directive();
+                self.note(
+                    &nd,
+                    Impact::Differs,
+                    format!(
+                        "nginx tries this regex only for requests whose longest prefix location \
+                         is `{}`; Aegis's route table has no nesting, so it is tried, in \
+                         declaration order, for every request no exact or `^~` location answers",
+                        outer.text
+                    ),
+                );
+            }
+            let mut rs = self.location_routes(sctx, n, j, nested, scope);
+            out.append(&mut rs);
+        }
+    }
+
+    /// A location whose `try_files` falls back to a named location: the
+    /// route keeps this location's path and takes the named location's
+    /// action and settings (nginx hands the request over; only the
+    /// request-body limit checked on arrival stays this location's).
+    #[allow(clippy::too_many_arguments)]
+    fn named_fallback(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        loc: &LocInfo,
+        t: &Directive,
+        named: &LocInfo,
+        scope: &Scope,
+        statics: &[&Directive],
+        mut out: Vec<RouteOut>,
+        nested: Vec<LocInfo>,
+    ) -> Vec<RouteOut> {
+        let name = t.args.last().cloned().unwrap_or_default();
+        if only_dev_null(t) {
+            self.note(
+                t,
+                Impact::Carried,
+                format!("no file ever matches; every request goes to {name}"),
+            );
+        } else {
+            self.note(
+                t,
+                Impact::Dropped,
+                format!(
+                    "files are not looked up (Aegis serves no files yet): every request goes to \
+                     {name}, whose handling is carried"
+                ),
+            );
+        }
+        for s in statics {
+            self.note(
+                s,
+                Impact::Ignored,
+                format!("no effect: no file is served, the request goes to {name}"),
+            );
+        }
+        for c in &loc.block {
+            if matches!(
+                c.name.as_str(),
+                "add_header" | "proxy_set_header" | "proxy_hide_header"
+            ) {
+                self.note(
+                    c,
+                    Impact::Ignored,
+                    format!("no effect: the request is handled by {name}, whose settings apply"),
+                );
+            }
+        }
+        self.used_named.insert(name.clone());
+        let as_here = LocInfo {
+            kind: loc.kind.clone(),
+            at: named.at.clone(),
+            text: named.text.clone(),
+            args: named.args.clone(),
+            block: named.block.clone(),
+        };
+        let server_scope = self.server_scope.clone();
+        self.depth = self.depth.saturating_add(1);
+        let rs = self.location_routes(
+            sctx,
+            &as_here,
+            0,
+            std::slice::from_ref(&as_here),
+            &server_scope,
+        );
+        self.depth = self.depth.saturating_sub(1);
+        let limit = scope.body_size.filter(|n| *n != NGINX_DEFAULT_BODY);
+        for mut r in rs {
+            r.comment = format!(
+                "nginx: {} ({}), handled by {name} ({})",
+                loc.text, loc.at, named.at
+            );
+            r.max_request_body = limit;
+            out.push(r);
+        }
+        self.nested_routes(sctx, loc, &nested, scope, &mut out);
+        out
+    }
+
+    /// The named locations of the server that was just read: carried when
+    /// a `try_files` falls back to them, else listed.
+    fn named_locations(&mut self) {
+        for n in std::mem::take(&mut self.named) {
+            let LocKind::Named(name) = &n.kind else {
+                continue;
+            };
+            let d = n.directive();
+            let target = format!("@{name}");
+            let mut refs = Vec::new();
+            uses_of(&self.server_block, &target, &mut refs);
+            refs.retain(|r| r.name != "location");
+            if self.used_named.contains(name) {
+                self.note(
+                    &d,
+                    Impact::Carried,
+                    "the fallback of try_files (its settings are on the routes that use it)",
+                );
+            } else if refs.is_empty() {
+                self.note(
+                    &d,
+                    Impact::Ignored,
+                    "never used: nothing in the server refers to it",
+                );
+            } else {
+                self.note(
+                    &d,
+                    Impact::Dropped,
+                    "named locations reached only through error_page (or nothing) are not \
+                     carried over: Aegis has no error_page",
+                );
+            }
+        }
+        self.used_named.clear();
     }
 
     /// nginx answers `/api` with a 301 to `/api/` when `location /api/` has
@@ -1381,7 +1746,7 @@ impl<'o> Cx<'o> {
             .entry(upstream.clone())
             .or_default()
             .push(match ct {
-                Some((ms, at)) => (ms, Some(at)),
+                Some((ms, at, text)) => (ms, Some((at, text))),
                 None => (NGINX_DEFAULT_TIMEOUT_MS, None),
             });
 
@@ -1427,9 +1792,10 @@ impl<'o> Cx<'o> {
                         (Some(p.clone()), Some(u.clone()))
                     }
                 }
-                (Some(_), LocKind::Named) => (None, None),
+                (Some(_), LocKind::Named(_)) => (None, None),
             }
         };
+        self.proxy_redirects(d, scope, &proxy_host, uri.as_deref());
         let host_rewrite = self.host_header(scope, &proxy_host);
         let timeout_ms = scope
             .read_timeout
@@ -1441,6 +1807,51 @@ impl<'o> Cx<'o> {
             host_rewrite,
             timeout_ms,
         })
+    }
+
+    /// nginx rewrites `Location` and `Refresh` headers from the upstream:
+    /// by default (`proxy_redirect default`, implicit) from the proxied
+    /// address to the location the client asked; Aegis passes them as sent.
+    fn proxy_redirects(
+        &mut self,
+        pass: &Directive,
+        scope: &Scope,
+        proxy_host: &str,
+        uri: Option<&str>,
+    ) {
+        let why_default = format!(
+            "nginx's `proxy_redirect default` rewrites a Location or Refresh header from the \
+             upstream that starts with `http://{proxy_host}{}` to the client's scheme, host and \
+             this location; Aegis passes it unchanged (the data plane has no Location rewrite yet)",
+            uri.unwrap_or("/")
+        );
+        let Some(list) = scope.redirects.clone() else {
+            self.note(
+                pass,
+                Impact::Differs,
+                format!("{why_default} (implicit: no proxy_redirect is set)"),
+            );
+            return;
+        };
+        for r in &list {
+            match (r.arg(0), r.arg(1)) {
+                (Some("off"), None) => {}
+                (Some("default"), None) => self.note(r, Impact::Differs, why_default.clone()),
+                (Some(from), Some(to)) => self.note(
+                    r,
+                    Impact::Dropped,
+                    format!(
+                        "Aegis does not rewrite Location headers from the upstream: a Location \
+                         starting with `{from}` reaches the client as sent instead of with `{to}`"
+                    ),
+                ),
+                _ => self.note(
+                    r,
+                    Impact::Dropped,
+                    "not a proxy_redirect form the importer knows",
+                ),
+            }
+        }
     }
 
     /// The Host nginx sends: `$proxy_host` unless proxy_set_header says otherwise.
@@ -1765,6 +2176,7 @@ impl<'o> Cx<'o> {
             response_remove: Vec::new(),
             rate_limit: None,
             max_request_body: None,
+            websocket: false,
         }
     }
 
@@ -1807,15 +2219,35 @@ impl<'o> Cx<'o> {
             ("x-forwarded-for", "$proxy_add_x_forwarded_for") => {}
             ("x-forwarded-proto", "$scheme") => {}
             ("x-forwarded-host", "$host" | "$http_host") => {}
-            ("x-forwarded-for", "$remote_addr") => self.note(
-                d,
-                Impact::Differs,
-                "Aegis appends the client to an X-Forwarded-For the client sent, as \
-                 $proxy_add_x_forwarded_for does",
-            ),
-            ("connection", _) | ("upgrade", _) => {
-                // Aegis strips and rebuilds connection headers itself and
-                // passes WebSocket upgrades through.
+            ("x-forwarded-for", "$remote_addr") => {
+                // A replacement: request edits apply after Aegis appended the
+                // client, so this leaves the client address alone, as nginx.
+                r.request_set.push((lname, "$remote_addr".to_string()));
+            }
+            ("upgrade", v) => {
+                r.websocket = true;
+                if !v.contains("$http_upgrade") {
+                    self.note(
+                        d,
+                        Impact::Differs,
+                        format!(
+                            "nginx sends `Upgrade: {v}` upstream on every request; Aegis upgrades \
+                             the route (`websocket: true`) but passes Upgrade only when the client \
+                             asks for it"
+                        ),
+                    );
+                }
+                if !crate::model::engine_has_websocket() {
+                    self.note(
+                        d,
+                        Impact::Differs,
+                        "this engine has no route `websocket` key yet: Aegis passes upgrades \
+                         on every route, nginx only where the Upgrade header is set",
+                    );
+                }
+            }
+            ("connection", _) => {
+                // Aegis strips and rebuilds connection headers itself.
             }
             (_, "") => push_unique(&mut r.request_remove, lname),
             (_, v) if v == format!("$http_{}", lname.replace('-', "_")) => {
@@ -1832,7 +2264,7 @@ impl<'o> Cx<'o> {
                     r.request_set.push((lname, v.to_string()));
                 }
             }
-            (_, v) => match request_value_template(v) {
+            (_, v) => match request_value_template(v, &self.cur_primary, &self.cur_ports) {
                 Ok(t) => r.request_set.push((lname, t)),
                 Err(why) => self.note(d, Impact::Dropped, &why),
             },
@@ -2057,7 +2489,12 @@ impl<'o> Cx<'o> {
             "index",
             "root",
         ];
+        if n == "include" || n == "types" {
+            // Followed by the reader / used for `return` text.
+            return;
+        }
         if ignored_quietly.contains(&n) {
+            self.note(d, Impact::Ignored, ignored_reason(n));
             return;
         }
         let (impact, why): (Impact, &str) = match n {
@@ -2066,9 +2503,15 @@ impl<'o> Cx<'o> {
                 return;
             }
             "gzip" if d.arg(0) == Some("off") => return,
-            "gzip" | "gzip_static" | "gunzip" | "brotli" => (
-                Impact::Dropped,
-                "Aegis does not compress responses; upstream responses pass as they are",
+            "gzip" | "gzip_static" | "gunzip" => (
+                Impact::Differs,
+                "Aegis does not compress responses yet: clients get the same content without \
+                 Content-Encoding (upstream-compressed responses pass as they are)",
+            ),
+            _ if n.starts_with("brotli") => (
+                Impact::Differs,
+                "Aegis does not compress responses yet: clients get the same content without \
+                 Content-Encoding",
             ),
             "merge_slashes" if d.arg(0) == Some("on") => return,
             "merge_slashes" => (
@@ -2153,9 +2596,15 @@ impl<'o> Cx<'o> {
                 return;
             }
             "default_type" => return,
-            _ if n.starts_with("proxy_cache") || n.starts_with("proxy_store") => {
-                (Impact::Dropped, "response caching is not part of Aegis")
-            }
+            _ if n.starts_with("proxy_cache") && !self.caches => (
+                Impact::Ignored,
+                "no effect: no proxy_cache is set anywhere in this config",
+            ),
+            _ if n.starts_with("proxy_cache") || n.starts_with("proxy_store") => (
+                Impact::Dropped,
+                "response caching is not part of Aegis (out of scope for now): responses are \
+                 not cached",
+            ),
             _ if n.starts_with("sub_filter") => {
                 (Impact::Dropped, "response body rewriting is not supported")
             }
@@ -2185,109 +2634,217 @@ impl<'o> Cx<'o> {
 
     // ---------------------------------------------------------------- finish
 
-    fn finish(mut self) -> Conversion {
-        // Listen sockets: which server is the default of each.
-        let mut sockets: Vec<(String, bool, Vec<usize>)> = Vec::new();
-        for (i, s) in self.servers.iter().enumerate() {
+    fn finish(mut self, tree: &[Directive]) -> Conversion {
+        let servers = std::mem::take(&mut self.servers);
+        // Listen sockets, in order of first appearance, with their servers.
+        let mut sockets: Vec<Socket> = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
             for l in &s.listens {
-                match sockets.iter_mut().find(|(a, _, _)| *a == l.addr) {
-                    Some((_, ssl, members)) => {
-                        *ssl |= l.ssl;
-                        if !members.contains(&i) {
-                            members.push(i);
+                match sockets.iter_mut().find(|k| k.addr == l.addr) {
+                    Some(k) => {
+                        k.ssl |= l.ssl;
+                        if !k.members.contains(&i) {
+                            k.members.push(i);
                         }
                     }
-                    None => sockets.push((l.addr.clone(), l.ssl, vec![i])),
+                    None => sockets.push(Socket {
+                        addr: l.addr.clone(),
+                        ssl: l.ssl,
+                        members: vec![i],
+                    }),
                 }
             }
         }
-        let default_of = |addr: &str, members: &[usize], servers: &[Server]| -> Option<usize> {
-            members
-                .iter()
-                .copied()
-                .find(|i| {
-                    servers
-                        .get(*i)
-                        .is_some_and(|s| s.listens.iter().any(|l| l.addr == addr && l.default))
-                })
-                .or_else(|| members.first().copied())
-        };
-        let defaults: Vec<usize> = sockets
+        // nginx's default server of a socket: `default_server`, else the first.
+        let defaults: Vec<Option<usize>> = sockets
             .iter()
-            .filter_map(|(a, _, m)| default_of(a, m, &self.servers))
+            .map(|k| {
+                k.members
+                    .iter()
+                    .copied()
+                    .find(|i| {
+                        servers.get(*i).is_some_and(|s| {
+                            s.listens.iter().any(|l| l.addr == k.addr && l.default)
+                        })
+                    })
+                    .or_else(|| k.members.first().copied())
+            })
             .collect();
-        let any_server = defaults.first().copied();
-        if let Some(first) = any_server
-            && defaults.iter().any(|d| *d != first)
-            && let Some(s) = self.servers.get(first)
-        {
-            let at = s.at.clone();
-            self.findings.push(Finding {
-                at,
-                directive: "server".into(),
-                impact: Impact::Differs,
-                reason: "listen sockets have different default servers; Aegis has one \
-                         set of routes for unknown hosts, this server's"
-                    .into(),
-            });
+
+        // Names are looked up per socket, as nginx does: the first server of
+        // a socket with a name keeps it there.
+        let mut claims: Vec<HashMap<String, usize>> = Vec::new();
+        for k in &sockets {
+            let mut claim: HashMap<String, usize> = HashMap::new();
+            for &m in &k.members {
+                let Some(s) = servers.get(m) else { continue };
+                for (n, dir) in &s.name_dirs {
+                    match claim.get(n) {
+                        Some(&first) if first != m => {
+                            let first_at = servers.get(first).map(|f| f.at.to_string());
+                            self.note(
+                                dir,
+                                Impact::Ignored,
+                                format!(
+                                    "`{n}` is also named by the server at {} on {}: nginx uses the \
+                                     first server there, and so does the import",
+                                    first_at.unwrap_or_default(),
+                                    k.addr
+                                ),
+                            );
+                        }
+                        Some(_) => {}
+                        None => {
+                            claim.insert(n.clone(), m);
+                        }
+                    }
+                }
+            }
+            claims.push(claim);
         }
-        let all_addrs: Vec<String> = sockets.iter().map(|(a, _, _)| a.clone()).collect();
-        for s in &self.servers {
-            let mine: Vec<&String> = s.listens.iter().map(|l| &l.addr).collect();
-            if all_addrs.iter().any(|a| !mine.contains(&a)) {
-                self.findings.push(Finding {
-                    at: s.at.clone(),
-                    directive: "server".into(),
-                    impact: Impact::Differs,
-                    reason: format!(
-                        "Aegis serves every route on every listener; this server's routes are also \
-                         reachable on {}",
-                        all_addrs
-                            .iter()
-                            .filter(|a| !mine.contains(a))
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
+
+        // Aegis picks routes by host, on every listener alike: one server per
+        // name. When sockets disagree (the :80 redirect + :443 site pair),
+        // the server that serves content wins, preferring one on TLS.
+        let mut order: Vec<String> = Vec::new();
+        for s in &servers {
+            for (n, _) in &s.name_dirs {
+                if !order.contains(n) {
+                    order.push(n.clone());
+                }
+            }
+        }
+        let mut emitted: Vec<Vec<String>> = vec![Vec::new(); servers.len()];
+        for n in &order {
+            let mut cands: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (si, c) in claims.iter().enumerate() {
+                if let Some(&m) = c.get(n) {
+                    match cands.iter_mut().find(|(s, _)| *s == m) {
+                        Some((_, socks)) => socks.push(si),
+                        None => cands.push((m, vec![si])),
+                    }
+                }
+            }
+            let score = |(m, socks): &(usize, Vec<usize>)| {
+                let content = servers.get(*m).is_some_and(|s| !s.redirect_only());
+                let tls = socks
+                    .iter()
+                    .any(|si| sockets.get(*si).is_some_and(|k| k.ssl));
+                (content, tls)
+            };
+            let Some(winner) = cands
+                .iter()
+                .enumerate()
+                .max_by(|(ia, a), (ib, b)| score(a).cmp(&score(b)).then(ib.cmp(ia)))
+                .map(|(_, c)| c.0)
+            else {
+                continue;
+            };
+            if let Some(e) = emitted.get_mut(winner) {
+                e.push(n.clone());
+            }
+            let winner_at = servers
+                .get(winner)
+                .map(|s| s.at.to_string())
+                .unwrap_or_default();
+            for (m, socks) in &cands {
+                if *m == winner {
+                    continue;
+                }
+                let Some(s) = servers.get(*m) else { continue };
+                let Some((_, dir)) = s.name_dirs.iter().find(|(x, _)| x == n) else {
+                    continue;
+                };
+                let on: Vec<String> = socks
+                    .iter()
+                    .filter_map(|si| sockets.get(*si).map(|k| k.addr.clone()))
+                    .collect();
+                let what = if s.redirect_only() {
+                    " (it only redirects)"
+                } else {
+                    ""
+                };
+                self.note(
+                    dir,
+                    Impact::Dropped,
+                    format!(
+                        "on {} nginx answers `{n}` with this server{what}; Aegis chooses routes \
+                         by host, not by listener, so requests for `{n}` there get the routes of \
+                         the server at {winner_at} instead (the engine lacks per-listener routes)",
+                        on.join(", ")
                     ),
-                });
+                );
             }
         }
 
-        // Host names: the first server that claims a name keeps it.
-        let mut claimed: HashMap<String, usize> = HashMap::new();
-        let mut server_names: Vec<Vec<String>> = Vec::new();
-        for (i, s) in self.servers.iter().enumerate() {
-            let mut keep = Vec::new();
-            for n in &s.names {
-                match claimed.get(n) {
-                    Some(_) => self.findings.push(Finding {
-                        at: s.at.clone(),
-                        directive: format!("server_name {n}"),
-                        impact: Impact::Ignored,
-                        reason: "a conflicting server name: nginx uses the first server with it, \
-                                 and so does the import"
-                            .into(),
-                    }),
-                    None => {
-                        claimed.insert(n.clone(), i);
-                        keep.push(n.clone());
-                    }
-                }
+        // Unknown hosts: Aegis has one set of routes for them, the default
+        // server of the first socket.
+        let any_server = defaults.first().copied().flatten();
+        let any_at = any_server
+            .and_then(|i| servers.get(i))
+            .map(|s| s.at.to_string())
+            .unwrap_or_default();
+        let mut reported_default: HashSet<usize> = HashSet::new();
+        for (si, k) in sockets.iter().enumerate() {
+            let Some(d) = defaults.get(si).copied().flatten() else {
+                continue;
+            };
+            if Some(d) == any_server || !reported_default.insert(d) {
+                continue;
             }
-            server_names.push(keep);
+            let Some(s) = servers.get(d) else { continue };
+            let named = emitted.get(d).is_some_and(|e| !e.is_empty());
+            let (impact, tail) = if named || s.routes.is_empty() {
+                (Impact::Differs, "")
+            } else {
+                (
+                    Impact::Dropped,
+                    "; this server has no name to route by, so its routes are not served at all",
+                )
+            };
+            let dir = s.directive();
+            self.note(
+                &dir,
+                impact,
+                format!(
+                    "nginx's default server of {}; in Aegis unknown hosts there get the default \
+                     server of the first socket ({any_at}){tail}",
+                    k.addr
+                ),
+            );
         }
-        let wildcards: Vec<String> = claimed
-            .keys()
+        let all_addrs: Vec<String> = sockets.iter().map(|k| k.addr.clone()).collect();
+        for s in &servers {
+            let mine: Vec<&String> = s.listens.iter().map(|l| &l.addr).collect();
+            let others: Vec<String> = all_addrs
+                .iter()
+                .filter(|a| !mine.contains(a))
+                .cloned()
+                .collect();
+            if !others.is_empty() && !s.routes.is_empty() {
+                let dir = s.directive();
+                self.note(
+                    &dir,
+                    Impact::Differs,
+                    format!(
+                        "Aegis serves every route on every listener; this server's routes are \
+                         also reachable on {}",
+                        others.join(", ")
+                    ),
+                );
+            }
+        }
+        let wildcards: Vec<String> = emitted
+            .iter()
+            .flatten()
             .filter(|n| n.starts_with("*."))
             .cloned()
             .collect();
 
         let mut routes = Vec::new();
-        let servers = std::mem::take(&mut self.servers);
         for (i, s) in servers.iter().enumerate() {
-            let names = server_names.get(i).cloned().unwrap_or_default();
-            let is_any = any_server == Some(i);
-            if is_any {
+            let names = emitted.get(i).cloned().unwrap_or_default();
+            if any_server == Some(i) {
                 // Its routes answer unknown hosts. Its own names must still
                 // win over other servers' wildcards that would cover them.
                 let needs_named = names.iter().any(|n| {
@@ -2296,9 +2853,7 @@ impl<'o> Cx<'o> {
                             .iter()
                             .any(|w| w.get(1..).is_some_and(|suffix| n.ends_with(suffix)))
                 });
-                for r in &s.routes {
-                    routes.push(r.clone());
-                }
+                routes.extend(s.routes.iter().cloned());
                 if needs_named {
                     for r in &s.routes {
                         let mut r = r.clone();
@@ -2308,15 +2863,16 @@ impl<'o> Cx<'o> {
                     }
                 }
             } else if names.is_empty() {
-                if !s.routes.is_empty() {
-                    self.findings.push(Finding {
-                        at: s.at.clone(),
-                        directive: "server".into(),
-                        impact: Impact::Ignored,
-                        reason: "a server with no usable name that is not the default server is \
-                                 reached only by requests without a Host; its routes are left out"
-                            .into(),
-                    });
+                let is_default = defaults.contains(&Some(i));
+                if !s.routes.is_empty() && !is_default && s.name_dirs.is_empty() {
+                    let dir = s.directive();
+                    self.note(
+                        &dir,
+                        Impact::Ignored,
+                        "a server with no name that is not the default server of any of its \
+                         sockets: nginx reaches it only for requests without a Host header \
+                         (HTTP/1.0); its routes are left out",
+                    );
                 }
             } else {
                 for r in &s.routes {
@@ -2337,10 +2893,10 @@ impl<'o> Cx<'o> {
                 .cloned()
                 .unwrap_or_default();
             let first = asks.first().map_or(NGINX_DEFAULT_TIMEOUT_MS, |(t, _)| *t);
-            if let Some((_, Some(at))) = asks.iter().find(|(t, _)| *t != first) {
+            if let Some((_, Some((at, text)))) = asks.iter().find(|(t, _)| *t != first) {
                 self.findings.push(Finding {
                     at: at.clone(),
-                    directive: "proxy_connect_timeout".into(),
+                    directive: text.clone(),
                     impact: Impact::Differs,
                     reason: format!(
                         "Aegis has one connect timeout per upstream; `{}` uses {first} ms",
@@ -2352,59 +2908,106 @@ impl<'o> Cx<'o> {
             upstreams.push(out);
         }
 
-        // TLS.
-        let mut tls = Vec::new();
+        // TLS: a server's certificate serves the names it holds on its TLS
+        // sockets; the default server of a TLS socket also answers unknown SNI.
+        let mut tls: Vec<TlsOut> = Vec::new();
         let mut tls_default = false;
-        for (i, mut t) in std::mem::take(&mut self.tls) {
-            let names = server_names.get(i).cloned().unwrap_or_default();
+        let mut sni_taken: HashSet<String> = HashSet::new();
+        for c in std::mem::take(&mut self.tls) {
+            let i = c.server;
+            let mut names: Vec<String> = Vec::new();
+            let mut is_default = false;
+            for (si, k) in sockets.iter().enumerate() {
+                if !k.ssl || !k.members.contains(&i) {
+                    continue;
+                }
+                if defaults.get(si).copied().flatten() == Some(i) {
+                    is_default = true;
+                }
+                if let Some(claim) = claims.get(si)
+                    && let Some(s) = servers.get(i)
+                {
+                    for (n, _) in &s.name_dirs {
+                        if claim.get(n) == Some(&i) && !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                }
+            }
+            let covered = cert_names(&c.source);
+            if let Some(cov) = &covered {
+                let (ok, not): (Vec<String>, Vec<String>) =
+                    names.into_iter().partition(|n| name_covered(cov, n));
+                names = ok;
+                if !not.is_empty() {
+                    self.note(
+                        &c.cert,
+                        Impact::Differs,
+                        format!(
+                            "the certificate does not cover {}: nginx serves it anyway (clients \
+                             see a name mismatch), Aegis does not offer it for those names",
+                            not.join(", ")
+                        ),
+                    );
+                }
+            }
+            names.retain(|n| !sni_taken.contains(n));
+            if names.is_empty() && is_default {
+                // `server_name _` (or a name the certificate does not cover):
+                // name the certificate by what it covers, so it can be the
+                // default one.
+                names = covered
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| !sni_taken.contains(n))
+                    .collect();
+            }
+            if names.is_empty() {
+                let (impact, why) = if is_default {
+                    (
+                        Impact::Dropped,
+                        "this default server's certificate names nothing Aegis can file it \
+                         under (no server_name and no DNS name in the certificate); TLS \
+                         handshakes that nginx answers with it fail",
+                    )
+                } else {
+                    (
+                        Impact::Ignored,
+                        "nginx never picks this server for a TLS connection (its names belong \
+                         to other servers on its TLS sockets), so its certificate is never served",
+                    )
+                };
+                self.note(&c.cert, impact, why);
+                continue;
+            }
+            for n in &names {
+                sni_taken.insert(n.clone());
+            }
+            let mut t = c.out;
             t.server_names = names;
-            if any_server == Some(i)
-                || sockets
-                    .iter()
-                    .any(|(a, ssl, m)| *ssl && default_of(a, m, &servers) == Some(i))
-            {
+            if is_default && !tls.iter().any(|t| t.default) {
                 t.default = true;
                 tls_default = true;
             }
-            if t.server_names.is_empty() {
-                if let Some(s) = servers.get(i) {
-                    self.findings.push(Finding {
-                        at: s.at.clone(),
-                        directive: "ssl_certificate".into(),
-                        impact: Impact::Dropped,
-                        reason: "Aegis needs a server name for a certificate; give the server a server_name".into(),
-                    });
-                }
-                continue;
-            }
             tls.push(t);
-        }
-        if tls.iter().filter(|t| t.default).count() > 1 {
-            let mut seen = false;
-            for t in &mut tls {
-                if t.default {
-                    t.default = !seen;
-                    seen = true;
-                }
-            }
         }
 
         let mut listen = Vec::new();
         let mut listen_tls = Vec::new();
-        for (a, ssl, _) in &sockets {
-            if *ssl {
-                listen_tls.push(a.clone());
+        for k in &sockets {
+            if k.ssl {
+                listen_tls.push(k.addr.clone());
             } else {
-                listen.push(a.clone());
+                listen.push(k.addr.clone());
             }
         }
 
-        // Findings: sorted and without repeats (inherited directives are
-        // looked at once per location).
-        let mut seen = HashSet::new();
-        let mut findings: Vec<Finding> = std::mem::take(&mut self.findings)
-            .into_iter()
-            .filter(|f| seen.insert((f.at.to_string(), f.directive.clone(), f.reason.clone())))
+        let report = self.account(tree);
+        let mut findings: Vec<Finding> = report
+            .iter()
+            .filter(|f| f.impact != Impact::Carried)
+            .cloned()
             .collect();
         findings
             .sort_by(|a, b| (a.at.file.as_ref(), a.at.line).cmp(&(b.at.file.as_ref(), b.at.line)));
@@ -2425,6 +3028,219 @@ impl<'o> Cx<'o> {
                 copies: self.copies,
             },
             findings,
+            report,
+        }
+    }
+
+    /// One report entry per directive of the input, in input order. The
+    /// notes made while converting are merged per directive (the most severe
+    /// impact wins, the reasons are joined); a directive inside a block
+    /// that was not carried shares its block's fate; anything else that
+    /// nothing accounted for is listed as dropped, never silently carried.
+    fn account(&mut self, tree: &[Directive]) -> Vec<Finding> {
+        let mut merged: Merged = HashMap::new();
+        for f in std::mem::take(&mut self.findings) {
+            let key = (f.at.file.to_string(), f.at.line, f.directive.clone());
+            let e = merged.entry(key).or_insert((Impact::Carried, Vec::new()));
+            e.0 = e.0.min(f.impact);
+            if !f.reason.is_empty() && !e.1.contains(&f.reason) {
+                e.1.push(f.reason);
+            }
+        }
+        let mut out = Vec::new();
+        walk_report(tree, None, &merged, &mut out);
+        out
+    }
+}
+
+/// The notes about each directive, keyed by file, line and text: the most
+/// severe impact and the reasons.
+type Merged = HashMap<(String, usize, String), (Impact, Vec<String>)>;
+
+/// Blocks whose children are data of the block itself (carried with it).
+const DATA_BLOCKS: &[&str] = &["types", "map", "geo", "split_clients"];
+
+/// The reason a directive nothing accounted for gets (the completeness test
+/// looks for it).
+pub const UNACCOUNTED: &str = "not accounted for by the importer; check it by hand";
+
+fn walk_report(
+    ds: &[Directive],
+    parent: Option<(&Directive, Impact)>,
+    merged: &Merged,
+    out: &mut Vec<Finding>,
+) {
+    for d in ds {
+        let key = (d.at.file.to_string(), d.at.line, d.text());
+        let (impact, reason) = match (merged.get(&key), parent) {
+            (Some((impact, reasons)), _) => (*impact, reasons.join("; ")),
+            (None, Some((p, pi))) if pi != Impact::Carried => (
+                pi,
+                format!("inside `{}` ({}), which is {}", p.text(), p.at, pi.label()),
+            ),
+            (None, Some((p, _))) if DATA_BLOCKS.contains(&p.name.as_str()) => (
+                Impact::Carried,
+                format!("an entry of `{}` ({})", p.name, p.at),
+            ),
+            (None, _) => (Impact::Dropped, UNACCOUNTED.to_string()),
+        };
+        out.push(Finding {
+            at: d.at.clone(),
+            directive: d.text(),
+            impact,
+            reason,
+        });
+        if let Some(b) = &d.block {
+            walk_report(b, Some((d, impact)), merged, out);
+        }
+    }
+}
+
+/// A connect timeout a location asks of an upstream: milliseconds, and
+/// where (with the directive's text) when it was written out.
+type TimeoutAsk = (u64, Option<(Loc, String)>);
+
+#[derive(Debug, Clone)]
+struct Socket {
+    addr: String,
+    ssl: bool,
+    members: Vec<usize>,
+}
+
+/// A server's certificate, before the names it serves are known.
+#[derive(Debug, Clone)]
+struct CertIn {
+    server: usize,
+    out: TlsOut,
+    cert: Directive,
+    /// The certificate file as nginx reads it.
+    source: PathBuf,
+}
+
+/// The DNS names a PEM certificate covers (its subjectAltNames, else its
+/// common name), lower-cased; `None` when the file cannot be read.
+fn cert_names(path: &Path) -> Option<Vec<String>> {
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                push_unique(&mut names, d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                push_unique(&mut names, s.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(names)
+}
+
+/// Whether a certificate name list covers `name` (one-label `*.` wildcards).
+fn name_covered(cov: &[String], name: &str) -> bool {
+    let probe = match name.strip_prefix("*.") {
+        Some(rest) => format!("aegis-probe.{rest}"),
+        None => name.to_string(),
+    };
+    cov.iter().any(|c| match c.strip_prefix("*.") {
+        Some(suffix) => probe
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => *c == probe,
+    })
+}
+
+/// Whether any `proxy_cache ZONE` (not `off`) is set in the tree.
+fn uses_cache(ds: &[Directive]) -> bool {
+    ds.iter().any(|d| {
+        (d.name == "proxy_cache" && d.arg(0) != Some("off"))
+            || d.block.as_deref().is_some_and(uses_cache)
+    })
+}
+
+/// A directive without its block (for findings and lookups).
+fn bare(d: &Directive) -> Directive {
+    Directive {
+        name: d.name.clone(),
+        args: d.args.clone(),
+        block: None,
+        at: d.at.clone(),
+    }
+}
+
+/// `try_files /dev/null @x`: no file ever matches (PeerTube's way of always
+/// using the fallback).
+fn only_dev_null(t: &Directive) -> bool {
+    let n = t.args.len().saturating_sub(1);
+    n > 0 && t.args.iter().take(n).all(|a| a == "/dev/null")
+}
+
+/// Why a directive with no effect a client sees is ignored.
+fn ignored_reason(n: &str) -> &'static str {
+    match n {
+        "sendfile" | "tcp_nopush" | "tcp_nodelay" | "aio" | "directio" | "output_buffers"
+        | "postpone_output" => "how nginx writes to sockets; Aegis has its own I/O",
+        _ if n.starts_with("open_file_cache") => "nginx's file-descriptor cache",
+        _ if n.starts_with("keepalive")
+            || n.starts_with("lingering")
+            || n.ends_with("_timeout")
+            || n == "reset_timedout_connection" =>
+        {
+            "client connection keep-alive and timeouts: Aegis uses its own limits (docs/CONFIG.md)"
+        }
+        "proxy_http_version" => {
+            "Aegis talks HTTP/1.1 to upstreams over pooled connections (upgrades per route)"
+        }
+        _ if n.contains("buffer") || n.contains("temp_") || n.ends_with("_buffering") => {
+            "buffering: Aegis streams bodies"
+        }
+        "access_log"
+        | "error_log"
+        | "log_format"
+        | "log_not_found"
+        | "log_subrequest"
+        | "open_log_file_cache" => "logging: Aegis writes its own access log",
+        _ if n.contains("hash_") => "nginx's table sizing",
+        "resolver" | "resolver_timeout" => "DNS: Aegis resolves upstream names itself",
+        "server_tokens" => "the Server header: each proxy sends its own",
+        _ if n.starts_with("gzip") => "compression tuning; Aegis does not compress yet",
+        _ if n.starts_with("ssl_") || n.starts_with("http2") => {
+            "TLS and HTTP/2 tuning: rustls and hyper's own choices"
+        }
+        "index" | "root" => {
+            "used only where files are served (listed there); Aegis serves no files yet"
+        }
+        _ => "no difference a client sees",
+    }
+}
+
+/// The directives (outside `map` blocks) whose arguments use `var`.
+fn uses_of<'a>(ds: &'a [Directive], var: &str, out: &mut Vec<&'a Directive>) {
+    let bare_var = var.trim_start_matches('$');
+    let braced = format!("${{{bare_var}}}");
+    for d in ds {
+        if d.name == "map" {
+            continue;
+        }
+        let hit = d.args.iter().any(|a| {
+            a.contains(&braced)
+                || a.match_indices(var).any(|(i, _)| {
+                    let end = i.saturating_add(var.len());
+                    !a.as_bytes()
+                        .get(end)
+                        .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                })
+        });
+        if hit {
+            out.push(d);
+        }
+        if let Some(b) = &d.block {
+            uses_of(b, var, out);
         }
     }
 }
@@ -2615,7 +3431,11 @@ mod tests;
 /// A `proxy_set_header` value with variables → an Aegis request-header
 /// template (`$remote_addr`, `$scheme`, `$host`, `$request_uri`, `$uri`,
 /// `$args`, `$is_args`).
-fn request_value_template(text: &str) -> Result<String, String> {
+fn request_value_template(
+    text: &str,
+    server_name: &str,
+    ports: &[String],
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -2639,6 +3459,32 @@ fn request_value_template(text: &str) -> Result<String, String> {
             "http_host" => "host",
             "document_uri" => "uri",
             "query_string" => "args",
+            "server_name" if !server_name.contains('$') => {
+                out.push_str(server_name);
+                rest = var.get(len..).unwrap_or("");
+                continue;
+            }
+            "server_port" => match ports {
+                [one] => {
+                    out.push_str(one);
+                    rest = var.get(len..).unwrap_or("");
+                    continue;
+                }
+                _ => {
+                    return Err(
+                        "request header with `$server_port` of a server on several ports: \
+                         Aegis has no per-listener variable; the header is not sent"
+                            .into(),
+                    );
+                }
+            },
+            "request_id" => {
+                return Err(
+                    "request header with `$request_id`: the engine has no per-request id \
+                     variable yet; the header is not sent"
+                        .into(),
+                );
+            }
             other => {
                 return Err(format!(
                     "request header with `${other}`: Aegis request headers take $remote_addr, \

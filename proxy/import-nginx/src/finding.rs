@@ -15,6 +15,9 @@ pub enum Impact {
     /// Not carried over, and it changes nothing a client sees (process
     /// settings, buffers, logging...).
     Ignored,
+    /// Carried over exactly. Listed in the report too, so that every
+    /// directive of the input appears in it exactly once.
+    Carried,
 }
 
 impl Impact {
@@ -23,6 +26,7 @@ impl Impact {
             Impact::Dropped => "dropped",
             Impact::Differs => "differs",
             Impact::Ignored => "ignored",
+            Impact::Carried => "carried",
         }
     }
 }

@@ -114,19 +114,22 @@ pub fn write_set(conv: &Conversion, conf: &Path, out: &Path) -> Result<String, I
     }
 }
 
-/// The human report: every finding, grouped by impact.
+/// The human report: every directive of the input exactly once, grouped by
+/// impact (dropped, differs, ignored, then carried).
 pub fn report(conv: &Conversion, conf: &Path) -> String {
     let mut out = format!("aegis import-nginx {}\n", conf.display());
-    for impact in [Impact::Dropped, Impact::Differs, Impact::Ignored] {
-        let list: Vec<&Finding> = conv
-            .findings
-            .iter()
-            .filter(|f| f.impact == impact)
-            .collect();
+    for impact in [
+        Impact::Dropped,
+        Impact::Differs,
+        Impact::Ignored,
+        Impact::Carried,
+    ] {
+        let list: Vec<&Finding> = conv.report.iter().filter(|f| f.impact == impact).collect();
         let title = match impact {
             Impact::Dropped => "Dropped (clients would see a difference)",
             Impact::Differs => "Carried over with a difference",
             Impact::Ignored => "Ignored (no difference a client sees)",
+            Impact::Carried => "Carried over exactly",
         };
         out.push_str(&format!("\n{title}: {}\n", list.len()));
         for f in list {

@@ -111,6 +111,35 @@ pub struct RouteOut {
     pub response_remove: Vec<String>,
     pub rate_limit: Option<String>,
     pub max_request_body: Option<u64>,
+    /// nginx sets `Upgrade $http_upgrade` here: the route upgrades
+    /// (WebSocket). Written only when the engine knows the key.
+    pub websocket: bool,
+}
+
+/// Whether the engine this importer is built with accepts a route's
+/// `websocket` key (it is being added alongside this importer; until then
+/// the key is written as a comment so the set still loads).
+pub fn engine_has_websocket() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        use aegis_engine::config::{ConfigSource, SourceFile, compile, parse_settings};
+        let files = vec![
+            SourceFile {
+                name: "aegis.yaml".into(),
+                text: "listen: [\"127.0.0.1:1\"]\n".into(),
+            },
+            SourceFile {
+                name: "routes.yaml".into(),
+                text: "upstreams:\n  - name: u\n    endpoints: [\"127.0.0.1:9\"]\n\
+                       routes:\n  - name: r\n    upstream: u\n    websocket: true\n"
+                    .into(),
+            },
+        ];
+        let src = ConfigSource::from_files(std::path::Path::new("."), files);
+        parse_settings(&src)
+            .ok()
+            .is_some_and(|s| compile(&src, &s.limits).is_ok())
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,6 +413,15 @@ impl ConfigSet {
             }
             if let Some(n) = r.max_request_body {
                 let _ = writeln!(out, "    max_request_body: {n}");
+            }
+            if r.websocket {
+                if engine_has_websocket() {
+                    out.push_str("    websocket: true\n");
+                } else {
+                    out.push_str(
+                        "    # websocket: true  (nginx upgrades here; this engine has no such key yet)\n",
+                    );
+                }
             }
         }
         out

@@ -11,7 +11,9 @@
 //! conf prefix), and a path with `*`, `?` or `[` is a glob whose matches are
 //! read in sorted order (no match is not an error, as in nginx). Every
 //! directive keeps the file and line it was written on, so findings can point
-//! at `file:line` even inside included files.
+//! at `file:line` even inside included files. The `include` directive itself
+//! stays in the tree, just before the directives it expanded to, so that the
+//! import report can account for every directive of the input.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -156,7 +158,11 @@ impl Reader {
                 Token::Semi(line) => {
                     let d = directive(std::mem::take(&mut words), None, file, *line)?;
                     if d.name == "include" {
-                        out.extend(self.include(&d, depth)?);
+                        // Kept in the tree (so the import report can list
+                        // it), followed by what it expands to.
+                        let expanded = self.include(&d, depth)?;
+                        out.push(d);
+                        out.extend(expanded);
                     } else {
                         out.push(d);
                     }

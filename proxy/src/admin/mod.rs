@@ -3,7 +3,12 @@
 //! `/admin/` that other parts of the proxy register (`/admin/config` is
 //! built in; the gate and supervisor add `/admin/verdicts` and
 //! `/admin/workers`). Off loopback, every request must carry
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`, except `GET`/`POST /ready` (a kubelet's
+//! probe carries no token): without the token it answers the status and one
+//! line, with it (or on loopback without a token set) the gate's facts as
+//! JSON ([`ready`]).
+
+pub mod ready;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -41,6 +46,9 @@ pub type PostFn = Arc<
         + Sync,
 >;
 
+/// The gate's facts for `GET /ready`.
+pub type ReadyFn = Arc<dyn Fn() -> ready::Facts + Send + Sync>;
+
 /// Largest body a `POST` endpoint reads.
 pub const MAX_POST_BODY: usize = 4096;
 
@@ -68,6 +76,7 @@ pub struct AdminState {
     endpoints: Arc<RwLock<HashMap<String, JsonFn>>>,
     metrics_sources: Arc<RwLock<Vec<MetricsFn>>>,
     posts: Arc<RwLock<HashMap<String, PostFn>>>,
+    ready: Arc<RwLock<Option<ReadyFn>>>,
 }
 
 impl AdminState {
@@ -83,6 +92,7 @@ impl AdminState {
             endpoints: Arc::new(RwLock::new(HashMap::new())),
             metrics_sources: Arc::new(RwLock::new(Vec::new())),
             posts: Arc::new(RwLock::new(HashMap::new())),
+            ready: Arc::new(RwLock::new(None)),
         };
         let cfg = state.config.clone();
         state.register(
@@ -104,6 +114,41 @@ impl AdminState {
         state
     }
 
+    /// Sets what `GET /ready` reads (the gate registers it). Without one,
+    /// `/ready` answers 503 `not ready: no gate`.
+    pub fn set_ready(&self, f: ReadyFn) {
+        *self.ready.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    /// `GET /ready`: 200 when ready, else 503. `authorized`: the JSON
+    /// detail (versions and verdicts), else a line with the state only.
+    fn handle_ready(&self, req: &Request<Incoming>, authorized: bool) -> Response<Full<Bytes>> {
+        let f = self.ready.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(f) = f else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no gate\n",
+                "text/plain",
+            );
+        };
+        let r = ready::evaluate(f(), ready::require_of(req.uri().query()));
+        let status = if r.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if authorized {
+            let body = serde_json::to_string_pretty(&r).unwrap_or_default();
+            return text(status, &body, "application/json");
+        }
+        let word = if r.ready { "ready" } else { "not ready" };
+        text(
+            status,
+            &format!("{word}: {}\n", r.state.as_str()),
+            "text/plain",
+        )
+    }
+
     /// Adds or replaces a `POST path` endpoint.
     pub fn register_post(&self, path: &str, f: PostFn) {
         self.posts
@@ -113,6 +158,12 @@ impl AdminState {
     }
 
     async fn handle_post(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/ready" {
+            // A webhook (Flagger's pre-rollout) POSTs its own JSON: the
+            // body is not read; the answer is the readiness.
+            let authorized = self.authorized(&req);
+            return self.handle_ready(&req, authorized);
+        }
         if !self.authorized(&req) {
             return text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
         }
@@ -193,7 +244,7 @@ impl AdminState {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
         else {
             return false;
         };
@@ -207,6 +258,10 @@ impl AdminState {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/ready" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            let authorized = self.authorized(&req);
+            return self.handle_ready(&req, authorized);
+        }
         if !self.authorized(&req) {
             return text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
         }
@@ -250,6 +305,17 @@ fn text(status: StatusCode, body: &str, ctype: &'static str) -> Response<Full<By
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme
+/// is case-insensitive (RFC 9110 §11.1: `bearer` and `BEARER` are the
+/// same scheme); spaces around the token are dropped.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The bearer token the admin listener requires at `addr`: none on loopback

@@ -47,8 +47,14 @@ pub fn main(args: ImportArgs) -> ExitCode {
         }
     }
     let dropped = count(Impact::Dropped);
+    let carried = conv
+        .report
+        .iter()
+        .filter(|f| f.impact == Impact::Carried)
+        .count();
     crate::say!(
-        "{} dropped, {} carried with a difference, {} ignored",
+        "{} dropped, {} carried with a difference, {} ignored, {carried} carried exactly \
+         (each directive once in IMPORT-REPORT.txt)",
         dropped,
         count(Impact::Differs),
         count(Impact::Ignored)

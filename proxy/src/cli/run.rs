@@ -122,6 +122,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::telemetry::init_tracing();
     let (gate, started) = gate::start_blocking(&args.config_dir, args.state_dir.as_deref())?;
+    // An admin listener off loopback without a token is refused before any
+    // data listener is bound or worker started: nothing serves half-set-up.
+    check_admin_token(&started.settings)?;
     crate::say!(
         "aegis: config {} ({})",
         started.compiled.version,
@@ -193,6 +196,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Fails when `admin` needs a token (off loopback) and none is set.
+fn check_admin_token(settings: &Settings) -> anyhow::Result<()> {
+    if settings.admin == "off" {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = settings
+        .admin
+        .parse()
+        .map_err(|_| admin::AdminError::BadAddress(settings.admin.clone()))?;
+    admin::resolve_token(
+        &addr,
+        &settings.admin_token_env,
+        settings.admin_token_file.as_deref(),
+    )?;
+    Ok(())
+}
+
 /// Listeners bound by this process ([`bind`]) or inherited from the
 /// supervisor.
 pub struct Listeners {
@@ -233,6 +253,8 @@ pub struct Serving {
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting and drain.
     pub shutdown: CancellationToken,
     pub drain_timeout: std::time::Duration,
+    opts: ConnOptions,
+    acceptor: tokio_rustls::TlsAcceptor,
     tasks: Vec<server::ListenerTask>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -290,10 +312,7 @@ pub async fn start_with(
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();
     if let Some(path) = sample_out {
-        let reservoir = Arc::new(Reservoir::new(
-            settings.sample.capacity,
-            settings.sample.secret_headers.clone(),
-        ));
+        let reservoir = Arc::new(Reservoir::from_settings(&settings.sample));
         builder = builder.reservoir(reservoir.clone());
         background.push(spawn_sample_flush(
             reservoir,
@@ -306,9 +325,20 @@ pub async fn start_with(
     let drain = settings.drain_timeout.0;
     let opts = ConnOptions {
         max_header_bytes: usize::try_from(settings.limits.max_header_bytes.0).unwrap_or(usize::MAX),
+        header_read_timeout: settings.limits.client_header_timeout.0,
+        send_timeout: settings.limits.send_timeout.0,
+        max_connections: match settings.limits.max_connections {
+            0 => server::auto_max_connections(),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
         ..ConnOptions::default()
     };
 
+    let resolver = Arc::new(tls::SniResolver::new(
+        config.clone(),
+        settings.tls_unknown_sni,
+    ));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)));
     let mut tasks = Vec::new();
     for l in listeners.plain {
         let t = server::serve_plain(l, pipeline.clone(), opts.clone(), shutdown.clone(), drain)?;
@@ -317,26 +347,19 @@ pub async fn start_with(
         }
         tasks.push(t);
     }
-    if !listeners.tls.is_empty() {
-        let resolver = Arc::new(tls::SniResolver::new(
-            config.clone(),
-            settings.tls_unknown_sni,
-        ));
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)));
-        for l in listeners.tls {
-            let t = server::serve_tls(
-                l,
-                acceptor.clone(),
-                pipeline.clone(),
-                opts.clone(),
-                shutdown.clone(),
-                drain,
-            )?;
-            if with_admin {
-                crate::say!("aegis: listening https {}", t.local_addr);
-            }
-            tasks.push(t);
+    for l in listeners.tls {
+        let t = server::serve_tls(
+            l,
+            acceptor.clone(),
+            pipeline.clone(),
+            opts.clone(),
+            shutdown.clone(),
+            drain,
+        )?;
+        if with_admin {
+            crate::say!("aegis: listening https {}", t.local_addr);
         }
+        tasks.push(t);
     }
     let mut admin_state = None;
     if with_admin && settings.admin != "off" {
@@ -366,6 +389,8 @@ pub async fn start_with(
         prometheus,
         shutdown,
         drain_timeout: drain,
+        opts,
+        acceptor,
         tasks,
         background,
     })
@@ -376,6 +401,41 @@ impl Serving {
     pub fn promote(&self, compiled: CompiledConfig) {
         self.connector.pools(&compiled);
         self.config.store(Arc::new(compiled));
+    }
+
+    /// Serves more listeners (another worker slot's sockets, while that slot
+    /// has no healthy worker) until `stop` or this process's shutdown; each
+    /// then drains like the others.
+    pub fn serve_more(
+        &self,
+        listeners: Listeners,
+        stop: &CancellationToken,
+    ) -> std::io::Result<Vec<server::ListenerTask>> {
+        let opts = ConnOptions {
+            take_queued_on_stop: false,
+            ..self.opts.clone()
+        };
+        let mut tasks = Vec::new();
+        for l in listeners.plain {
+            tasks.push(server::serve_plain(
+                l,
+                self.pipeline.clone(),
+                opts.clone(),
+                stop.clone(),
+                self.drain_timeout,
+            )?);
+        }
+        for l in listeners.tls {
+            tasks.push(server::serve_tls(
+                l,
+                self.acceptor.clone(),
+                self.pipeline.clone(),
+                opts.clone(),
+                stop.clone(),
+                self.drain_timeout,
+            )?);
+        }
+        Ok(tasks)
     }
 
     /// Stops accepting and waits for requests in flight (each listener gives

@@ -60,6 +60,14 @@ pub struct StatusArgs {
     /// JSON object: `config`, `verdicts`, `workers` (null without workers).
     #[arg(long)]
     pub json: bool,
+    /// Wait (up to SECONDS, default 60) until the gate has settled on what
+    /// the config directory holds now: its content is serving on every worker
+    /// (past the canary), or it was refused, held or rolled back and the
+    /// version before keeps serving. Then print the status. Exit 1 if it has
+    /// not settled in time. Reads the directory (`--config-dir`) to know its
+    /// content, so run it where aegis runs.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+    pub wait: Option<u64>,
 }
 
 pub fn main(args: StatusArgs) -> ExitCode {
@@ -74,6 +82,10 @@ pub fn main(args: StatusArgs) -> ExitCode {
 
 fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let target = Target::resolve(args)?;
+    let settled = match args.wait {
+        Some(secs) => Some(wait_settled(&target, args, Duration::from_secs(secs))?),
+        None => None,
+    };
     let config = target.get_json("/admin/config")?;
     let verdicts = target.get_json("/admin/verdicts")?;
     // Single-process mode has no workers: an empty list, or 404 from an
@@ -92,7 +104,84 @@ fn run(args: &StatusArgs) -> anyhow::Result<()> {
         let now_ms = now_ms();
         print!("{}", render(&config, &verdicts, workers.as_ref(), now_ms));
     }
-    Ok(())
+    match settled {
+        Some(Settled::No { id, secs }) => bail!(
+            "the content of the config directory ({id}) is not settled after {secs} s (judging, on the canary, or could not be judged: see above)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Where `--wait` ended.
+enum Settled {
+    Yes,
+    No { id: String, secs: u64 },
+}
+
+/// Polls the admin API until the directory's content (its snapshot id, as
+/// the gate computes it) is either the active version with no canary
+/// running, or has a newest verdict that is not an acceptance (refused,
+/// held, rolled back) while another version serves.
+fn wait_settled(target: &Target, args: &StatusArgs, within: Duration) -> anyhow::Result<Settled> {
+    let dir = args
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("configs"));
+    let max_file = admin_settings(Some(&dir))?.settings.limits.max_file_size.0;
+    let until = std::time::Instant::now() + within;
+    loop {
+        // Re-read each round: the directory may still be changing.
+        let id = crate::gate::store::Snapshot::read(&dir, max_file)
+            .map(|s| s.id)
+            .with_context(|| format!("reading {}", dir.display()))?;
+        // Not answering yet is waited for too: `aegis run … &` then
+        // `aegis status --wait` is the walkthrough's first step.
+        let answers = target
+            .get_json("/admin/config")
+            .and_then(|c| Ok((c, target.get_json("/admin/verdicts")?)));
+        let late = std::time::Instant::now() >= until;
+        match answers {
+            Ok((config, verdicts)) if is_settled(&id, &config, &verdicts) => {
+                return Ok(Settled::Yes);
+            }
+            Err(e) if late => return Err(e),
+            _ => {}
+        }
+        if late {
+            return Ok(Settled::No {
+                id,
+                secs: within.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn is_settled(id: &str, config: &Value, verdicts: &Value) -> bool {
+    let active = config
+        .get("active")
+        .and_then(|a| a.get("id"))
+        .and_then(Value::as_str);
+    let canary = config
+        .get("rollout")
+        .and_then(|r| r.get("phase"))
+        .and_then(Value::as_str)
+        == Some("canary");
+    let newest = verdicts.as_array().and_then(|v| {
+        v.iter()
+            .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
+    });
+    let accepted = newest
+        .and_then(|r| r.get("verdict"))
+        .and_then(|v| v.get("accepted"))
+        .and_then(Value::as_bool);
+    match accepted {
+        Some(true) => active == Some(id) && !canary,
+        Some(false) => active != Some(id),
+        // Not judged yet; or the version it started on (judged before the
+        // verdicts kept here).
+        None => active == Some(id) && !canary,
+    }
 }
 
 /// Where to ask, and with which token.

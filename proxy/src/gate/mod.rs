@@ -344,6 +344,33 @@ impl GateStatus {
     pub fn frozen(&self) -> bool {
         self.lock().flaps.frozen().is_some()
     }
+
+    /// A read-only copy of what `GET /ready` decides on (`admin::ready`).
+    pub fn ready_facts(&self) -> crate::admin::ready::Facts {
+        let mut f = {
+            let g = self.lock();
+            crate::admin::ready::Facts {
+                serving: g.active.as_ref().map(|a| a.id.clone()),
+                candidate: g.rollout.current().cloned(),
+                canary: g.rollout.state_code() == 1,
+                on_disk: g.last_look.clone(),
+                judging: g.judging.clone(),
+                could_not_judge: g.could_not_judge.as_ref().map(|c| c.reason.clone()),
+                frozen: g.flaps.frozen().is_some(),
+                require_accepted: g
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.settings.gate.require_accepted),
+                ..Default::default()
+            }
+        };
+        f.stable = self.store.stable_chain().last().cloned();
+        if let Some(rec) = f.on_disk.as_deref().and_then(|id| self.store.record(id)) {
+            f.on_disk_verdict = Some(rec.verdict.code().to_string());
+            f.on_disk_accepted = rec.verdict.accepted;
+        }
+        f
+    }
 }
 
 /// What happened to one look at the config directory.
@@ -511,6 +538,7 @@ impl Gate {
                 rec.verdict.code(),
                 rec.verdict.sentence
             );
+            count_verdict(&rec);
             return Ok((rec, true));
         }
         let files = self
@@ -557,6 +585,7 @@ impl Gate {
         let verdict = verdict::judge(&run.outcome, &policy, &limits);
         let rec = self.record(snap, &run, verdict, start.elapsed())?;
         metrics::histogram!("aegis_gate_duration_seconds").record(rec.duration_s);
+        count_verdict(&rec);
         Ok((rec, false))
     }
 
@@ -1364,6 +1393,12 @@ impl Gate {
     }
 }
 
+/// `aegis_config_verdicts_total` for one verdict (made now or reused).
+fn count_verdict(rec: &Record) {
+    let version = rec.engine_version.as_deref().unwrap_or(&rec.id);
+    crate::telemetry::verdict(version, rec.verdict.accepted, rec.verdict.code());
+}
+
 /// The line scripts and tests wait for (like the listener lines), printed
 /// once the version serves, not when the pointer moved.
 fn announce(compiled: &CompiledConfig) {
@@ -1383,7 +1418,7 @@ pub struct Confirmed {
 /// on restart, and `/admin/config` says so (`pending_restart`). Live on
 /// promotion: routes, upstreams, TLS certificates, features, rate limits,
 /// `limits.max_request_body`, `limits.max_header_bytes` (lowered),
-/// `features_module.on_error`, and every `gate.*` setting.
+/// `limits.client_body_timeout`, `features_module.on_error`, and every `gate.*` setting.
 pub fn restart_only_changes(boot: &Settings, new: &Settings) -> Vec<String> {
     fn show<T: serde::Serialize>(v: &T) -> String {
         serde_json::to_string(v).unwrap_or_default()
@@ -1427,6 +1462,26 @@ pub fn restart_only_changes(boot: &Settings, new: &Settings) -> Vec<String> {
         show(&boot.features_module.enabled),
         show(&new.features_module.enabled),
     );
+    // Connection-level limits: the listeners were built with them.
+    for (name, a, b) in [
+        (
+            "limits.client_header_timeout",
+            show(&boot.limits.client_header_timeout),
+            show(&new.limits.client_header_timeout),
+        ),
+        (
+            "limits.send_timeout",
+            show(&boot.limits.send_timeout),
+            show(&new.limits.send_timeout),
+        ),
+        (
+            "limits.max_connections",
+            show(&boot.limits.max_connections),
+            show(&new.limits.max_connections),
+        ),
+    ] {
+        cmp(name, a, b);
+    }
     if new.limits.max_header_bytes.0 > boot.limits.max_header_bytes.0 {
         // The HTTP parser's buffer was sized at start.
         cmp(
@@ -1520,6 +1575,8 @@ pub fn register_admin(admin: &crate::admin::AdminState, gate: &Arc<Gate>, config
     );
     let status = gate.status();
     admin.register("/admin/verdicts", Arc::new(move || status.verdicts_json()));
+    let status = gate.status();
+    admin.set_ready(Arc::new(move || status.ready_facts()));
     let g = gate.clone();
     admin.register_post(
         "/admin/rollback",

@@ -50,6 +50,13 @@ pub struct SandboxReport {
     /// reports written before it existed.
     #[serde(default)]
     pub blast_radius: Option<BlastRadius>,
+    /// Certificates checked as a client would; absent when the runner did
+    /// not get that far, or in older reports.
+    #[serde(default)]
+    pub tls: Option<TlsReport>,
+    /// Filled by the upstream verification stage when there is one.
+    #[serde(default)]
+    pub upstream_check: Option<UpstreamCheck>,
 }
 
 impl SandboxReport {
@@ -69,6 +76,8 @@ impl SandboxReport {
             sample: SampleInfo::default(),
             replay: None,
             blast_radius: None,
+            tls: None,
+            upstream_check: None,
         }
     }
 }
@@ -90,6 +99,11 @@ pub struct Isolation {
     pub network: String,
     pub core_dumps: String,
     pub parent_death: String,
+    /// `uid 65534 gid 65534, no capabilities, no_new_privs, seccomp filter`
+    /// or what could not be dropped (sandbox-runner/src/privileges.rs).
+    /// Absent in reports written before it existed.
+    #[serde(default)]
+    pub privileges: String,
 }
 
 /// Where the replayed requests came from.
@@ -187,14 +201,21 @@ pub struct ChangeExample {
 impl ChangeExample {
     /// `GET shop.example.com/cart: 200 (route app) → 502 (route everything)`.
     pub fn describe(&self) -> String {
+        // The action is named only when it changed (forward → respond).
+        let show_action = self.baseline.action != self.candidate.action;
         let side = |s: &Side| {
             let mut t = format!("{}", s.status);
             if s.blocked {
                 t.push_str(" blocked");
             }
+            let action = if show_action {
+                format!(", {}", s.action)
+            } else {
+                String::new()
+            };
             match &s.route {
-                Some(r) => t.push_str(&format!(" (route {r})")),
-                None => t.push_str(" (no route)"),
+                Some(r) => t.push_str(&format!(" (route {r}{action})")),
+                None => t.push_str(&format!(" (no route{action})")),
             }
             t
         };
@@ -237,9 +258,13 @@ impl ChangeCount {
 
 /// Candidate against baseline, request by request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Changes {
     /// Requests whose outcome differs in any way below.
     pub changed: ChangeCount,
+    /// The baseline forwarded them to an upstream, the candidate answers
+    /// them itself (`respond`): a maintenance page left on, a catch-all.
+    pub now_local: ChangeCount,
     pub route_changed: ChangeCount,
     pub newly_blocked: ChangeCount,
     /// Status class got worse (2xx/3xx → 4xx → 5xx).
@@ -253,6 +278,7 @@ impl Changes {
     pub fn finish(&mut self, total: usize) {
         for c in [
             &mut self.changed,
+            &mut self.now_local,
             &mut self.route_changed,
             &mut self.newly_blocked,
             &mut self.status_worsened,
@@ -285,6 +311,170 @@ pub struct ReplayReport {
     /// Candidate upstream pools the gate found unreachable (every endpoint
     /// refused the TCP probe); the stub connector answers 502 for them.
     pub unreachable_upstreams: Vec<String>,
+    /// The same comparison per route (the baseline's route, the one users
+    /// had; `-` for requests no baseline route matched), so a small route
+    /// is judged on its own and not averaged away. Absent in older reports.
+    #[serde(default)]
+    pub per_route: BTreeMap<String, RouteCompare>,
+    /// Redirects followed inside the config that end badly under the
+    /// candidate and did not under the baseline (a loop, a redirect to
+    /// itself, a host this config no longer serves).
+    #[serde(default)]
+    pub redirects: RedirectChanges,
+}
+
+/// How one route's requests fared under both configs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteCompare {
+    /// Replayed requests the baseline sent to this route.
+    pub requests: u64,
+    /// Of them, synthesized from the route's examples.
+    pub synthesized: u64,
+    pub baseline: Classes,
+    pub candidate: Classes,
+    /// The first request that succeeded under the baseline and not under
+    /// the candidate.
+    pub example: Option<ChangeExample>,
+}
+
+impl RouteCompare {
+    /// `successes / requests` of one side (1 when nothing was replayed).
+    pub fn success_share(&self, side: &Classes) -> f64 {
+        if self.requests == 0 {
+            1.0
+        } else {
+            side.success as f64 / self.requests as f64
+        }
+    }
+
+    /// How far the candidate's success share falls below the baseline's
+    /// (negative when it rose).
+    pub fn success_drop(&self) -> f64 {
+        self.success_share(&self.baseline) - self.success_share(&self.candidate)
+    }
+}
+
+/// One side's answers to one route's requests, by status class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Classes {
+    /// Answers the user would take as the page they asked for (see
+    /// `replay::succeeded`): below 400, not blocked, not a broken redirect,
+    /// and not a local answer where the baseline forwarded.
+    pub success: u64,
+    pub s2xx: u64,
+    pub s3xx: u64,
+    pub s4xx: u64,
+    pub s5xx: u64,
+    pub blocked: u64,
+    /// Answered by Aegis itself (`respond`) instead of an upstream.
+    pub local: u64,
+}
+
+impl Classes {
+    pub fn add(&mut self, side: &Side, success: bool) {
+        if success {
+            bump(&mut self.success);
+        }
+        match side.status {
+            500.. => bump(&mut self.s5xx),
+            400..=499 => bump(&mut self.s4xx),
+            300..=399 => bump(&mut self.s3xx),
+            _ => bump(&mut self.s2xx),
+        }
+        if side.blocked {
+            bump(&mut self.blocked);
+        }
+        if side.action == "respond" {
+            bump(&mut self.local);
+        }
+    }
+}
+
+/// How a chain of redirects followed inside one config ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "end")]
+pub enum RedirectEnd {
+    /// A final answer (not a redirect) from this config, or a target that
+    /// leaves it (another site, or https where Aegis has no TLS listener).
+    Served { status: u16 },
+    /// The first redirect points at the very URL that was asked for (an
+    /// https redirect on the TLS listener itself).
+    ToItself { location: String },
+    /// A later hop comes back to a URL of the chain, or the chain is longer
+    /// than the depth followed.
+    Loop { chain: Vec<String> },
+    /// The target's host is one no route, certificate or recorded request
+    /// of this config names.
+    Unserved { host: String, location: String },
+}
+
+/// Requests whose redirects end badly, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedirectChanges {
+    /// `regression:redirect_self`.
+    pub to_itself: RedirectCount,
+    /// `regression:redirect_loop`.
+    pub loops: RedirectCount,
+    /// `regression:redirect_unserved`.
+    pub unserved: RedirectCount,
+}
+
+/// A count of requests with a few examples (`GET h/p: 301 → https://h/p`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedirectCount {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+impl RedirectCount {
+    pub fn add(&mut self, example: impl FnOnce() -> String) {
+        bump(&mut self.count);
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(example());
+        }
+    }
+}
+
+/// What the runner found checking the candidate's certificates as a client
+/// would, at judge time (`aegis_engine::tls_check`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsReport {
+    /// Certificates checked.
+    pub checked: u64,
+    /// Problems that are the candidate's doing: each a regression.
+    pub findings: Vec<TlsFinding>,
+    /// Problems the active version has already (the same certificate):
+    /// reported, not a reason to refuse an unrelated edit.
+    pub inherited: Vec<TlsFinding>,
+    /// HTTPS names of the sample the baseline's certificates covered.
+    pub sample_names: Vec<String>,
+}
+
+/// One certificate problem, with the name it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFinding {
+    /// `tls_expired`, `tls_not_yet_valid`, `tls_expiring`, `tls_chain`,
+    /// `tls_sni` (the verdict's code is `regression:<this>`).
+    pub code: String,
+    /// The server name (or names) of the entry.
+    pub name: String,
+    pub detail: String,
+}
+
+/// Reserved for the upstream verification stage (issue 14, item 1): the
+/// serving side sends the rewritten upstream requests and compares the
+/// answers; the sandbox has no network and never fills this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamCheck {
+    pub sent: u64,
+    pub differed: u64,
+    pub examples: Vec<String>,
 }
 
 /// What one compiled config set holds, by name: the input of

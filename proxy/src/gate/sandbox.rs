@@ -1,8 +1,10 @@
 //! Running `aegis-sandbox`: a child process that compiles the candidate and
 //! the baseline and replays the traffic sample, under limits it applies to
 //! itself (RLIMIT_AS or a cgroup, RLIMIT_CPU, RLIMIT_NOFILE, no core dumps,
-//! PR_SET_PDEATHSIG, a new network namespace) plus a wall-clock deadline
-//! enforced here.
+//! PR_SET_PDEATHSIG, a new network namespace; then an unprivileged user, no
+//! capabilities, no_new_privs and a seccomp filter: the runner's
+//! `privileges.rs`) plus a wall-clock deadline enforced here, and an
+//! environment cleared here ([`RUNNER_ENV_KEPT`]).
 //!
 //! The conversation, over the child's stdin/stdout, one JSON line each:
 //! the runner announces the candidate endpoints the baseline does not have
@@ -35,6 +37,10 @@ pub const RUNNER_NOFILE: u64 = 64;
 const MAX_LINE: u64 = 32 << 20;
 /// Stderr kept from the runner (the tail).
 const MAX_STDERR: usize = 64 << 10;
+/// The only environment variables the runner is started with (when set
+/// here): the test hook that holds a runner alive, and Rust's backtrace
+/// switch for a panic's report. Everything else is cleared.
+pub const RUNNER_ENV_KEPT: [&str; 2] = ["AEGIS_SANDBOX_TEST_HOLD_MS", "RUST_BACKTRACE"];
 /// Stage announcements on the runner's stderr.
 pub const STAGE_PREFIX: &str = "aegis-sandbox: stage ";
 
@@ -203,6 +209,18 @@ impl Sandbox {
         }
         if req.no_probe {
             cmd.arg("--no-probe");
+        }
+        cmd.arg("--uid")
+            .arg(req.limits.uid.to_string())
+            .arg("--gid")
+            .arg(req.limits.gid.to_string());
+        // Nothing of this process's environment (the admin token, cloud
+        // credentials) reaches the runner: it gets only what it reads.
+        cmd.env_clear();
+        for name in RUNNER_ENV_KEPT {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -3,9 +3,15 @@
 //!
 //! Reason codes: `invalid` (static stage), `crashed`, `oom`, `timeout` (the
 //! runner died, ran out of memory, CPU or time), and `regression:<kind>`
-//! where kind is `newly_blocked`, `status`, `route_changed`, `latency` or
-//! `memory` (gate.policy exceeded). When several policies are exceeded, the
-//! first in that order is primary and the others are listed in `also`.
+//! where kind is, in this order of precedence, `tls_expired`,
+//! `tls_not_yet_valid`, `tls_chain`, `tls_expiring`, `tls_sni` (the
+//! candidate's certificates, checked as a client would), `newly_blocked`,
+//! `status`, `redirect_self`, `redirect_loop`, `redirect_unserved`
+//! (redirects followed inside the config), `route` (one route's success
+//! share fell, however small the route), `now_local` (forwarded requests
+//! now answered by Aegis), `route_changed`, `latency` or `memory`
+//! (gate.policy exceeded). When several are exceeded, the first is primary
+//! and the others are listed in `also`.
 //!
 //! `held:blast_radius` is not a rejection of what the candidate does but of
 //! how much it changes: valid, replayed clean, yet it removes more than
@@ -22,7 +28,10 @@
 use aegis_engine::config::settings::{GatePolicy, SandboxLimits};
 use serde::{Deserialize, Serialize};
 
-use super::report::{ChangeCount, ListDiff, ReplayReport, RunnerOutcome, SandboxReport};
+use super::report::{
+    ChangeCount, ListDiff, RedirectCount, ReplayReport, RouteCompare, RunnerOutcome, SandboxReport,
+    TlsFinding, TlsReport,
+};
 
 /// The reason code of a held candidate.
 pub const HELD_BLAST_RADIUS: &str = "held:blast_radius";
@@ -292,6 +301,155 @@ fn blast_radius(report: &SandboxReport, replay: &ReplayReport, policy: &GatePoli
     found
 }
 
+/// `regression:tls_*` from the runner's certificate checks, one per code
+/// (the first name of each; the sentence names how many more).
+fn tls_findings(found: &mut Vec<(String, String)>, tls: &TlsReport) {
+    let mut codes: Vec<&str> = tls.findings.iter().map(|f| f.code.as_str()).collect();
+    codes.dedup();
+    let mut seen: Vec<&str> = Vec::new();
+    for code in codes {
+        if seen.contains(&code) {
+            continue;
+        }
+        seen.push(code);
+        let all: Vec<&TlsFinding> = tls.findings.iter().filter(|f| f.code == code).collect();
+        let Some(first) = all.first() else { continue };
+        let more = match all.len().saturating_sub(1) {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        let what = match code {
+            "tls_sni" => {
+                "clients that asked for this name in the sample would get no certificate for it"
+            }
+            "tls_chain" => "clients cannot build a chain to a root they trust",
+            "tls_expiring" => "renew it before it goes live",
+            _ => "every TLS handshake for it would fail",
+        };
+        found.push((
+            format!("regression:{code}"),
+            format!(
+                "certificate for {}: {}{more}: {what}",
+                first.name, first.detail
+            ),
+        ));
+    }
+}
+
+/// `regression:redirect_*`: redirects followed inside the candidate that
+/// newly end at themselves, in a loop or at a host it does not serve.
+fn redirect_findings(
+    found: &mut Vec<(String, String)>,
+    replay: &ReplayReport,
+    policy: &GatePolicy,
+) {
+    let total = replay.requests;
+    let r = &replay.redirects;
+    let kinds: [(&str, &RedirectCount, &str); 3] = [
+        (
+            "regression:redirect_self",
+            &r.to_itself,
+            "would be redirected to the very URL they asked for (an https redirect answering on the TLS listener too?)",
+        ),
+        (
+            "regression:redirect_loop",
+            &r.loops,
+            "would be redirected in a loop",
+        ),
+        (
+            "regression:redirect_unserved",
+            &r.unserved,
+            "would be redirected to a host this config does not serve (any more)",
+        ),
+    ];
+    for (code, c, what) in kinds {
+        let share = if total == 0 {
+            0.0
+        } else {
+            c.count as f64 / total as f64
+        };
+        if c.count == 0 || share <= policy.max_redirect_broken {
+            continue;
+        }
+        let e = c
+            .examples
+            .first()
+            .map(|e| format!("; e.g. {e}"))
+            .unwrap_or_default();
+        found.push((
+            code.to_string(),
+            format!(
+                "{} of {total} replayed requests ({}) {what}, limit {} (gate.policy.max_redirect_broken){e}",
+                c.count,
+                pct(share),
+                pct(policy.max_redirect_broken)
+            ),
+        ));
+    }
+}
+
+/// `regression:route`: the routes, by name, whose success share falls by
+/// more than `max_route_success_drop` over at least `min_route_requests`
+/// replayed requests, worst first.
+fn route_findings(replay: &ReplayReport, policy: &GatePolicy) -> Option<(String, String)> {
+    replay.baseline.as_ref()?;
+    let total = replay.requests;
+    let mut bad: Vec<(&String, &RouteCompare)> = replay
+        .per_route
+        .iter()
+        .filter(|(_, r)| r.requests >= policy.min_route_requests.max(1))
+        .filter(|(_, r)| r.success_drop() > policy.max_route_success_drop)
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    bad.sort_by(|a, b| b.1.success_drop().total_cmp(&a.1.success_drop()));
+    let one = |(name, r): &(&String, &RouteCompare)| {
+        let name = if name.as_str() == "-" {
+            "(no route)".to_string()
+        } else {
+            format!("route {name}")
+        };
+        let share = if total == 0 {
+            0.0
+        } else {
+            r.requests as f64 / total as f64
+        };
+        let c = &r.candidate;
+        format!(
+            "{name}: success {} → {} of {} replayed requests ({} of the sample; now 3xx {}, 4xx {}, 5xx {}, blocked {}, answered locally {})",
+            pct(r.success_share(&r.baseline)),
+            pct(r.success_share(c)),
+            r.requests,
+            pct(share),
+            c.s3xx,
+            c.s4xx,
+            c.s5xx,
+            c.blocked,
+            c.local
+        )
+    };
+    let shown: Vec<String> = bad.iter().take(3).map(one).collect();
+    let more = match bad.len().saturating_sub(3) {
+        0 => String::new(),
+        n => format!("; and {n} more route(s)"),
+    };
+    let example = bad
+        .first()
+        .and_then(|(_, r)| r.example.as_ref())
+        .map(|e| format!("; e.g. {}", e.describe()))
+        .unwrap_or_default();
+    Some((
+        "regression:route".to_string(),
+        format!(
+            "{}{more}, limit a drop of {} (gate.policy.max_route_success_drop, routes with at least {} requests){example}",
+            shown.join("; "),
+            limit_pct(policy.max_route_success_drop),
+            policy.min_route_requests
+        ),
+    ))
+}
+
 fn stage_words(stage: &Option<String>) -> String {
     match stage {
         Some(s) => format!(" while it was at `{s}`"),
@@ -339,6 +497,11 @@ pub fn judge(outcome: &SandboxOutcome, policy: &GatePolicy, limits: &SandboxLimi
             .unwrap_or_default()
     };
     let ch = &replay.changes;
+    // Certificates first: a handshake that fails takes every request of
+    // the name with it, whatever the replay says.
+    if let Some(tls) = &report.tls {
+        tls_findings(&mut found, tls);
+    }
     if ch.newly_blocked.share > policy.max_newly_blocked {
         found.push((
             "regression:newly_blocked".into(),
@@ -373,7 +536,24 @@ pub fn judge(outcome: &SandboxOutcome, policy: &GatePolicy, limits: &SandboxLimi
             ),
         ));
     }
+    redirect_findings(&mut found, replay, policy);
+    if let Some(f) = route_findings(replay, policy) {
+        found.push(f);
+    }
+    if replay.baseline.is_some() && ch.now_local.share > policy.max_now_local {
+        found.push((
+            "regression:now_local".into(),
+            format!(
+                "{} of {total} replayed requests ({}) that the active config forwards upstream would be answered by Aegis itself (respond), limit {} (gate.policy.max_now_local){}: a maintenance page or a catch-all left on a forward route?",
+                ch.now_local.count,
+                pct(ch.now_local.share),
+                pct(policy.max_now_local),
+                example(&ch.now_local)
+            ),
+        ));
+    }
     if let Some(max) = policy.max_route_changed
+        && replay.baseline.is_some()
         && ch.route_changed.share > max
     {
         found.push((

@@ -9,7 +9,10 @@
 //! a burst of 100 writes (one candidate). The directory itself being
 //! replaced (renamed away, a new one put in its place) is seen through a
 //! watch on its parent; the watch on the directory is re-established after
-//! every burst. If the watcher cannot be created or reports an error, the
+//! every burst. The directory is watched recursively: the TLS files a
+//! config names live in subdirectories (`certs/`), and a certificate renewed
+//! in place there changes the snapshot (which copies them) without touching
+//! a top-level file. If the watcher cannot be created or reports an error, the
 //! gate falls back to polling the directory's content hash, and says so.
 
 use std::path::{Path, PathBuf};
@@ -109,7 +112,7 @@ impl DirWatcher {
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(Path::new("."));
                 let r = w
-                    .watch(dir, RecursiveMode::NonRecursive)
+                    .watch(dir, RecursiveMode::Recursive)
                     .and_then(|()| w.watch(parent, RecursiveMode::NonRecursive));
                 match r {
                     Ok(()) => me.watcher = Some(w),
@@ -140,7 +143,7 @@ impl DirWatcher {
     fn rewatch(&mut self) {
         if let Some(w) = &mut self.watcher {
             let _ = w.unwatch(&self.dir);
-            if let Err(e) = w.watch(&self.dir, RecursiveMode::NonRecursive) {
+            if let Err(e) = w.watch(&self.dir, RecursiveMode::Recursive) {
                 // The directory is gone for now: the parent watch sees it come back.
                 tracing::debug!(error = %e, "config directory not watchable yet");
             }

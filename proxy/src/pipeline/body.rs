@@ -3,6 +3,7 @@
 //! counts bytes and runs a completion hook (access log, metrics) when hyper is
 //! done with it. Nothing here buffers a body.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,15 +46,26 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client sent no request body bytes for the body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("client sent no request body bytes for {0:?}")]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
 /// A request body that fails once more than `limit` bytes went through, and
 /// counts bytes into `counter`. `exceeded` lets the pipeline turn the
-/// resulting upstream failure into a 413.
+/// resulting upstream failure into a 413. With an idle timeout
+/// ([`LimitedBody::idle_timeout`]) it also fails when the client sends
+/// nothing for that long while it is waited on (nginx's
+/// `client_body_timeout`; time the upstream takes to read does not count),
+/// and sets `timed_out` (a 408).
 pub struct LimitedBody {
     inner: ProxyBody,
     limit: u64,
     seen: u64,
     counter: Arc<AtomicU64>,
     exceeded: Arc<AtomicBool>,
+    idle: Option<(std::time::Duration, Arc<AtomicBool>)>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LimitedBody {
@@ -69,7 +81,19 @@ impl LimitedBody {
             seen: 0,
             counter,
             exceeded,
+            idle: None,
+            timer: None,
         }
+    }
+
+    /// Fails the body after `timeout` without a frame, setting `timed_out`.
+    pub fn idle_timeout(
+        mut self,
+        timeout: std::time::Duration,
+        timed_out: Arc<AtomicBool>,
+    ) -> Self {
+        self.idle = Some((timeout, timed_out));
+        self
     }
 }
 
@@ -82,7 +106,21 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.timer = None;
+        } else if let Some((limit, flag)) = &this.idle {
+            let limit = *limit;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            if timer.as_mut().poll(cx).is_ready() {
+                flag.store(true, Ordering::Relaxed);
+                metrics::counter!("aegis_client_body_timeouts_total").increment(1);
+                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(limit)))));
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = u64::try_from(data.len()).unwrap_or(u64::MAX);

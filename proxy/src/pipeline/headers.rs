@@ -133,6 +133,148 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
     headers.append(header::VIA, HeaderValue::from_static(v));
 }
 
+/// Why a request's authority (`Host`, absolute-form target, `:authority`)
+/// is refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("no Host header")]
+    Missing,
+    #[error("more than one Host header")]
+    Duplicate,
+    #[error("invalid Host value")]
+    Invalid,
+    #[error("userinfo in the request target")]
+    Userinfo,
+}
+
+/// True when `v` is a valid `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC
+/// 3986 §3.2.2): a reg-name of unreserved, sub-delims and pct-encoded
+/// characters, or an IP literal in brackets, then an optional port of
+/// digits. Empty is invalid; so are spaces, `/`, `?`, `#` and `@`.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let (lit, after) = rest.split_at(end);
+        let after = after.get(1..).unwrap_or(&[]);
+        let lit_ok = !lit.is_empty()
+            && lit
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+        if !lit_ok {
+            return false;
+        }
+        match after {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|b| *b == b':') {
+            Some(i) => (
+                v.get(..i).unwrap_or(&[]),
+                v.get(i.saturating_add(1)..).unwrap_or(&[]),
+            ),
+            None => (v, &[][..]),
+        }
+    };
+    if host.is_empty() || !port.iter().all(u8::is_ascii_digit) || port.len() > 5 {
+        return false;
+    }
+    // A `:` left in the host means a second colon: not a port.
+    host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
+}
+
+/// The authority a request is for, validated (RFC 9112 §3.2, RFC 9113
+/// §8.3.1). The request target's authority wins over `Host`: an HTTP/1
+/// absolute-form target (`GET http://a.example/ HTTP/1.1`, where §3.2.2
+/// says a server MUST ignore `Host`) and HTTP/2's `:authority` (which
+/// hyper puts in the URI) alike. Userinfo in it is refused. Otherwise the
+/// single `Host` header: none on HTTP/1.1, two, or an invalid value is a
+/// 400. HTTP/1.0 may omit it (`Ok(None)`), and so may HTTP/2 without
+/// `:authority`.
+pub fn request_authority(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<Option<String>, HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    if let Some(auth) = uri.authority() {
+        let a = auth.as_str();
+        if a.contains('@') {
+            return Err(HostError::Userinfo);
+        }
+        if !valid_host(a.as_bytes()) {
+            return Err(HostError::Invalid);
+        }
+        return Ok(Some(a.to_string()));
+    }
+    match first {
+        Some(v) if valid_host(v.as_bytes()) => Ok(v.to_str().ok().map(str::to_string)),
+        Some(_) => Err(HostError::Invalid),
+        None if version == http::Version::HTTP_11 => Err(HostError::Missing),
+        None => Ok(None),
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several
+/// fields; an HTTP/1.1 upstream must get them as one, joined with `"; "`.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The `Upgrade` a request may pass on: only `websocket`, only on a route
+/// with `websocket: true`. `h2c` (RFC 7540 §3.2, gone from RFC 9113) is
+/// never relayed: it would open a raw HTTP/2 tunnel to the backend past
+/// the proxy's routing and limits.
+pub fn upgrade_allowed(headers: &HeaderMap, route_allows: bool) -> bool {
+    route_allows
+        && wants_upgrade(headers)
+        && headers.get(header::UPGRADE).is_some_and(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+        && headers.get_all(header::UPGRADE).iter().count() == 1
+}
+
 /// Why a request's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
@@ -142,6 +284,20 @@ pub enum FramingError {
     BadContentLength,
     #[error("Transfer-Encoding other than chunked")]
     BadTransferEncoding,
+    /// Codings other than one `chunked` (`gzip, chunked`, `chunked,
+    /// chunked`): nginx and RFC 9112 §6.1 answer 501.
+    #[error("Transfer-Encoding other than a single chunked")]
+    UnsupportedTransferEncoding,
+}
+
+impl FramingError {
+    /// 501 for a transfer coding we do not implement, 400 otherwise.
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            FramingError::UnsupportedTransferEncoding => http::StatusCode::NOT_IMPLEMENTED,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 /// Checks what hyper lets through: it resolves `Content-Length` together with
@@ -178,6 +334,14 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
             .map(str::trim);
         if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             return Err(FramingError::BadTransferEncoding);
+        }
+        let codings = te
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter(|t| !t.trim_ascii().is_empty())
+            .count();
+        if codings != 1 {
+            return Err(FramingError::UnsupportedTransferEncoding);
         }
     }
     Ok(())
@@ -255,5 +419,57 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("transfer-encoding", "chunked, gzip".parse().unwrap());
         assert_eq!(check_framing(&h), Err(FramingError::BadTransferEncoding));
+        for te in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["gzip", "chunked"],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in te {
+                h.append("transfer-encoding", v.parse().unwrap());
+            }
+            assert_eq!(
+                check_framing(&h),
+                Err(FramingError::UnsupportedTransferEncoding),
+                "{te:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "a.example",
+            "a.example:8080",
+            "[::1]:80",
+            "[::1]",
+            "x_y-1",
+            "127.0.0.1:1",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "evil.example/x?",
+            "a@b",
+            ":80",
+            "a:b",
+            "a:80:80",
+            "[::1",
+            "a#",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookies_joined() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "session=abc".parse().unwrap());
+        h.append("cookie", "csrf=xyz".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h.get("cookie").unwrap(), "session=abc; csrf=xyz");
     }
 }

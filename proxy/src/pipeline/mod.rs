@@ -40,28 +40,53 @@ use crate::access_log::{AccessLog, AccessRecord, rfc3339};
 
 /// The active compiled config. A request loads the snapshot once and keeps it
 /// to the end; [`ConfigHandle::store`] never disturbs requests in flight.
+///
+/// Beside it, once a [`Pipeline`] serves it, the per-version metric handles
+/// of the same version ([`crate::telemetry::VersionMetrics`]), resolved at
+/// activation so a request never builds labels. A handle no pipeline serves
+/// (the supervisor's) resolves none, so it exports no request families.
 #[derive(Debug, Clone)]
-pub struct ConfigHandle(Arc<ArcSwap<CompiledConfig>>);
+pub struct ConfigHandle {
+    current: Arc<ArcSwap<CompiledConfig>>,
+    metrics: Arc<arc_swap::ArcSwapOption<crate::telemetry::VersionMetrics>>,
+}
 
 impl ConfigHandle {
     pub fn new(config: CompiledConfig) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(config)))
+        Self::from_arc(Arc::new(config))
     }
 
     pub fn from_arc(config: Arc<CompiledConfig>) -> Self {
-        Self(Arc::new(ArcSwap::new(config)))
+        Self {
+            current: Arc::new(ArcSwap::new(config)),
+            metrics: Arc::new(arc_swap::ArcSwapOption::empty()),
+        }
     }
 
     /// The current snapshot.
     pub fn load(&self) -> Arc<CompiledConfig> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
-    /// Makes `config` the active one and records `aegis_config_info`.
+    /// Makes `config` the active one and records `aegis_config_info`; when
+    /// a pipeline serves this handle, resolves the new version's request
+    /// metrics.
     pub fn store(&self, config: Arc<CompiledConfig>) {
-        let old = self.0.swap(config.clone());
-        metrics::gauge!("aegis_config_info", "version" => old.version.clone()).set(0.0);
-        metrics::gauge!("aegis_config_info", "version" => config.version.clone()).set(1.0);
+        if self.metrics.load().is_some() {
+            let m = crate::telemetry::VersionMetrics::new(&config);
+            self.metrics.store(Some(Arc::new(m)));
+        }
+        let old = self.current.swap(config.clone());
+        crate::telemetry::config_info(Some(&old), &config);
+    }
+
+    /// Called by the pipeline that serves this handle: from now on every
+    /// activated version gets its request metrics.
+    fn serve_metrics(&self) {
+        if self.metrics.load().is_none() {
+            let m = crate::telemetry::VersionMetrics::new(&self.load());
+            self.metrics.store(Some(Arc::new(m)));
+        }
     }
 }
 
@@ -205,6 +230,8 @@ pub struct PipelineSettings {
     pub max_header_bytes: u64,
     /// `features_module.on_error`.
     pub fail_closed: bool,
+    /// `limits.client_body_timeout`: longest wait for request body bytes.
+    pub client_body_timeout: Duration,
 }
 
 impl PipelineSettings {
@@ -213,6 +240,7 @@ impl PipelineSettings {
             max_request_body: s.limits.max_request_body.0,
             max_header_bytes: s.limits.max_header_bytes.0,
             fail_closed: s.features_module.on_error == FailMode::Closed,
+            client_body_timeout: s.limits.client_body_timeout.0,
         }
     }
 }
@@ -307,6 +335,7 @@ impl<C: Connector> Pipeline<C> {
     /// Starts a builder with default settings, no access log and the features
     /// module on.
     pub fn builder(config: ConfigHandle, connector: C) -> PipelineBuilder<C> {
+        config.serve_metrics();
         PipelineBuilder {
             config,
             connector,
@@ -378,7 +407,7 @@ where
             let resp = this.handle(req).await;
             if let Some((r, slot, parts, client)) = sampled {
                 let outcome = resp.extensions().get::<RequestOutcome>();
-                let mut head = crate::gate::reservoir::head(
+                let mut head = r.head(
                     &parts,
                     client.addr.ip(),
                     outcome,
@@ -462,12 +491,10 @@ impl<C: Connector> Pipeline<C> {
             .get::<ClientInfo>()
             .copied()
             .unwrap_or_default();
-        let host: Option<String> = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        // The request target's authority wins over Host (absolute form,
+        // `:authority`); a bad or missing one is answered 400 below.
+        let authority = headers::request_authority(req.version(), req.uri(), req.headers());
+        let host: Option<String> = authority.clone().unwrap_or(None);
         let mut log = LogCtx {
             start,
             wall,
@@ -484,17 +511,30 @@ impl<C: Connector> Pipeline<C> {
         };
 
         // Framing and size checks hyper does not make for us.
-        let framing_bad = req.extensions().get::<AmbiguousFraming>().is_some()
-            || headers::check_framing(req.headers()).is_err();
-        if framing_bad {
-            let mut resp = plain(
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request: ambiguous framing",
-            );
+        let framing = if req.extensions().get::<AmbiguousFraming>().is_some() {
+            Err(headers::FramingError::LengthAndChunked)
+        } else {
+            headers::check_framing(req.headers())
+        };
+        if let Err(e) = framing {
+            let status = e.status();
+            let text = if status == StatusCode::BAD_REQUEST {
+                "400 Bad Request: ambiguous framing".to_string()
+            } else {
+                status_text(status)
+            };
+            let mut resp = plain(status, &text);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_framing");
+            let summary = reject_summary(status, "bad_framing");
             return self.finish(resp, log, summary, Some("framing"));
+        }
+        if let Err(e) = authority {
+            let mut resp = plain(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {e}"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_host");
+            return self.finish(resp, log, summary, Some("host"));
         }
         // Copied once: the request sees one version's settings, and no
         // guard is held across the awaits below.
@@ -570,7 +610,11 @@ impl<C: Connector> Pipeline<C> {
 
         // Per-client rate limit.
         if let Some(spec) = route.rate_limit.and_then(|i| config.rate_limits.get(i))
-            && let Err(wait) = self.shared.limiter.check(spec, client.addr.ip())
+            && let Err(wait) = self.shared.limiter.check_arrived(
+                spec,
+                client.addr.ip(),
+                req.extensions().get::<ratelimit::ArrivedAt>().copied(),
+            )
         {
             let status = StatusCode::TOO_MANY_REQUESTS;
             let mut resp = plain(status, &status_text(status));
@@ -632,7 +676,7 @@ impl<C: Connector> Pipeline<C> {
         };
 
         // Forward: rewrite the request for the upstream.
-        let client_upgrade = headers::wants_upgrade(req.headers())
+        let client_upgrade = headers::upgrade_allowed(req.headers(), route.websocket)
             .then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
         let version = req.version();
@@ -651,7 +695,12 @@ impl<C: Connector> Pipeline<C> {
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, client_upgrade.is_some(), true);
+        // h2c's companion, in case no `Connection` named it.
+        h.remove("http2-settings");
         h.remove(header::EXPECT);
+        if version == Version::HTTP_2 {
+            headers::join_cookies(h);
+        }
         headers::set_forwarded(h, client.addr.ip(), client.tls, host.as_deref());
         headers::append_via(h, version);
         match (&fwd.host_rewrite, &host) {
@@ -689,12 +738,11 @@ impl<C: Connector> Pipeline<C> {
         }
         parts.extensions = http::Extensions::new();
         let exceeded = Arc::new(AtomicBool::new(false));
-        let body = boxed(body::LimitedBody::new(
-            body,
-            limit,
-            log.bytes_in.clone(),
-            exceeded.clone(),
-        ));
+        let body_timed_out = Arc::new(AtomicBool::new(false));
+        let body = boxed(
+            body::LimitedBody::new(body, limit, log.bytes_in.clone(), exceeded.clone())
+                .idle_timeout(settings.client_body_timeout, body_timed_out.clone()),
+        );
         let upstream_req = Request::from_parts(parts, body);
 
         let ctx = ForwardCtx {
@@ -717,6 +765,14 @@ impl<C: Connector> Pipeline<C> {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return self.finish(resp, log, summary, Some("body_limit"));
+                }
+                if body_timed_out.load(Ordering::Relaxed) {
+                    // The rest of the body may never come: answer and close.
+                    let status = StatusCode::REQUEST_TIMEOUT;
+                    let mut resp = plain(status, &status_text(status));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return self.finish(resp, log, summary, Some("body_timeout"));
                 }
                 let status = e.status();
                 log.endpoint = e.endpoint().map(str::to_string);
@@ -746,6 +802,11 @@ impl<C: Connector> Pipeline<C> {
             None
         };
         *resp.version_mut() = Version::HTTP_11;
+        // Chunked wins over a Content-Length sent with it (RFC 9112 §6.3);
+        // the stale length must not reach the client.
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded, false);
         headers::append_via(resp.headers_mut(), Version::HTTP_11);
         route.response_edits.apply(resp.headers_mut());
@@ -792,6 +853,14 @@ impl<C: Connector> Pipeline<C> {
         let route_label = log.route.clone().unwrap_or_else(|| "-".to_string());
         metrics::counter!("aegis_requests_total", "route" => route_label, "status" => status.to_string())
             .increment(1);
+        // The version's handles, resolved at activation; a request that
+        // started on the version before a promotion builds its labels.
+        let duration = match &*self.shared.config.metrics.load() {
+            Some(m) if m.version() == log.version => {
+                m.request(log.route.as_deref(), status).clone()
+            }
+            _ => crate::telemetry::request_of_version(&log.version, log.route.as_deref(), status),
+        };
         self.shared.traffic.record(status, log.start.elapsed());
         let outcome = RequestOutcome {
             route: summary.route.clone(),
@@ -807,7 +876,7 @@ impl<C: Connector> Pipeline<C> {
             body,
             Box::new(move |bytes_out, ok| {
                 let elapsed = log.start.elapsed();
-                metrics::histogram!("aegis_request_duration_seconds").record(elapsed.as_secs_f64());
+                duration.record(elapsed.as_secs_f64());
                 if access_log.is_enabled() {
                     access_log.log(AccessRecord {
                         time: rfc3339(log.wall),

@@ -37,10 +37,26 @@ impl Default for RateLimiter {
     }
 }
 
+/// Request extension set by the sandbox replay only: when the request
+/// arrived live, on the replay's own clock (the recorded `at_ms`), so a rate
+/// limit sees the recorded pace and not the replay's back-to-back burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivedAt(pub Instant);
+
 impl RateLimiter {
     /// Takes a token for `client` under `spec`: `Ok(())` or `Err(retry_after)`.
     pub fn check(&self, spec: &RateLimitSpec, client: IpAddr) -> Result<(), Duration> {
         self.check_at(spec, client, Instant::now())
+    }
+
+    /// [`Self::check`] at the request's [`ArrivedAt`] time when it has one.
+    pub fn check_arrived(
+        &self,
+        spec: &RateLimitSpec,
+        client: IpAddr,
+        arrived: Option<ArrivedAt>,
+    ) -> Result<(), Duration> {
+        self.check_at(spec, client, arrived.map_or_else(Instant::now, |a| a.0))
     }
 
     fn check_at(&self, spec: &RateLimitSpec, client: IpAddr, now: Instant) -> Result<(), Duration> {

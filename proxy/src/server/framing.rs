@@ -100,7 +100,13 @@ fn parse_head(head: &[u8]) -> (bool, Next) {
         }
     }
     let ambiguous = cl_seen && !te.is_empty();
-    let next = if ambiguous || upgrade {
+    // An upgrade request is followed like any other: only the routes with
+    // `websocket: true` switch protocols (and then no request follows),
+    // while a refused upgrade leaves the connection HTTP; stopping here
+    // would let one `Upgrade:` header blind the probe to the requests after
+    // it.
+    let _ = upgrade;
+    let next = if ambiguous {
         Next::Stop
     } else if !te.is_empty() {
         let chunked = te
@@ -249,15 +255,72 @@ fn take_line(line: &mut Vec<u8>, data: &mut &[u8]) -> Option<()> {
     }
 }
 
+impl Scanner {
+    /// Bytes of a request head have arrived and its end has not.
+    fn head_pending(&self) -> bool {
+        matches!(&self.state, State::Head(buf) if !buf.is_empty())
+    }
+}
+
+/// The HTTP/2 connection preface: what hyper's protocol detection waits
+/// for, with no timer of its own.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Shared with the listener: whether the connection stopped in the middle
+/// of a request head (for the 408 after hyper's header timeout).
+#[derive(Debug, Clone, Default)]
+pub struct HeadState(Arc<std::sync::atomic::AtomicBool>);
+
+impl HeadState {
+    pub fn pending(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The write side gave up: the client read nothing for `send_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("client read nothing for {0:?}")]
+pub struct SendTimeout(pub std::time::Duration);
+
 /// The I/O wrapper: reads pass through unchanged and feed the scanner.
+/// It also keeps two clocks hyper does not: until the protocol is known
+/// (nothing but a prefix of the HTTP/2 preface has arrived, hyper's
+/// detection has no timeout) a read fails after the header timeout, and a
+/// write blocked for `send_timeout` fails the connection.
 pub struct FramingProbe<I> {
     inner: I,
     scanner: Scanner,
+    head: HeadState,
+    /// Bytes read while they are still a prefix of the HTTP/2 preface.
+    sniffed: usize,
+    sniffing: bool,
+    /// The detection phase timed out: every read is end of input.
+    eof: bool,
+    sniff_timer: Pin<Box<tokio::time::Sleep>>,
+    send_timeout: std::time::Duration,
+    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> FramingProbe<I> {
+    /// A probe with no timers (tests).
     pub fn new(inner: I) -> (Self, Verdicts) {
+        let (p, v, _) = Self::with_timeouts(
+            inner,
+            std::time::Duration::from_secs(86_400),
+            std::time::Duration::from_secs(86_400),
+        );
+        (p, v)
+    }
+
+    /// A probe whose detection phase ends after `header_timeout` and whose
+    /// writes fail after blocking for `send_timeout`.
+    pub fn with_timeouts(
+        inner: I,
+        header_timeout: std::time::Duration,
+        send_timeout: std::time::Duration,
+    ) -> (Self, Verdicts, HeadState) {
         let verdicts = Verdicts::default();
+        let head = HeadState::default();
         (
             Self {
                 inner,
@@ -265,11 +328,50 @@ impl<I> FramingProbe<I> {
                     state: State::Head(Vec::new()),
                     verdicts: verdicts.clone(),
                 },
+                head: head.clone(),
+                sniffed: 0,
+                sniffing: true,
+                eof: false,
+                sniff_timer: Box::pin(tokio::time::sleep(header_timeout)),
+                send_timeout,
+                write_timer: None,
             },
             verdicts,
+            head,
         )
     }
+
+    fn sniff(&mut self, new: &[u8]) {
+        if !self.sniffing {
+            return;
+        }
+        let end = self.sniffed.saturating_add(new.len());
+        let is_prefix = H2_PREFACE
+            .get(self.sniffed..end.min(H2_PREFACE.len()))
+            .is_some_and(|p| new.get(..p.len()) == Some(p));
+        if !is_prefix || end >= H2_PREFACE.len() {
+            self.sniffing = false;
+        }
+        self.sniffed = end;
+    }
+
+    /// Polls the write clock after the inner write returned `Pending`.
+    fn write_blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limit = self.send_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!("aegis_client_send_timeouts_total").increment(1);
+                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
+
+use std::future::Future as _;
 
 impl<I: AsyncRead + Unpin> AsyncRead for FramingProbe<I> {
     fn poll_read(
@@ -279,11 +381,31 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingProbe<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if this.eof {
+            return Poll::Ready(Ok(()));
+        }
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r
-            && let Some(new) = buf.filled().get(before..)
-        {
-            this.scanner.feed(new);
+        match &r {
+            Poll::Ready(Ok(())) => {
+                if let Some(new) = buf.filled().get(before..) {
+                    this.sniff(new);
+                    this.scanner.feed(new);
+                    this.head.0.store(
+                        this.scanner.head_pending(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            }
+            Poll::Pending if this.sniffing => {
+                if this.sniff_timer.as_mut().poll(cx).is_ready() {
+                    // Nothing that picks a protocol within the header
+                    // timeout: end of input, closed without an answer.
+                    this.sniffing = false;
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            _ => {}
         }
         r
     }
@@ -295,23 +417,135 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingProbe<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.write_blocked(cx).map(Err),
+            r => {
+                this.write_timer = None;
+                r
+            }
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.write_blocked(cx).map(Err),
+            r => {
+                this.write_timer = None;
+                r
+            }
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending => this.write_blocked(cx).map(Err),
+            r => r,
+        }
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.write_blocked(cx).map(Err),
+            r => {
+                this.write_timer = None;
+                r
+            }
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Innermost wrapper of a connection's stream: when hyper drops its I/O
+/// (a connection that ended with an error), the stream goes to a slot the
+/// listener still holds, so it can answer the 408 hyper does not send on
+/// its header timeout.
+pub struct HandBack<I> {
+    inner: Option<I>,
+    slot: Arc<Mutex<Option<I>>>,
+}
+
+impl<I> HandBack<I> {
+    pub fn new(inner: I) -> (Self, Arc<Mutex<Option<I>>>) {
+        let slot = Arc::new(Mutex::new(None));
+        (
+            Self {
+                inner: Some(inner),
+                slot: slot.clone(),
+            },
+            slot,
+        )
+    }
+}
+
+impl<I> Drop for HandBack<I> {
+    fn drop(&mut self) {
+        if let Some(i) = self.inner.take()
+            && Arc::strong_count(&self.slot) > 1
+        {
+            *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(i);
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream handed back")
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for HandBack<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HandBack<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_flush(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_shutdown(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
 }
 

@@ -4,19 +4,27 @@
 //! its requests and is served by the pipeline; nothing about a request is
 //! decided here. Graceful drain: when the shutdown token fires, listeners stop
 //! accepting and connections finish their requests in flight.
+//!
+//! Connection-level limits live here too: the per-process connection cap
+//! (accepting pauses at it, and backs off when the process runs out of
+//! descriptors, instead of spinning on `accept failed`), the `overloaded`
+//! state that reports either, the header timeout with its 408, and the send
+//! timeout for clients that stop reading. On TLS the negotiated ALPN
+//! protocol is the protocol spoken.
 
 pub mod framing;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -28,12 +36,23 @@ use crate::pipeline::{AmbiguousFraming, ClientInfo, Connector, Pipeline};
 pub struct ConnOptions {
     /// Bound on a request head (HTTP/1 read buffer, HTTP/2 header list);
     /// from `limits.max_header_bytes`. Heads a little over the limit reach the
-    /// pipeline (431 there); far over it, hyper answers 431 itself.
+    /// pipeline (431 there); far over it, hyper answers 431 itself. It also
+    /// sets the HTTP/1 header-field count ([`max_header_fields`]).
     pub max_header_bytes: usize,
-    /// Time to read a request head before the connection is dropped.
+    /// Time to read a request head (`limits.client_header_timeout`): an
+    /// incomplete head then gets 408, an idle connection is closed.
     pub header_read_timeout: Duration,
     /// Time for a TLS handshake.
     pub handshake_timeout: Duration,
+    /// Longest a write to the client may block (`limits.send_timeout`).
+    pub send_timeout: Duration,
+    /// Client connections this process serves at once
+    /// (`limits.max_connections`, resolved: never 0).
+    pub max_connections: usize,
+    /// On stop, first take the connections already queued on the socket.
+    /// Off for another worker slot's socket taken over for a while: its own
+    /// worker (or the supervisor, which keeps the socket) takes them.
+    pub take_queued_on_stop: bool,
 }
 
 impl Default for ConnOptions {
@@ -42,8 +61,29 @@ impl Default for ConnOptions {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            max_connections: auto_max_connections(),
+            take_queued_on_stop: true,
         }
     }
+}
+
+/// `limits.max_connections: 0`: half the descriptors the soft
+/// `RLIMIT_NOFILE` allows (each client connection may need an upstream
+/// one), less 64 for listeners, logs and health checks; at least 16.
+pub fn auto_max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    (soft.saturating_sub(64) / 2).clamp(16, 1 << 20)
+}
+
+/// The HTTP/1 header-field count for a `max_header_bytes`: a field counts
+/// at least 32 bytes (2 048 fields at the default 64 KiB), and never fewer
+/// than hyper's own fixed default of 100.
+pub fn max_header_fields(max_header_bytes: usize) -> usize {
+    (max_header_bytes / 32).clamp(100, 8192)
 }
 
 fn builder(opts: &ConnOptions) -> auto::Builder<TokioExecutor> {
@@ -54,11 +94,120 @@ fn builder(opts: &ConnOptions) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
+        .max_headers(max_header_fields(opts.max_header_bytes))
         .max_buf_size(buf);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
     b
+}
+
+/// Load of this process's listeners: what `overloaded` reports.
+struct Load {
+    active: AtomicUsize,
+    /// When accepting last paused at the cap or failed for want of
+    /// resources (ms since `epoch`, at least 1; 0: never).
+    overloaded_at_ms: AtomicU64,
+    epoch: Instant,
+    freed: tokio::sync::Notify,
+}
+
+fn load() -> &'static Load {
+    static LOAD: std::sync::OnceLock<Load> = std::sync::OnceLock::new();
+    LOAD.get_or_init(|| Load {
+        active: AtomicUsize::new(0),
+        overloaded_at_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+        freed: tokio::sync::Notify::new(),
+    })
+}
+
+/// How long `overloaded` stays set after the last pause or resource
+/// failure, so that a probe once a second does not miss a state that
+/// flickers.
+const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
+
+fn mark_overloaded() {
+    let l = load();
+    let now = u64::try_from(l.epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    l.overloaded_at_ms.store(now, Ordering::Relaxed);
+    metrics::gauge!("aegis_overloaded").set(1.0);
+}
+
+/// True while this process is at its connection cap, or was within the
+/// last few seconds, or accepting failed for want of descriptors or
+/// memory. A worker reports it in its health answer; the metric is
+/// `aegis_overloaded`.
+pub fn overloaded() -> bool {
+    let l = load();
+    let at = l.overloaded_at_ms.load(Ordering::Relaxed);
+    let now = u64::try_from(l.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let hold = u64::try_from(OVERLOAD_HOLD.as_millis()).unwrap_or(u64::MAX);
+    let on = at != 0 && now.saturating_sub(at) < hold;
+    if !on && at != 0 {
+        metrics::gauge!("aegis_overloaded").set(0.0);
+    }
+    on
+}
+
+/// Client connections open in this process.
+pub fn active_connections() -> usize {
+    load().active.load(Ordering::Relaxed)
+}
+
+/// Held by a served connection; frees its place under the cap.
+pub struct ConnSlot(());
+
+impl ConnSlot {
+    fn take() -> Self {
+        let n = load()
+            .active
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        metrics::gauge!("aegis_connections_active").set(n as f64);
+        ConnSlot(())
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let l = load();
+        let n = l.active.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        metrics::gauge!("aegis_connections_active").set(n as f64);
+        l.freed.notify_waiters();
+    }
+}
+
+/// What hyper's HTTP/1 header timeout does not send: a 408 to a client
+/// whose head was still coming (an idle connection is closed silently, as
+/// nginx does: a 408 there races the client's next request).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\n\r\n408 Request Timeout\n";
+
+/// True when `e` (from a connection future) is hyper's header timeout.
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    /// Plain listener, or TLS without ALPN: detected from the first bytes.
+    Detect,
+    /// ALPN `h2`: HTTP/2 only (RFC 9113 §3.3; h2spec http2/3.5/2).
+    H2,
+    /// ALPN `http/1.1`: HTTP/1 only.
+    Http1,
 }
 
 /// A running listener: wait on it to know its connections have drained.
@@ -67,35 +216,103 @@ pub struct ListenerTask {
     pub handle: tokio::task::JoinHandle<()>,
 }
 
+/// Set when a listener starts draining: from then on every HTTP/1 response
+/// carries `Connection: close`, so a keep-alive client learns from the
+/// answer to its next request that the connection ends, instead of finding
+/// it closed under a request it has just sent (the graceful close that
+/// follows [`LAME_DUCK`] then finds these connections already gone).
+#[derive(Clone, Default)]
+struct Closing(Arc<std::sync::atomic::AtomicBool>);
+
+impl Closing {
+    fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 async fn serve_conn<C, I>(
     io: I,
     info: ClientInfo,
     pipeline: Pipeline<C>,
     opts: &ConnOptions,
     graceful: &GracefulShutdown,
+    closing: &Closing,
+    alpn: Alpn,
+    slot: ConnSlot,
 ) where
     C: Connector,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, verdicts) = framing::FramingProbe::new(io);
+    let (io, stream) = framing::HandBack::new(io);
+    let (io, verdicts, head) =
+        framing::FramingProbe::with_timeouts(io, opts.header_read_timeout, opts.send_timeout);
+    let closing = closing.clone();
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(info);
-        if req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous() {
+        let http1 = req.version() < http::Version::HTTP_2;
+        if http1 && verdicts.next_is_ambiguous() {
             req.extensions_mut().insert(AmbiguousFraming);
         }
-        pipeline.clone().oneshot(req)
+        let answer = pipeline.clone().oneshot(req);
+        let closing = closing.clone();
+        async move {
+            let mut resp = answer.await?;
+            if http1 && closing.is_set() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let builder = builder(opts);
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    let conn = graceful.watch(conn);
+    let io = TokioIo::new(io);
+    let conn: ConnFuture = match alpn {
+        Alpn::H2 => {
+            Box::pin(graceful.watch(builder.http2_only().serve_connection(io, svc).into_owned()))
+        }
+        Alpn::Http1 => Box::pin(
+            graceful.watch(
+                builder
+                    .http1_only()
+                    .serve_connection_with_upgrades(io, svc)
+                    .into_owned(),
+            ),
+        ),
+        Alpn::Detect => {
+            Box::pin(graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()))
+        }
+    };
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection ended with an error");
+            let taken = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if is_header_timeout(e.as_ref())
+                && head.pending()
+                && let Some(mut s) = taken
+            {
+                metrics::counter!("aegis_request_header_timeouts_total").increment(1);
+                let answer = async {
+                    s.write_all(REQUEST_TIMEOUT).await?;
+                    s.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+            }
         }
     });
 }
+
+type ConnFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+            + Send,
+    >,
+>;
 
 /// Serves plain HTTP on `listener` until `shutdown`, then drains.
 pub fn serve_plain<C: Connector>(
@@ -108,17 +325,30 @@ pub fn serve_plain<C: Connector>(
     let local_addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
+        let closing = Closing::default();
         let mut stopping = false;
-        while let Some((stream, peer)) = next_conn(&listener, &shutdown, &mut stopping).await {
+        while let Some((stream, peer, slot)) =
+            next_conn(&listener, &shutdown, &mut stopping, &opts).await
+        {
             let _ = stream.set_nodelay(true);
             let info = ClientInfo {
                 addr: peer,
                 tls: false,
             };
-            serve_conn(stream, info, pipeline.clone(), &opts, &graceful).await;
+            serve_conn(
+                stream,
+                info,
+                pipeline.clone(),
+                &opts,
+                &graceful,
+                &closing,
+                Alpn::Detect,
+                slot,
+            )
+            .await;
         }
         drop(listener);
-        drain(graceful, drain_timeout).await;
+        drain(graceful, &closing, drain_timeout).await;
     });
     Ok(ListenerTask { local_addr, handle })
 }
@@ -135,13 +365,17 @@ pub fn serve_tls<C: Connector>(
     let local_addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         let graceful = Arc::new(GracefulShutdown::new());
+        let closing = Closing::default();
         let mut stopping = false;
-        while let Some((stream, peer)) = next_conn(&listener, &shutdown, &mut stopping).await {
+        while let Some((stream, peer, slot)) =
+            next_conn(&listener, &shutdown, &mut stopping, &opts).await
+        {
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let pipeline = pipeline.clone();
             let opts = opts.clone();
             let graceful = graceful.clone();
+            let closing = closing.clone();
             tokio::spawn(async move {
                 let tls =
                     match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream))
@@ -159,12 +393,18 @@ pub fn serve_tls<C: Connector>(
                     addr: peer,
                     tls: true,
                 };
-                serve_conn(tls, info, pipeline, &opts, &graceful).await;
+                let alpn = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Alpn::H2,
+                    Some(_) => Alpn::Http1,
+                    None => Alpn::Detect,
+                };
+                serve_conn(tls, info, pipeline, &opts, &graceful, &closing, alpn, slot).await;
             });
         }
         drop(listener);
+        closing.start();
         match Arc::try_unwrap(graceful) {
-            Ok(g) => drain(g, drain_timeout).await,
+            Ok(g) => drain(g, &closing, drain_timeout).await,
             Err(g) => {
                 // Handshakes still running hold a reference; give them the
                 // same drain time.
@@ -175,7 +415,7 @@ pub fn serve_tls<C: Connector>(
                         Ok(inner) => {
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
-                            drain(inner, left).await;
+                            drain(inner, &closing, left).await;
                             break;
                         }
                         Err(again) => {
@@ -193,29 +433,78 @@ pub fn serve_tls<C: Connector>(
     Ok(ListenerTask { local_addr, handle })
 }
 
-/// The next connection to serve. After `shutdown`, the connections the
-/// kernel already queued are still taken (until the queue stays empty for a
-/// moment), so stopping a worker resets none that completed their handshake;
-/// other workers sharing the socket keep accepting new ones.
+/// The next connection to serve, with its place under the cap. After
+/// `shutdown`, the connections the kernel already queued are still taken
+/// (until the queue stays empty for a moment), so stopping a worker resets
+/// none that completed their handshake; other workers sharing the socket
+/// keep accepting new ones.
+///
+/// At `max` open connections accepting pauses until one closes: the kernel
+/// queues new ones, and other workers sharing the socket take them. When
+/// `accept` fails for want of descriptors or memory (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM) it backs off, doubling from 10 ms to 1 s, and logs once
+/// a second at most: retrying at once only spins. Both set `overloaded`.
 async fn next_conn(
     listener: &TcpListener,
     shutdown: &CancellationToken,
     stopping: &mut bool,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    opts: &ConnOptions,
+) -> Option<(tokio::net::TcpStream, SocketAddr, ConnSlot)> {
+    let max = opts.max_connections;
+    let mut backoff = Duration::from_millis(10);
+    let mut last_warn: Option<Instant> = None;
+    let mut failed: u64 = 0;
     loop {
         if *stopping {
+            if !opts.take_queued_on_stop {
+                return None;
+            }
             return match tokio::time::timeout(Duration::from_millis(2), listener.accept()).await {
-                Ok(Ok(x)) => Some(x),
+                Ok(Ok((s, a))) => Some((s, a, ConnSlot::take())),
                 _ => None,
             };
+        }
+        let l = load();
+        if l.active.load(Ordering::Relaxed) >= max.max(1) {
+            mark_overloaded();
+            metrics::counter!("aegis_accept_paused_total").increment(1);
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(max, "connection limit reached: accepting paused");
+                last_warn = Some(Instant::now());
+            }
+            let freed = l.freed.notified();
+            tokio::select! {
+                _ = shutdown.cancelled() => *stopping = true,
+                _ = freed => {}
+                // A wake-up may race the count: look again soon anyway.
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => *stopping = true,
             r = listener.accept() => match r {
-                Ok(x) => return Some(x),
+                Ok((s, a)) => return Some((s, a, ConnSlot::take())),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    use nix::errno::Errno;
+                    let resource = e.raw_os_error().is_some_and(|n| {
+                        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                            .contains(&Errno::from_raw(n))
+                    });
+                    metrics::counter!("aegis_accept_errors_total").increment(1);
+                    failed = failed.saturating_add(1);
+                    if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, failed, "accept failed");
+                        last_warn = Some(Instant::now());
+                        failed = 0;
+                    }
+                    if resource {
+                        mark_overloaded();
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             },
         }
@@ -223,13 +512,19 @@ async fn next_conn(
 }
 
 /// How long connections keep going after accepting stopped, before the
-/// graceful close: a client that connected just before the stop has its
-/// request head read and served, instead of finding its idle-looking
-/// connection closed.
-const LINGER: Duration = Duration::from_millis(300);
+/// graceful close. Meanwhile every HTTP/1 response says `Connection: close`
+/// ([`Closing`]), so a keep-alive client that sends another request in this
+/// window gets its answer and a clean close rather than a reset; a client
+/// that connected just before the stop has its request head read and
+/// served. Only connections idle for the whole window are closed under a
+/// client that might be about to send (nginx closes idle keep-alive
+/// connections at once on a graceful stop). HTTP/2 clients get a GOAWAY at
+/// the graceful close and finish their streams.
+const LAME_DUCK: Duration = Duration::from_secs(1);
 
-async fn drain(graceful: GracefulShutdown, timeout: Duration) {
-    tokio::time::sleep(LINGER.min(timeout)).await;
+async fn drain(graceful: GracefulShutdown, closing: &Closing, timeout: Duration) {
+    closing.start();
+    tokio::time::sleep(LAME_DUCK.min(timeout)).await;
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()

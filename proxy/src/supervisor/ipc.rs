@@ -34,6 +34,10 @@ pub enum ToWorker {
     Metrics { seq: u64 },
     /// The feature module's kill switch.
     Features { enabled: bool },
+    /// Accept also on the spare sockets of these slots (they have no healthy
+    /// worker), and stop accepting on any other spare. The whole set each
+    /// time; a worker ignores its own slot.
+    Adopt { slots: Vec<usize> },
     /// Stop accepting, drain, exit.
     Stop,
 }
@@ -54,6 +58,10 @@ pub enum FromWorker {
         version: String,
         #[serde(default)]
         traffic: crate::pipeline::traffic::TrafficTotals,
+        /// At the connection limit or out of descriptors
+        /// ([`crate::server::overloaded`]).
+        #[serde(default)]
+        overloaded: bool,
     },
     Loaded {
         #[serde(default)]

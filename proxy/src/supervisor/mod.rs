@@ -1,6 +1,16 @@
-//! The supervisor: binds the listeners once, runs N worker processes of the
-//! same binary that inherit them, watches each one and replaces it when it
+//! The supervisor: binds the listeners, runs N worker processes of the same
+//! binary that inherit them, watches each one and replaces it when it
 //! misbehaves, without the other workers' traffic noticing.
+//!
+//! Each listen address is bound once per worker slot, with SO_REUSEPORT,
+//! so the kernel spreads new connections evenly over the slots (one shared
+//! accept queue let whichever worker woke first take nearly every
+//! connection). The supervisor keeps every slot's sockets open for its
+//! whole life, so nothing queued on a slot is lost when its worker dies:
+//! the replacement inherits the same socket, queue and all. Meanwhile the
+//! other workers take over the queue of a slot without a healthy worker
+//! (`ToWorker::Adopt`: every worker inherits every slot's sockets and
+//! accepts on the orphaned ones until the slot is healthy again).
 //!
 //! - **exited or killed**: respawned at once; with exponential backoff when
 //!   it keeps dying.
@@ -97,6 +107,9 @@ pub struct WorkerStatus {
     pub errors_5xx: u64,
     /// Set on the canary worker while it serves a version the others do not.
     pub canary: bool,
+    /// The worker said, at the last probe, that it is at its connection
+    /// limit or out of descriptors (`aegis_overloaded`).
+    pub overloaded: bool,
 }
 
 /// Something the owner of the supervisor should act on.
@@ -127,26 +140,86 @@ pub enum SupervisorError {
     NotReady { slot: usize, why: String },
 }
 
-/// Binds a listener with SO_REUSEADDR and a deep backlog, close-on-exec
-/// until a worker spawn clears it.
-pub fn bind_listener(addr: &str) -> Result<TcpListener, SupervisorError> {
+/// One worker slot's own listening sockets: one per listen address, in the
+/// order of `listen` and `listen_tls`.
+#[derive(Debug)]
+pub struct SlotSockets {
+    pub plain: Vec<TcpListener>,
+    pub tls: Vec<TcpListener>,
+}
+
+/// Binds every address once per slot, each socket with SO_REUSEPORT (the
+/// kernel balances new connections over a port's sockets) and a deep
+/// backlog, close-on-exec until a worker spawn clears it.
+///
+/// SO_REUSEPORT would also let a second `aegis run` on the same port join
+/// the group silently and take a share of the traffic. So each address is
+/// first bound by a plain probe socket: one that is in use fails here, as
+/// without reuseport. The probe also fixes the port when the address asks
+/// for port 0, so every slot gets the same one.
+pub fn bind_groups(
+    plain: &[String],
+    tls: &[String],
+    slots: usize,
+) -> Result<Vec<SlotSockets>, SupervisorError> {
+    let mut out: Vec<SlotSockets> = (0..slots.max(1))
+        .map(|_| SlotSockets {
+            plain: Vec::new(),
+            tls: Vec::new(),
+        })
+        .collect();
+    for (addrs, is_tls) in [(plain, false), (tls, true)] {
+        for addr in addrs {
+            let group = bind_group(addr, out.len())?;
+            for (slot, l) in out.iter_mut().zip(group) {
+                if is_tls {
+                    slot.tls.push(l);
+                } else {
+                    slot.plain.push(l);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bind_group(addr: &str, n: usize) -> Result<Vec<TcpListener>, SupervisorError> {
     let bind_err = |source| SupervisorError::Bind {
         addr: addr.to_string(),
         source,
     };
-    let sock_addr: std::net::SocketAddr = addr
+    let wanted: std::net::SocketAddr = addr
         .parse()
         .map_err(|_| bind_err(std::io::Error::other(format!("`{addr}` is not ip:port"))))?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(sock_addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(bind_err)?;
-    socket.set_reuse_address(true).map_err(bind_err)?;
-    socket.bind(&sock_addr.into()).map_err(bind_err)?;
-    socket.listen(4096).map_err(bind_err)?;
-    Ok(socket.into())
+    let socket = |reuse_port: bool| -> std::io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(wanted),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        Ok(s)
+    };
+    let probe = socket(false).map_err(bind_err)?;
+    probe.bind(&wanted.into()).map_err(bind_err)?;
+    let actual = probe
+        .local_addr()
+        .map_err(bind_err)?
+        .as_socket()
+        .ok_or_else(|| bind_err(std::io::Error::other("not an IP socket")))?;
+    drop(probe);
+    (0..n)
+        .map(|_| {
+            let s = socket(true)?;
+            s.bind(&actual.into())?;
+            s.listen(4096)?;
+            Ok(TcpListener::from(s))
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(bind_err)
 }
 
 /// How long a scrape of `/metrics` waits for a worker's text: well inside
@@ -162,6 +235,7 @@ struct WorkerProc {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
     version: Arc<Mutex<Option<String>>>,
     traffic: Arc<Mutex<TrafficTotals>>,
+    overloaded: Arc<std::sync::atomic::AtomicBool>,
     /// The last Prometheus text it sent, served when it does not answer a
     /// scrape in time.
     metrics: String,
@@ -212,9 +286,18 @@ enum Event {
 
 struct Inner {
     cfg: SupervisorConfig,
-    /// The listening sockets, until the supervisor stops (then closed, so
-    /// new connections are refused instead of queued for nobody).
-    listeners: Mutex<Option<(Vec<TcpListener>, Vec<TcpListener>)>>,
+    /// Every slot's listening sockets, until the supervisor stops (then
+    /// closed, so new connections are refused instead of queued for nobody).
+    listeners: Mutex<Option<Vec<SlotSockets>>>,
+    /// The orphaned slots last announced to the workers (`ToWorker::Adopt`).
+    /// An async lock held from computing the set to the last send, so two
+    /// announcements never reach a worker out of order (an old set arriving
+    /// last would keep a worker accepting for a slot that has its own).
+    orphans: tokio::sync::Mutex<Vec<usize>>,
+    /// Set once every first worker serves: before that, every slot is
+    /// "orphaned" and the first worker ready would take connections that
+    /// keep-alive clients then keep on it.
+    started: AtomicBool,
     /// What every slot without a version of its own serves (and respawns on).
     serve: Mutex<Served>,
     slots: Mutex<Vec<Slot>>,
@@ -241,8 +324,7 @@ impl Supervisor {
     /// run, and the receiver of events the owner should act on.
     pub fn new(
         cfg: SupervisorConfig,
-        plain: Vec<TcpListener>,
-        tls: Vec<TcpListener>,
+        sockets: Vec<SlotSockets>,
         serve: Served,
     ) -> (
         Self,
@@ -255,7 +337,9 @@ impl Supervisor {
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let inner = Arc::new(Inner {
             cfg,
-            listeners: Mutex::new(Some((plain, tls))),
+            listeners: Mutex::new(Some(sockets)),
+            orphans: tokio::sync::Mutex::new(Vec::new()),
+            started: AtomicBool::new(false),
             serve: Mutex::new(serve),
             slots: Mutex::new(slots),
             deaths: Mutex::new(VecDeque::new()),
@@ -302,6 +386,8 @@ impl Supervisor {
             }
         }
         metrics::gauge!("aegis_workers_healthy").set(self.inner.cfg.workers as f64);
+        self.inner.started.store(true, Ordering::SeqCst);
+        self.share_orphans(true).await;
         Ok(())
     }
 
@@ -345,22 +431,41 @@ impl Supervisor {
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some((plain, tls)) = listeners.as_ref() else {
+        let Some(sockets) = listeners.as_ref() else {
             return Err(SupervisorError::Spawn {
                 slot,
                 source: std::io::Error::other("the supervisor is stopping"),
             });
         };
-        for l in plain {
-            cmd.arg("--listen-fd").arg(fds::raw(l).to_string());
-        }
-        for l in tls {
-            cmd.arg("--tls-fd").arg(fds::raw(l).to_string());
-        }
         let mut inherit: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
         inherit.push(child_end.as_fd());
-        inherit.extend(plain.iter().map(|l| l.as_fd()));
-        inherit.extend(tls.iter().map(|l| l.as_fd()));
+        // Its own slot's sockets, and every other slot's as spares it
+        // accepts on only while that slot is orphaned.
+        for (i, own) in sockets.iter().enumerate() {
+            let (plain_flag, tls_flag) = if i == slot {
+                ("--listen-fd", "--tls-fd")
+            } else {
+                ("--spare-listen-fd", "--spare-tls-fd")
+            };
+            for l in &own.plain {
+                let fd = fds::raw(l);
+                cmd.arg(plain_flag).arg(if i == slot {
+                    fd.to_string()
+                } else {
+                    format!("{i}:{fd}")
+                });
+                inherit.push(l.as_fd());
+            }
+            for l in &own.tls {
+                let fd = fds::raw(l);
+                cmd.arg(tls_flag).arg(if i == slot {
+                    fd.to_string()
+                } else {
+                    format!("{i}:{fd}")
+                });
+                inherit.push(l.as_fd());
+            }
+        }
         let spawned = fds::spawn_inheriting(&inherit, || cmd.spawn());
         drop(listeners);
         let mut child = spawned.map_err(|source| SupervisorError::Spawn { slot, source })?;
@@ -371,6 +476,7 @@ impl Supervisor {
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>> = Arc::default();
         let version: Arc<Mutex<Option<String>>> = Arc::default();
         let traffic: Arc<Mutex<TrafficTotals>> = Arc::default();
+        let overloaded: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let (ready_tx, ready_rx) = oneshot::channel();
         parent_end
             .set_nonblocking(true)
@@ -389,6 +495,7 @@ impl Supervisor {
             let pending = pending.clone();
             let version = version.clone();
             let traffic = traffic.clone();
+            let overloaded = overloaded.clone();
             let events = self.inner.events.clone();
             tokio::spawn(async move {
                 let mut ready_tx = Some(ready_tx);
@@ -410,7 +517,9 @@ impl Supervisor {
                             seq,
                             version: v,
                             traffic: t,
+                            overloaded: o,
                         } => {
+                            overloaded.store(*o, std::sync::atomic::Ordering::Relaxed);
                             *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
                             *traffic.lock().unwrap_or_else(|e| e.into_inner()) = *t;
                             *seq
@@ -447,6 +556,7 @@ impl Supervisor {
             pending,
             version,
             traffic,
+            overloaded,
             metrics: String::new(),
         };
         let mut slots = self.slots();
@@ -492,6 +602,45 @@ impl Supervisor {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&seq);
         answer
+    }
+
+    /// Slots without a healthy worker: none running, not ready yet, or its
+    /// last probe unanswered. Their queues are taken over by the others.
+    fn orphaned(&self) -> Vec<usize> {
+        if self.inner.stopping.load(Ordering::SeqCst) || !self.inner.started.load(Ordering::SeqCst)
+        {
+            return Vec::new();
+        }
+        self.slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.current.is_none() || !s.healthy || s.failed_probes > 0)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Tells every healthy worker which slots' sockets to accept on besides
+    /// its own, when that set changed (or always, with `force`: a worker that
+    /// just became ready has not heard it).
+    async fn share_orphans(&self, force: bool) {
+        let mut last = self.inner.orphans.lock().await;
+        let now = self.orphaned();
+        if *last == now && !force {
+            return;
+        }
+        if *last != now {
+            tracing::info!(orphaned = ?now, "slots taken over by the other workers");
+        }
+        last.clone_from(&now);
+        let txs: Vec<mpsc::Sender<ToWorker>> = self
+            .slots()
+            .iter()
+            .filter(|s| s.healthy)
+            .filter_map(|s| s.current.as_ref().map(|w| w.tx.clone()))
+            .collect();
+        for tx in txs {
+            let _ = tx.send(ToWorker::Adopt { slots: now.clone() }).await;
+        }
     }
 
     /// Worker slots.
@@ -643,6 +792,10 @@ impl Supervisor {
                 requests: traffic.map_or(0, |t| t.requests),
                 errors_5xx: traffic.map_or(0, |t| t.errors_5xx),
                 canary: s.serve.is_some(),
+                overloaded: s
+                    .current
+                    .as_ref()
+                    .is_some_and(|w| w.overloaded.load(std::sync::atomic::Ordering::Relaxed)),
             })
             .collect()
     }
@@ -797,6 +950,8 @@ impl SupervisorLoop {
                     }
                     s.draining.clone()
                 };
+                let sup = self.sup.clone();
+                tokio::spawn(async move { sup.share_orphans(true).await });
                 // A replacement serves: let the workers it replaced drain.
                 for p in old {
                     tracing::info!(slot, pid = p, "replacement ready: draining the old worker");
@@ -872,6 +1027,11 @@ impl SupervisorLoop {
             reason
         };
         tracing::warn!(slot, pid, %status, reason = reason.as_str(), "worker died");
+        {
+            // Its queue goes to the others until the replacement serves.
+            let sup = self.sup.clone();
+            tokio::spawn(async move { sup.share_orphans(false).await });
+        }
         metrics::counter!("aegis_worker_restarts_total", "reason" => reason.as_str()).increment(1);
         let h = &self.sup.inner.cfg.health;
         let (recent, backoff, since, versions) = {
@@ -1044,6 +1204,7 @@ impl SupervisorLoop {
             }
         }
         metrics::gauge!("aegis_workers_healthy").set(healthy as f64);
+        self.sup.share_orphans(false).await;
         for pid in to_kill {
             let p = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = kill(p, Signal::SIGTERM);

@@ -10,7 +10,7 @@ use aegis_engine::config::Settings;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{Served, Supervisor, SupervisorConfig, SupervisorEvent, bind_listener};
+use super::{Served, Supervisor, SupervisorConfig, SupervisorEvent, bind_groups};
 use crate::admin::{self, AdminState};
 use crate::gate::{Fleet, Gate};
 use crate::pipeline::ConfigHandle;
@@ -51,17 +51,14 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         }
     };
     let exe = std::env::current_exe().context("locating the aegis binary")?;
-    let mut plain = Vec::new();
-    for addr in &s.settings.listen {
-        let l = bind_listener(addr)?;
-        crate::say!("aegis: listening http {}", l.local_addr()?);
-        plain.push(l);
-    }
-    let mut tls = Vec::new();
-    for addr in &s.settings.listen_tls {
-        let l = bind_listener(addr)?;
-        crate::say!("aegis: listening https {}", l.local_addr()?);
-        tls.push(l);
+    let sockets = bind_groups(&s.settings.listen, &s.settings.listen_tls, s.workers)?;
+    if let Some(first) = sockets.first() {
+        for l in &first.plain {
+            crate::say!("aegis: listening http {}", l.local_addr()?);
+        }
+        for l in &first.tls {
+            crate::say!("aegis: listening https {}", l.local_addr()?);
+        }
     }
     let cfg = SupervisorConfig {
         exe,
@@ -72,7 +69,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         sample_out: s.sample_out.clone(),
         features_enabled: s.settings.features_module.enabled,
     };
-    let (supervisor, event_loop, events) = Supervisor::new(cfg, plain, tls, s.serve.clone());
+    let (supervisor, event_loop, events) = Supervisor::new(cfg, sockets, s.serve.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(event_loop.run(shutdown.clone())));

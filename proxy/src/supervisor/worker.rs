@@ -9,9 +9,19 @@
 //! (`gate::store::load_verified`). Its process settings (limits, fail mode)
 //! come from that snapshot's own `aegis.yaml`, so a respawn serves exactly
 //! what was promoted, whatever the directory holds now.
+//!
+//! A worker accepts on its own slot's sockets, and on another slot's
+//! (`--spare-listen-fd SLOT:FD`) only while the supervisor says that slot has
+//! no healthy worker (`ToWorker::Adopt`).
+//!
+//! With one runtime thread (the default: one worker process per core) the
+//! runtime is current-thread: no work stealing, no cross-thread wake-ups,
+//! the same instructions per request for less CPU than a one-thread
+//! multi-thread runtime.
 
 use aegis_engine::config::Settings;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +47,12 @@ pub struct WorkerArgs {
     /// Inherited TLS listener descriptors.
     #[arg(long = "tls-fd")]
     pub tls_fds: Vec<RawFd>,
+    /// Other slots' plain listener descriptors, as `SLOT:FD`.
+    #[arg(long = "spare-listen-fd", value_parser = parse_spare)]
+    pub spare_listen_fds: Vec<(usize, RawFd)>,
+    /// Other slots' TLS listener descriptors, as `SLOT:FD`.
+    #[arg(long = "spare-tls-fd", value_parser = parse_spare)]
+    pub spare_tls_fds: Vec<(usize, RawFd)>,
     /// Inherited control channel descriptor.
     #[arg(long)]
     pub control_fd: RawFd,
@@ -54,6 +70,82 @@ pub struct WorkerArgs {
     /// Keep a traffic sample and write it here (one worker does).
     #[arg(long)]
     pub sample_out: Option<PathBuf>,
+}
+
+fn parse_spare(s: &str) -> Result<(usize, RawFd), String> {
+    let (slot, fd) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not SLOT:FD"))?;
+    let slot = slot
+        .parse()
+        .map_err(|_| format!("`{slot}` is not a slot"))?;
+    let fd = fd
+        .parse()
+        .map_err(|_| format!("`{fd}` is not a descriptor"))?;
+    Ok((slot, fd))
+}
+
+/// Other slots' sockets, kept unserved until adopted.
+#[derive(Default)]
+struct Spares {
+    sockets: HashMap<usize, (Vec<std::net::TcpListener>, Vec<std::net::TcpListener>)>,
+    /// Slots adopted now: the token that stops accepting on their sockets.
+    adopted: HashMap<usize, tokio_util::sync::CancellationToken>,
+    tasks: Vec<crate::server::ListenerTask>,
+}
+
+impl Spares {
+    /// Accepts on the spare sockets of `slots` and stops on the others.
+    fn adopt(&mut self, serving: &Serving, own: u32, slots: &[usize]) {
+        let own = usize::try_from(own).unwrap_or(usize::MAX);
+        self.adopted.retain(|slot, stop| {
+            let keep = slots.contains(slot);
+            if !keep {
+                tracing::info!(
+                    slot,
+                    "slot has a healthy worker again: no longer accepting for it"
+                );
+                stop.cancel();
+            }
+            keep
+        });
+        for &slot in slots {
+            if slot == own || self.adopted.contains_key(&slot) {
+                continue;
+            }
+            let Some((plain, tls)) = self.sockets.get(&slot) else {
+                continue;
+            };
+            // Serve duplicates: the originals stay here for the next time.
+            let dup =
+                |ls: &[std::net::TcpListener]| -> std::io::Result<Vec<tokio::net::TcpListener>> {
+                    ls.iter()
+                        .map(|l| {
+                            let d = l.try_clone()?;
+                            d.set_nonblocking(true)?;
+                            tokio::net::TcpListener::from_std(d)
+                        })
+                        .collect()
+                };
+            let listeners = match (dup(plain), dup(tls)) {
+                (Ok(plain), Ok(tls)) => Listeners { plain, tls },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(slot, error = %e, "cannot take over the slot's sockets");
+                    continue;
+                }
+            };
+            let stop = serving.shutdown.child_token();
+            match serving.serve_more(listeners, &stop) {
+                Ok(tasks) => {
+                    tracing::info!(slot, "slot has no healthy worker: accepting for it");
+                    self.tasks.extend(tasks);
+                    self.adopted.insert(slot, stop);
+                }
+                Err(e) => tracing::warn!(slot, error = %e, "cannot take over the slot's sockets"),
+            }
+        }
+        self.tasks.retain(|t| !t.handle.is_finished());
+    }
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
@@ -91,16 +183,36 @@ fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let control = std::os::unix::net::UnixStream::from(
         fds::adopt(args.control_fd).context("adopting the control channel")?,
     );
+    let mut spares = Spares::default();
+    for (fds_of, is_tls) in [(&args.spare_listen_fds, false), (&args.spare_tls_fds, true)] {
+        for (slot, fd) in fds_of {
+            let l = fds::adopt(*fd)
+                .map(std::net::TcpListener::from)
+                .context("adopting a spare listener")?;
+            let entry = spares.sockets.entry(*slot).or_default();
+            if is_tls {
+                entry.1.push(l);
+            } else {
+                entry.0.push(l);
+            }
+        }
+    }
 
     let (settings, compiled) = store::load_verified(&args.serve_dir, &args.snapshot)
         .with_context(|| format!("worker {}", args.worker_id))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
+    let mut builder = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let rt = builder
         .thread_name(format!("aegis-worker-{}", args.worker_id))
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(args, settings, compiled, plain, tls, control))
+    rt.block_on(serve(args, settings, compiled, plain, tls, control, spares))
 }
 
 async fn serve(
@@ -110,6 +222,7 @@ async fn serve(
     plain: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
     control: std::os::unix::net::UnixStream,
+    mut spares: Spares,
 ) -> anyhow::Result<()> {
     let to_tokio = |l: std::net::TcpListener| -> std::io::Result<tokio::net::TcpListener> {
         l.set_nonblocking(true)?;
@@ -172,6 +285,7 @@ async fn serve(
                 seq,
                 version: serving.config.load().version.clone(),
                 traffic: traffic.totals(),
+                overloaded: crate::server::overloaded(),
             },
             Ok(ToWorker::Metrics { seq }) => FromWorker::MetricsText {
                 seq,
@@ -187,12 +301,22 @@ async fn serve(
                 features.store(enabled, std::sync::atomic::Ordering::SeqCst);
                 continue;
             }
+            Ok(ToWorker::Adopt { slots }) => {
+                spares.adopt(&serving, args.worker_id, &slots);
+                continue;
+            }
         };
         if ipc::write_msg(&mut tx, &reply).await.is_err() {
             break;
         }
     }
+    // The adopted listeners stop with the shutdown (their tokens are its
+    // children) and drain alongside the worker's own.
+    let adopted = std::mem::take(&mut spares.tasks);
     serving.drain().await;
+    for t in adopted {
+        let _ = t.handle.await;
+    }
     Ok(())
 }
 

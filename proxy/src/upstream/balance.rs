@@ -1,5 +1,8 @@
 //! Endpoint selection: the pool's balance policy over the endpoints that are
 //! available (healthy and not ejected), backups only when no primary is.
+//! When none is available, the endpoints that only passive ejection keeps
+//! out are tried anyway (nginx semantics); an endpoint the active checks
+//! call down is never picked.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -84,6 +87,27 @@ pub fn pick(
     let mut candidates = usable(false);
     if candidates.is_empty() {
         candidates = usable(true);
+    }
+    if candidates.is_empty() {
+        // Every endpoint is passively ejected (or failed this request):
+        // try the ones the active checks do not call down anyway, as nginx
+        // does when all servers are marked failed, rather than answer 503
+        // until a `fail_timeout` runs out.
+        candidates = pool
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| !tried.contains(i) && m.endpoint.passes_checks(spec))
+            .map(|(i, _)| i)
+            .collect();
+        let primaries: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|i| pool.members.get(*i).is_some_and(|m| !m.backup))
+            .collect();
+        if !primaries.is_empty() {
+            candidates = primaries;
+        }
     }
     if candidates.is_empty() {
         return None;

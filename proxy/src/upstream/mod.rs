@@ -104,6 +104,14 @@ impl Endpoint {
         (spec.health_check.is_none() || self.is_healthy()) && !self.is_ejected(spec)
     }
 
+    /// Up by the active checks (or the pool has none); passive ejection
+    /// aside. When no endpoint is available, the balancer falls back to
+    /// these: an ejection is a guess from a few failures, a failed check a
+    /// verdict.
+    pub fn passes_checks(&self, spec: &UpstreamPool) -> bool {
+        spec.health_check.is_none() || self.is_healthy()
+    }
+
     fn is_ejected(&self, spec: &UpstreamPool) -> bool {
         let at = self.ejected_at_ms.load(Ordering::Relaxed);
         if at == NEVER || spec.max_fails == 0 {
@@ -135,7 +143,12 @@ impl Endpoint {
         }
     }
 
-    fn record_failure(&self, max_fails: u32, fail_timeout: Duration) {
+    /// Counts a failed attempt; ejects after `max_fails` within
+    /// `fail_timeout`. With `last`, the endpoint is the only one of its pool
+    /// still available: it is never ejected (nginx never marks the last
+    /// server of an upstream down), or one failed request would answer 503
+    /// for `fail_timeout` to everyone.
+    fn record_failure(&self, max_fails: u32, fail_timeout: Duration, last: bool) {
         if max_fails == 0 {
             return;
         }
@@ -149,7 +162,13 @@ impl Endpoint {
             p.fails = 0;
         }
         p.fails = p.fails.saturating_add(1);
-        if p.fails >= max_fails {
+        if p.fails >= max_fails && last {
+            p.fails = 0;
+            p.window_start = None;
+            metrics::counter!("aegis_upstream_ejections_spared_total", "upstream" => self.pool.clone())
+                .increment(1);
+            tracing::debug!(upstream = %self.pool, endpoint = %self.address, "last available endpoint: not ejected");
+        } else if p.fails >= max_fails {
             self.ejected_at_ms.store(self.now_ms(), Ordering::Relaxed);
             p.fails = 0;
             p.window_start = None;
@@ -514,7 +533,15 @@ impl Connector for PooledConnector {
                 }
                 Err(f) => {
                     drop(active);
-                    ep.record_failure(spec.max_fails, spec.fail_timeout);
+                    let last = !pool
+                        .members
+                        .iter()
+                        .any(|m| !Arc::ptr_eq(&m.endpoint, &ep) && m.endpoint.is_available(spec));
+                    // Out of descriptors here is this process's trouble,
+                    // not the endpoint's: never eject for it.
+                    if !local_exhaustion(&f.error) {
+                        ep.record_failure(spec.max_fails, spec.fail_timeout, last);
+                    }
                     tried.push(idx);
                     tracing::debug!(upstream = %spec.name, endpoint = %ep.address, error = %f.error, sent = f.sent, "attempt failed");
                     let again = match (f.request, &replay) {
@@ -543,6 +570,26 @@ impl Connector for PooledConnector {
             }
         }
     }
+}
+
+/// A connect that failed for want of descriptors or memory in this process
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+fn local_exhaustion(e: &UpstreamError) -> bool {
+    let UpstreamError::Connect { source, .. } = e else {
+        return false;
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(n) = io.raw_os_error()
+        {
+            use nix::errno::Errno;
+            return [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                .contains(&Errno::from_raw(n));
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Decrements an endpoint's in-flight count when the response is done.
@@ -708,7 +755,7 @@ mod tests {
         let s = spread(&c, &v1, 300);
         assert_eq!(s.get("10.0.0.1:80"), Some(&100), "{s:?}");
         let old = c.pools(&v1)[0].members[0].endpoint.clone();
-        old.record_failure(5, Duration::from_secs(10));
+        old.record_failure(5, Duration::from_secs(10), false);
 
         let v2 = config(
             "    endpoints:\n      - { address: \"10.0.0.1:80\", weight: 3 }\n      - { address: \"10.0.0.2:80\", backup: true }\n",
@@ -739,7 +786,7 @@ mod tests {
             pools[0].members[0].endpoint.clone(),
             pools[0].members[1].endpoint.clone(),
         );
-        a.record_failure(1, Duration::from_secs(3600));
+        a.record_failure(1, Duration::from_secs(3600), false);
         b.set_healthy(false);
         let spec = &checked.upstreams[0];
         assert!(!a.is_available(spec) && !b.is_available(spec));
@@ -755,7 +802,7 @@ mod tests {
 
         // Passive accounting off: no ejection applies.
         let off = config("    endpoints: [\"10.0.0.1:80\"]\n    passive: { max_fails: 0 }\n");
-        a.record_failure(1, Duration::from_secs(3600));
+        a.record_failure(1, Duration::from_secs(3600), false);
         assert!(!a.is_available(&checked.upstreams[0]));
         assert!(a.is_available(&off.upstreams[0]));
     }

@@ -94,6 +94,54 @@ impl Load {
         }
     }
 
+    /// `clients` threads, each on one keep-alive connection sending
+    /// `GET path` back to back, reconnecting only when the proxy says
+    /// `Connection: close` (or after a failure). A request sent on a
+    /// connection the proxy then closed without answering is `broken`: what
+    /// a drain that closes idle keep-alive connections does to clients.
+    pub fn start_keepalive(addr: SocketAddr, clients: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, counts, path) = (stop.clone(), counts.clone(), path.to_string());
+                std::thread::spawn(move || {
+                    let mut conn: Option<std::io::BufReader<TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.take() {
+                            Some(c) => c,
+                            None => match TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                            {
+                                Ok(s) => {
+                                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                                    std::io::BufReader::new(s)
+                                }
+                                Err(_) => {
+                                    counts.lock().unwrap().refused += 1;
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    continue;
+                                }
+                            },
+                        };
+                        let (answer, keep) = keepalive_request(c, &path);
+                        conn = keep;
+                        let mut c = counts.lock().unwrap();
+                        match answer {
+                            Answer::Status(200) => c.ok += 1,
+                            Answer::Status(s) => *c.statuses.entry(s).or_default() += 1,
+                            Answer::Broken | Answer::Refused => c.broken += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            counts,
+            threads,
+        }
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts.lock().unwrap().clone()
     }
@@ -140,6 +188,52 @@ fn status(addr: SocketAddr, path: &str) -> Answer {
     {
         Some(code) => Answer::Status(code),
         None => Answer::Broken,
+    }
+}
+
+/// One request on a keep-alive connection; the connection back unless the
+/// answer closes it (or there was none).
+fn keepalive_request(
+    mut c: std::io::BufReader<TcpStream>,
+    path: &str,
+) -> (Answer, Option<std::io::BufReader<TcpStream>>) {
+    use std::io::BufRead;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    if c.get_mut().write_all(req.as_bytes()).is_err() {
+        return (Answer::Broken, None);
+    }
+    let mut status = None;
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        match c.read_line(&mut line) {
+            Ok(0) | Err(_) => return (Answer::Broken, None),
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if status.is_none() {
+            status = lower
+                .strip_prefix("http/1.1 ")
+                .and_then(|t| t.get(..3))
+                .and_then(|t| t.parse::<u16>().ok());
+        } else if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        } else if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    if c.read_exact(&mut body).is_err() {
+        return (Answer::Broken, None);
+    }
+    match status {
+        Some(code) => (Answer::Status(code), (!close).then_some(c)),
+        None => (Answer::Broken, None),
     }
 }
 

@@ -387,7 +387,18 @@ impl Proxy {
     /// As [`Proxy::spawn_in`]; `Err` with the exit status and stderr when
     /// the process ends before it listens.
     pub fn try_spawn_in(dir: tempfile::TempDir, state: tempfile::TempDir) -> Result<Proxy, String> {
+        Self::try_spawn_in_env(dir, state, &[])
+    }
+
+    /// As [`Proxy::try_spawn_in`], with more environment variables for the
+    /// process (a test runner in `AEGIS_SANDBOX`, a node name).
+    pub fn try_spawn_in_env(
+        dir: tempfile::TempDir,
+        state: tempfile::TempDir,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Proxy, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aegis"))
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("run")
             .arg("--config-dir")
             .arg(dir.path())

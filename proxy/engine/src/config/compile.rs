@@ -332,8 +332,10 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
     let regex_set_limit = usize::try_from(limits.max_regex_size.0)
         .unwrap_or(usize::MAX)
         .saturating_mul(8);
+    let sha256 = cx.hasher.finish_full();
     Ok(CompiledConfig {
-        version: cx.hasher.finish(),
+        version: sha256.get(..12).unwrap_or(&sha256).to_string(),
+        sha256,
         routes,
         table: table.build(regex_set_limit),
         upstreams,
@@ -902,6 +904,7 @@ impl Cx<'_> {
             response_edits,
             rate_limit,
             max_request_body: raw.max_request_body.map(|s| s.0),
+            websocket: raw.websocket,
             examples,
         };
         Some((route, hosts, key))

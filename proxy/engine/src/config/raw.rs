@@ -174,6 +174,12 @@ pub struct Route {
     /// `client_max_body_size` in a location).
     #[serde(default)]
     pub max_request_body: Option<Size>,
+    /// Relay `Upgrade: websocket` to the upstream (nginx's
+    /// `proxy_set_header Upgrade $http_upgrade` in a location). Default
+    /// false: elsewhere the Upgrade header is removed and the request is
+    /// served as plain HTTP. `Upgrade: h2c` is never relayed.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -172,8 +172,29 @@ pub struct Limits {
     /// Request body size; larger gets 413. Default 1 MiB, as nginx's
     /// client_max_body_size.
     pub max_request_body: Size,
-    /// Total request header bytes; larger gets 431. Default 64 KiB.
+    /// Total request header bytes; larger gets 431. Default 64 KiB. On
+    /// HTTP/1 it also bounds the number of header fields: one field counts
+    /// at least 32 bytes (2 048 fields by default, never fewer than 100).
     pub max_header_bytes: Size,
+    /// Time to read a request head (nginx `client_header_timeout`); a head
+    /// still incomplete then gets 408 and the connection closes. An idle
+    /// keep-alive connection is closed after it without an answer. Default
+    /// 30s. Takes effect on restart.
+    pub client_header_timeout: Dur,
+    /// Longest wait for the next bytes of a request body (nginx
+    /// `client_body_timeout`); then 408 and the connection closes (the
+    /// upstream request is abandoned). Default 60s. Live.
+    pub client_body_timeout: Dur,
+    /// Longest a write to the client may stay blocked (nginx
+    /// `send_timeout`): a client that stops reading is disconnected.
+    /// Default 60s. Takes effect on restart.
+    pub send_timeout: Dur,
+    /// Client connections one worker serves at once; at the limit it stops
+    /// accepting until one closes (the kernel queues the others, and other
+    /// workers sharing the socket take them). 0, the default, is automatic:
+    /// half the descriptors `RLIMIT_NOFILE` allows, less 64, so each client
+    /// connection has room for its upstream one. Takes effect on restart.
+    pub max_connections: u32,
 }
 
 impl Default for Limits {
@@ -186,6 +207,10 @@ impl Default for Limits {
             max_file_size: Size(16 << 20),
             max_request_body: Size(1 << 20),
             max_header_bytes: Size(64 << 10),
+            client_header_timeout: Dur::secs(30),
+            client_body_timeout: Dur::secs(60),
+            send_timeout: Dur::secs(60),
+            max_connections: 0,
         }
     }
 }
@@ -275,6 +300,11 @@ pub struct Gate {
     /// only where a connection would disturb the upstream (scripted test
     /// servers).
     pub probe_endpoints: bool,
+    /// `GET /ready` answers 503 while the config directory holds content
+    /// the gate rejected (or rolled back), as `?require=accepted` does: a
+    /// rolling update stalls on that node. Default off (a node serving its
+    /// stable version after a rejection is ready).
+    pub require_accepted: bool,
 }
 
 impl Default for Gate {
@@ -289,6 +319,7 @@ impl Default for Gate {
             freeze_after_flips: 4,
             flap_window: Dur::secs(600),
             probe_endpoints: true,
+            require_accepted: false,
         }
     }
 }
@@ -335,8 +366,39 @@ pub struct GatePolicy {
     pub max_status_worsened: f64,
     /// Share newly blocked by features. Default 0.01.
     pub max_newly_blocked: f64,
-    /// Share whose route changes; reported always, limited only when set.
+    /// Share whose route changes above which the candidate is rejected
+    /// (`regression:route_changed`); between `max_rerouted` and this it is
+    /// held. `null` turns the rejection off. Default 0.25: a change that
+    /// moves a quarter of the traffic to other routes is not an edit.
     pub max_route_changed: Option<f64>,
+    /// Per route (the baseline's route of each replayed request): a route
+    /// with at least `min_route_requests` replayed or synthesized requests
+    /// whose success share (below 400, not blocked, no broken redirect, not
+    /// a local answer where the baseline forwarded) falls by more than this
+    /// is a regression (`regression:route`), however small its share of
+    /// the sample. Default 0.1 (ten points).
+    pub max_route_success_drop: f64,
+    /// Requests a route needs in the replay to be judged on its own.
+    /// Default 5.
+    pub min_route_requests: u64,
+    /// Share of replayed requests the baseline forwarded upstream and the
+    /// candidate answers itself (`respond`): `regression:now_local`.
+    /// Default 0.01.
+    pub max_now_local: f64,
+    /// Share of replayed requests whose redirect, followed inside the
+    /// config, newly ends in a loop, at itself or at a host the config no
+    /// longer serves (`regression:redirect_loop` / `redirect_self` /
+    /// `redirect_unserved`). Default 0: any such request.
+    pub max_redirect_broken: f64,
+    /// A candidate certificate that expires within this window is a
+    /// regression (`regression:tls_expiring`). Default 168h (7 days).
+    pub tls_expiry_window: Dur,
+    /// A PEM file of trust roots (relative to the config directory, or
+    /// absolute) the candidate's chains must verify to, besides the
+    /// system's. Unset: a chain must lead to a certificate of its own file
+    /// or of the system store (catches a missing intermediate, accepts a
+    /// self-signed certificate). Default unset.
+    pub tls_trust_store: Option<String>,
     /// p99 of the per-request pipeline time in the sandbox. Default 50ms.
     pub max_p99: Dur,
     /// Peak RSS of the sandbox runner. Default 256 MiB.
@@ -379,7 +441,13 @@ impl Default for GatePolicy {
         Self {
             max_status_worsened: 0.01,
             max_newly_blocked: 0.01,
-            max_route_changed: None,
+            max_route_changed: Some(0.25),
+            max_route_success_drop: 0.1,
+            min_route_requests: 5,
+            max_now_local: 0.01,
+            max_redirect_broken: 0.0,
+            tls_expiry_window: Dur::secs(7 * 24 * 3600),
+            tls_trust_store: None,
             max_p99: Dur::ms(50),
             max_peak_rss: Size(256 << 20),
             max_routes_removed: 0.2,
@@ -404,6 +472,12 @@ pub struct SandboxLimits {
     pub cpu_seconds: u64,
     /// Wall-clock deadline enforced by the parent. Default 30s.
     pub deadline: Dur,
+    /// User id the runner switches to when started as root (it reads its
+    /// snapshot first, see docs/GATE.md). Default 65534 (`nobody`).
+    pub uid: u32,
+    /// Group id the runner switches to when started as root. Default 65534
+    /// (`nogroup`).
+    pub gid: u32,
 }
 
 impl Default for SandboxLimits {
@@ -412,6 +486,8 @@ impl Default for SandboxLimits {
             memory: Size(512 << 20),
             cpu_seconds: 30,
             deadline: Dur::secs(30),
+            uid: 65534,
+            gid: 65534,
         }
     }
 }
@@ -423,8 +499,25 @@ pub struct SampleSettings {
     pub capacity: usize,
     /// How often the reservoir is written to the state dir. Default 10s.
     pub flush_interval: Dur,
-    /// Header values redacted besides Authorization, Cookie and Set-Cookie.
+    /// Header values masked besides the built-in ones (Authorization,
+    /// Proxy-Authorization, Cookie, Set-Cookie, X-Amz-Security-Token and
+    /// every name containing token, secret, passw, api-key, session,
+    /// signature, credential or auth). Default none.
     pub secret_headers: Vec<String>,
+    /// Query parameters whose values are masked besides the built-in ones
+    /// (see docs/GATE.md: token, access_token, code, key, sig, password,
+    /// X-Amz-Signature, …). Default none.
+    pub secret_query_params: Vec<String>,
+    /// Mask path segments that look like secrets (24+ base64url or hex
+    /// characters mixing letters and digits, or a segment after
+    /// `reset-password`, `token`, `invite`, …). Default true.
+    pub redact_path_secrets: bool,
+    /// Most bytes of one recorded head (path, query, host and header
+    /// lines); header lines past it are counted, not stored. Default 16KiB.
+    pub max_head_bytes: Size,
+    /// Most memory the reservoir holds, bytes (heads past it are dropped and
+    /// counted); also the largest sample file written. Default 32MiB.
+    pub max_bytes: Size,
 }
 
 impl Default for SampleSettings {
@@ -433,6 +526,10 @@ impl Default for SampleSettings {
             capacity: 10_000,
             flush_interval: Dur::secs(10),
             secret_headers: Vec::new(),
+            secret_query_params: Vec::new(),
+            redact_path_secrets: true,
+            max_head_bytes: Size(16 << 10),
+            max_bytes: Size(32 << 20),
         }
     }
 }

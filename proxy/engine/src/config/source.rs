@@ -292,6 +292,12 @@ impl ContentHasher {
         let digest = self.0.finalize();
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The whole SHA-256 in hex (64 digits); the version is its first 12.
+    pub fn finish_full(self) -> String {
+        let digest = self.0.finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]
