@@ -264,6 +264,8 @@ const REJECTION_REASONS: &[&str] = &[
 const ROLLBACK_REASONS: &[&str] = &[
     "canary_health",
     "canary_5xx",
+    "canary_4xx",
+    "canary_redirects",
     "canary_latency",
     "bake_health",
     "bake_5xx",

@@ -1,5 +1,5 @@
-//! Live traffic counters of one serving process: requests, 5xx answers and
-//! a histogram of the time to response head. The progressive rollout
+//! Live traffic counters of one serving process: requests, 3xx, 4xx and
+//! 5xx answers and a histogram of the time to response head. The progressive rollout
 //! compares them between a canary worker and its control group, and between
 //! the bake window and the window before a promotion; Prometheus has the
 //! same figures per route, but the rollout needs them per process, cheaply
@@ -26,6 +26,8 @@ pub const LATENCY_BUCKETS: usize = 18;
 pub struct TrafficCounters {
     requests: AtomicU64,
     errors_5xx: AtomicU64,
+    answers_4xx: AtomicU64,
+    redirects_3xx: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -33,9 +35,12 @@ impl TrafficCounters {
     /// Counts one answered request: its status and time to response head.
     pub fn record(&self, status: u16, head_after: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if (500..600).contains(&status) {
-            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
-        }
+        match status {
+            500..=599 => self.errors_5xx.fetch_add(1, Ordering::Relaxed),
+            400..=499 => self.answers_4xx.fetch_add(1, Ordering::Relaxed),
+            300..=399 => self.redirects_3xx.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
         let us = u64::try_from(head_after.as_micros()).unwrap_or(u64::MAX);
         let i = BUCKET_BOUNDS_US
             .iter()
@@ -51,6 +56,8 @@ impl TrafficCounters {
         TrafficTotals {
             requests: self.requests.load(Ordering::Relaxed),
             errors_5xx: self.errors_5xx.load(Ordering::Relaxed),
+            answers_4xx: self.answers_4xx.load(Ordering::Relaxed),
+            redirects_3xx: self.redirects_3xx.load(Ordering::Relaxed),
             latency: std::array::from_fn(|i| {
                 self.latency.get(i).map_or(0, |b| b.load(Ordering::Relaxed))
             }),
@@ -64,6 +71,13 @@ impl TrafficCounters {
 pub struct TrafficTotals {
     pub requests: u64,
     pub errors_5xx: u64,
+    /// 4xx answers: a version that sends requests where they are not found
+    /// (Host removed, a prefix stripped too far) shows here, not in 5xx.
+    #[serde(default)]
+    pub answers_4xx: u64,
+    /// 3xx answers: a redirect loop or a new redirect shows here.
+    #[serde(default)]
+    pub redirects_3xx: u64,
     /// Requests per latency bucket ([`BUCKET_BOUNDS_US`]).
     pub latency: [u64; LATENCY_BUCKETS],
 }
@@ -75,6 +89,8 @@ impl TrafficTotals {
         TrafficTotals {
             requests: self.requests.saturating_sub(earlier.requests),
             errors_5xx: self.errors_5xx.saturating_sub(earlier.errors_5xx),
+            answers_4xx: self.answers_4xx.saturating_sub(earlier.answers_4xx),
+            redirects_3xx: self.redirects_3xx.saturating_sub(earlier.redirects_3xx),
             latency: std::array::from_fn(|i| {
                 let now = self.latency.get(i).copied().unwrap_or(0);
                 let then = earlier.latency.get(i).copied().unwrap_or(0);
@@ -88,6 +104,8 @@ impl TrafficTotals {
         TrafficTotals {
             requests: self.requests.saturating_add(other.requests),
             errors_5xx: self.errors_5xx.saturating_add(other.errors_5xx),
+            answers_4xx: self.answers_4xx.saturating_add(other.answers_4xx),
+            redirects_3xx: self.redirects_3xx.saturating_add(other.redirects_3xx),
             latency: std::array::from_fn(|i| {
                 let a = self.latency.get(i).copied().unwrap_or(0);
                 let b = other.latency.get(i).copied().unwrap_or(0);
@@ -98,10 +116,24 @@ impl TrafficTotals {
 
     /// Share of requests answered 5xx (0 when there were none).
     pub fn share_5xx(&self) -> f64 {
+        self.share(self.errors_5xx)
+    }
+
+    /// Share of requests answered 4xx.
+    pub fn share_4xx(&self) -> f64 {
+        self.share(self.answers_4xx)
+    }
+
+    /// Share of requests answered 3xx.
+    pub fn share_3xx(&self) -> f64 {
+        self.share(self.redirects_3xx)
+    }
+
+    fn share(&self, n: u64) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
-            self.errors_5xx as f64 / self.requests as f64
+            n as f64 / self.requests as f64
         }
     }
 

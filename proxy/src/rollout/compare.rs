@@ -65,12 +65,11 @@ pub struct Finding {
 /// The thresholds, with nonsense (NaN, negative) replaced by the defaults.
 fn sane(r: &Regression) -> Regression {
     let d = Regression::default();
+    let share = |v: f64, d: f64| if v.is_finite() && v >= 0.0 { v } else { d };
     Regression {
-        max_5xx_increase: if r.max_5xx_increase.is_finite() && r.max_5xx_increase >= 0.0 {
-            r.max_5xx_increase
-        } else {
-            d.max_5xx_increase
-        },
+        max_5xx_increase: share(r.max_5xx_increase, d.max_5xx_increase),
+        max_4xx_increase: share(r.max_4xx_increase, d.max_4xx_increase),
+        max_3xx_increase: share(r.max_3xx_increase, d.max_3xx_increase),
         min_requests: r.min_requests.max(1),
         max_p99_ratio: if r.max_p99_ratio.is_finite() && r.max_p99_ratio >= 1.0 {
             r.max_p99_ratio
@@ -82,11 +81,20 @@ fn sane(r: &Regression) -> Regression {
     }
 }
 
-/// `subject` against `reference`: 5xx share, then p99.
+/// `subject` against `reference`: 5xx share, then (with `classes`) the 4xx
+/// and 3xx shares, then p99. The 4xx and 3xx shares are compared only when
+/// both sides have `min_requests`: a share of a handful of requests is noise.
+///
+/// Only the canary compares 4xx and 3xx: canary and control serve the same
+/// seconds and, with connections spread by the kernel over the workers'
+/// sockets, the same mix of clients. The bake compares a window with an
+/// earlier one, whose mix of 404-hunting scanners and redirected clients
+/// may differ for reasons that are not the version.
 fn traffic_regression(
     subject: &TrafficTotals,
     reference: &TrafficTotals,
     r: &Regression,
+    classes: bool,
     subject_name: &str,
     reference_name: &str,
 ) -> Option<(&'static str, String)> {
@@ -109,6 +117,40 @@ fn traffic_regression(
     }
     if reference.requests < r.min_requests {
         return None;
+    }
+    let compared = if classes { 2 } else { 0 };
+    for (kind, what, s, c, allowed) in [
+        (
+            "4xx",
+            "4xx",
+            subject.share_4xx(),
+            reference.share_4xx(),
+            r.max_4xx_increase,
+        ),
+        (
+            "redirects",
+            "a redirect (3xx)",
+            subject.share_3xx(),
+            reference.share_3xx(),
+            r.max_3xx_increase,
+        ),
+    ]
+    .into_iter()
+    .take(compared)
+    {
+        if s - c > allowed {
+            return Some((
+                kind,
+                format!(
+                    "{subject_name} answered {what} to {:.1}% of {} live requests, {reference_name} to {:.1}% of {} (allowed: {:.1} points more)",
+                    s * 100.0,
+                    subject.requests,
+                    c * 100.0,
+                    reference.requests,
+                    allowed * 100.0
+                ),
+            ));
+        }
     }
     let (Some(sp), Some(cp)) = (subject.p99(), reference.p99()) else {
         return None;
@@ -150,14 +192,16 @@ pub fn judge_canary(canary: &Window, control: &Window, r: &Regression) -> Option
         &canary.traffic,
         &control.traffic,
         &r,
+        true,
         "the canary worker",
         "the control workers",
     )
     .map(|(kind, why)| Finding {
-        code: if kind == "5xx" {
-            "canary_5xx"
-        } else {
-            "canary_latency"
+        code: match kind {
+            "5xx" => "canary_5xx",
+            "4xx" => "canary_4xx",
+            "redirects" => "canary_redirects",
+            _ => "canary_latency",
         },
         why,
     })
@@ -180,14 +224,14 @@ pub fn judge_bake(bake: &Window, before: &Window, r: &Regression) -> Option<Find
         &bake.traffic,
         &before.traffic,
         &r,
+        false,
         "since the promotion the proxy",
         "before it",
     )
     .map(|(kind, why)| Finding {
-        code: if kind == "5xx" {
-            "bake_5xx"
-        } else {
-            "bake_latency"
+        code: match kind {
+            "5xx" => "bake_5xx",
+            _ => "bake_latency",
         },
         why,
     })
@@ -250,6 +294,47 @@ mod tests {
         // 3× slower but by less than the slack: noise at these scales.
         let a_bit = window(50, 0, Duration::from_millis(2));
         assert_eq!(judge_canary(&a_bit, &window(50, 0, FAST), &r), None);
+    }
+
+    fn statuses(ok: u64, other: u64, status: u16) -> Window {
+        let c = TrafficCounters::default();
+        for _ in 0..ok {
+            c.record(200, FAST);
+        }
+        for _ in 0..other {
+            c.record(status, FAST);
+        }
+        Window {
+            traffic: c.totals(),
+            deaths: 0,
+        }
+    }
+
+    #[test]
+    fn a_canary_answering_404_or_redirecting_where_the_control_does_not_is_caught() {
+        let r = Regression::default();
+        // Host removed: the upstream answers 404, no 5xx anywhere.
+        let f = judge_canary(&statuses(30, 20, 404), &statuses(48, 2, 404), &r).unwrap();
+        assert_eq!(f.code, "canary_4xx");
+        assert!(f.why.contains("40.0% of 50"), "{}", f.why);
+        // A redirect loop: every answer a 301.
+        let f = judge_canary(&statuses(0, 50, 301), &statuses(50, 0, 301), &r).unwrap();
+        assert_eq!(f.code, "canary_redirects");
+        // The same 4xx share on both sides: the clients', not the version's.
+        assert_eq!(
+            judge_canary(&statuses(30, 20, 404), &statuses(31, 19, 404), &r),
+            None
+        );
+        // Too few control requests to compare a share with.
+        assert_eq!(
+            judge_canary(&statuses(30, 20, 404), &statuses(5, 0, 404), &r),
+            None
+        );
+        // The bake does not judge 4xx against an earlier window.
+        assert_eq!(
+            judge_bake(&statuses(30, 20, 404), &statuses(50, 0, 404), &r),
+            None
+        );
     }
 
     #[test]

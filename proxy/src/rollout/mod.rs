@@ -542,6 +542,7 @@ mod tests {
                         l[0] = ok + failed;
                         l
                     },
+                    ..TrafficTotals::default()
                 },
             })
             .collect()

@@ -396,14 +396,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingProbe<I> {
                     );
                 }
             }
-            Poll::Pending if this.sniffing => {
-                if this.sniff_timer.as_mut().poll(cx).is_ready() {
-                    // Nothing that picks a protocol within the header
-                    // timeout: end of input, closed without an answer.
-                    this.sniffing = false;
-                    this.eof = true;
-                    return Poll::Ready(Ok(()));
-                }
+            // Nothing that picks a protocol within the header timeout: end
+            // of input, closed without an answer.
+            Poll::Pending if this.sniffing && this.sniff_timer.as_mut().poll(cx).is_ready() => {
+                this.sniffing = false;
+                this.eof = true;
+                return Poll::Ready(Ok(()));
             }
             _ => {}
         }

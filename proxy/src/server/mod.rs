@@ -233,6 +233,9 @@ impl Closing {
     }
 }
 
+// The connection's context is passed as is; a struct for it would only be
+// unpacked again here.
+#[allow(clippy::too_many_arguments)]
 async fn serve_conn<C, I>(
     io: I,
     info: ClientInfo,

@@ -333,6 +333,12 @@ pub struct Regression {
     /// The 5xx share may exceed the comparison's by this much (0.05: five
     /// percentage points). Default 0.05.
     pub max_5xx_increase: f64,
+    /// The same for the 4xx share (an upstream that answers 404 for a
+    /// rewritten Host or path has no 5xx at all). Default 0.05.
+    pub max_4xx_increase: f64,
+    /// The same for the 3xx share (a redirect loop, a new redirect).
+    /// Default 0.05.
+    pub max_3xx_increase: f64,
     /// Requests a window needs before its 5xx share or p99 is judged.
     /// Default 20.
     pub min_requests: u64,
@@ -351,6 +357,8 @@ impl Default for Regression {
     fn default() -> Self {
         Self {
             max_5xx_increase: 0.05,
+            max_4xx_increase: 0.05,
+            max_3xx_increase: 0.05,
             min_requests: 20,
             max_p99_ratio: 3.0,
             p99_slack: Dur::ms(50),
