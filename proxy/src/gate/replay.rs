@@ -211,14 +211,29 @@ fn to_request(s: &SampledRequest, clock: Option<Clock>) -> Request<Empty<Bytes>>
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = uri;
     *req.method_mut() = http::Method::from_bytes(s.method.as_bytes()).unwrap_or(http::Method::GET);
-    let headers = req.headers_mut();
-    if let Some(h) = s
+    let host = s
         .host
         .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        headers.insert(http::header::HOST, h);
+        .and_then(|h| HeaderValue::from_str(h).ok());
+    let headers = req.headers_mut();
+    match host {
+        Some(h) => {
+            headers.insert(http::header::HOST, h);
+        }
+        // A request synthesized for a route that matches any host: HTTP/1.1
+        // without Host is a 400 (`bad_host`) before any route is looked
+        // at, so it would replay nothing. Any valid name reaches such a
+        // route; `.invalid` is reserved and names nothing real.
+        None if s.synthetic => {
+            headers.insert(
+                http::header::HOST,
+                HeaderValue::from_static("synthesized.invalid"),
+            );
+        }
+        // Recorded without Host: only HTTP/1.0 is served so, replay it so.
+        None => *req.version_mut() = http::Version::HTTP_10,
     }
+    let headers = req.headers_mut();
     for (n, v) in &s.headers {
         if n.eq_ignore_ascii_case("host") {
             continue;

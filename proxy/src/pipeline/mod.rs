@@ -407,12 +407,7 @@ where
             let resp = this.handle(req).await;
             if let Some((r, slot, parts, client)) = sampled {
                 let outcome = resp.extensions().get::<RequestOutcome>();
-                let mut head = r.head(
-                    &parts,
-                    client.addr.ip(),
-                    outcome,
-                    resp.status().as_u16(),
-                );
+                let mut head = r.head(&parts, client.addr.ip(), outcome, resp.status().as_u16());
                 if client.tls {
                     head.scheme = "https".to_string();
                 }

@@ -527,7 +527,12 @@ const LAME_DUCK: Duration = Duration::from_secs(1);
 
 async fn drain(graceful: GracefulShutdown, closing: &Closing, timeout: Duration) {
     closing.start();
-    tokio::time::sleep(LAME_DUCK.min(timeout)).await;
+    // The lame-duck window ends early once every connection is gone (a
+    // process with no clients stops at once).
+    let until = tokio::time::Instant::now() + LAME_DUCK.min(timeout);
+    while graceful.count() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()
