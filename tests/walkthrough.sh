@@ -47,7 +47,9 @@ for block in blocks:
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
             continue
         pending.append(line)
-        if complete("\n".join(pending) + "\n"):
+        # A trailing backslash continues the command (bash -n accepts one
+        # at the end of its input, so it is checked here).
+        if not line.endswith("\\") and complete("\n".join(pending) + "\n"):
             expected = None
             last = pending[-1]
             m = EXPECT.search(last)

@@ -209,8 +209,45 @@ pub fn check(config: &CompiledConfig, opts: &CheckOptions) -> Vec<CertProblem> {
         let Some(server_name) = probe_name(&cert.server_names) else {
             continue;
         };
-        let mut roots = RootCertStore::empty();
         let own_chain = opts.configured_roots.is_none();
+        if own_chain && let Some(dates) = self_signed_ca(leaf) {
+            // `openssl req -x509` makes CA:TRUE certificates by default, and
+            // dev and private setups serve them as their own leaf. webpki
+            // refuses any CA as an end entity, so such a certificate gets
+            // only its dates checked here, as the self-signed certificate it
+            // is (clients that pinned it accept it).
+            let (not_before, not_after) = dates;
+            let (now_s, later_s) = (now.as_secs(), later.as_secs());
+            if now_s < not_before {
+                out.push(problem(
+                    Problem::NotYetValid,
+                    format!(
+                        "not valid before {} (notBefore)",
+                        date(UnixTime::since_unix_epoch(Duration::from_secs(not_before)))
+                    ),
+                ));
+            } else if now_s > not_after {
+                out.push(problem(
+                    Problem::Expired,
+                    format!(
+                        "expired on {} (notAfter)",
+                        date(UnixTime::since_unix_epoch(Duration::from_secs(not_after)))
+                    ),
+                ));
+            } else if later_s > not_after {
+                let days = not_after.saturating_sub(now_s) / 86_400;
+                out.push(problem(
+                    Problem::Expiring,
+                    format!(
+                        "expires on {} (in {days} day(s), within the {}-day window of gate.policy.tls_expiry_window)",
+                        date(UnixTime::since_unix_epoch(Duration::from_secs(not_after))),
+                        opts.expiry_window.as_secs() / 86_400
+                    ),
+                ));
+            }
+            continue;
+        }
+        let mut roots = RootCertStore::empty();
         let anchors = opts
             .configured_roots
             .iter()
@@ -311,6 +348,26 @@ pub fn check(config: &CompiledConfig, opts: &CheckOptions) -> Vec<CertProblem> {
         }
     }
     out
+}
+
+/// The validity (unix seconds) of a self-issued certificate that is a CA,
+/// `None` for anything else (or what does not parse).
+fn self_signed_ca(der: &[u8]) -> Option<(u64, u64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|b| b.value.ca);
+    if !ca || cert.subject() != cert.issuer() {
+        return None;
+    }
+    let v = cert.validity();
+    let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+    Some((
+        secs(v.not_before.timestamp()),
+        secs(v.not_after.timestamp()),
+    ))
 }
 
 #[cfg(test)]
