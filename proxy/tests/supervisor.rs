@@ -248,7 +248,12 @@ fn keepalive_clients_see_no_failure_when_workers_are_replaced() {
 /// land on both workers, not on whichever woke first.
 #[test]
 fn keepalive_connections_are_spread_over_the_workers() {
-    let p = Proxy::start(SETTINGS, ROUTES);
+    // A generous probe timeout: the suites beside this one load the machine,
+    // and a missed probe hands a slot to the other worker for a while.
+    let p = Proxy::start(
+        "workers: 2\nhealth: { interval: 200ms, timeout: 3s, fall: 3, grace: 500ms }\n",
+        ROUTES,
+    );
     let per_conn = 20;
     let conns: Vec<_> = (0..32)
         .map(|_| std::net::TcpStream::connect(p.http).unwrap())

@@ -619,7 +619,7 @@ impl Supervisor {
             .collect()
     }
 
-    /// Tells every healthy worker which slots' sockets to accept on besides
+    /// Tells every worker which slots' sockets to accept on besides
     /// its own, when that set changed (or always, with `force`: a worker that
     /// just became ready has not heard it).
     async fn share_orphans(&self, force: bool) {
@@ -632,10 +632,13 @@ impl Supervisor {
             tracing::info!(orphaned = ?now, "slots taken over by the other workers");
         }
         last.clone_from(&now);
+        // Every current worker, healthy or not: one that missed a probe when
+        // the set changed would otherwise keep an old set (and keep
+        // accepting for a slot that has its worker back). Messages keep
+        // their order, so a slow worker ends on the newest set too.
         let txs: Vec<mpsc::Sender<ToWorker>> = self
             .slots()
             .iter()
-            .filter(|s| s.healthy)
             .filter_map(|s| s.current.as_ref().map(|w| w.tx.clone()))
             .collect();
         for tx in txs {
