@@ -350,6 +350,27 @@ pub fn resolve_token(
     Ok(token)
 }
 
+/// An admin listener that is bound but not yet answering. Endpoints are
+/// registered on `state` first and the listener is opened last, so the first
+/// request (a script reading `aegis: listening admin`) sees every endpoint and
+/// every metric family.
+pub struct BoundAdmin {
+    listener: TcpListener,
+    pub state: AdminState,
+}
+
+impl BoundAdmin {
+    pub fn new(listener: TcpListener, state: AdminState) -> Self {
+        Self { listener, state }
+    }
+
+    /// Announces the address and starts answering until `shutdown`.
+    pub fn open(self, shutdown: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        crate::say!("aegis: listening admin {}", self.listener.local_addr()?);
+        Ok(serve(self.listener, self.state, shutdown))
+    }
+}
+
 /// Serves the admin API on `listener` until `shutdown`.
 pub fn serve(
     listener: TcpListener,

@@ -173,11 +173,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .context("starting the runtime")?;
     rt.block_on(async move {
-        let serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
+        let mut serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
         if let Some(admin) = &serving.admin {
             gate::register_admin(admin, &gate, serving.config.clone());
             crate::kill_switch::register(admin, serving.pipeline.features_switch());
         }
+        serving.open_admin()?;
         let pipeline = serving.pipeline.clone();
         let fleet = crate::rollout::LocalFleet {
             config: serving.config.clone(),
@@ -246,8 +247,10 @@ pub struct Serving {
     pub config: ConfigHandle,
     pub connector: PooledConnector,
     pub pipeline: Pipeline<PooledConnector>,
-    /// The admin API, when `admin` is not `off`.
+    /// The admin API, when `admin` is not `off`: register endpoints on it,
+    /// then [`Serving::open_admin`].
     pub admin: Option<AdminState>,
+    admin_listener: Option<TcpListener>,
     /// This process's metrics recorder (a worker sends its text up).
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting and drain.
@@ -362,6 +365,7 @@ pub async fn start_with(
         tasks.push(t);
     }
     let mut admin_state = None;
+    let mut admin_listener = None;
     if with_admin && settings.admin != "off" {
         let addr: std::net::SocketAddr = settings
             .admin
@@ -375,10 +379,8 @@ pub async fn start_with(
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin {addr}"))?;
-        crate::say!("aegis: listening admin {}", l.local_addr()?);
-        let state = AdminState::new(config.clone(), prometheus.clone(), token);
-        background.push(admin::serve(l, state.clone(), shutdown.clone()));
-        admin_state = Some(state);
+        admin_state = Some(AdminState::new(config.clone(), prometheus.clone(), token));
+        admin_listener = Some(l);
     }
     background.push(connector.spawn_health_checks(config.clone(), shutdown.clone()));
     Ok(Serving {
@@ -386,6 +388,7 @@ pub async fn start_with(
         connector,
         pipeline,
         admin: admin_state,
+        admin_listener,
         prometheus,
         shutdown,
         drain_timeout: drain,
@@ -397,6 +400,16 @@ pub async fn start_with(
 }
 
 impl Serving {
+    /// Starts answering on the admin listener, after every endpoint is
+    /// registered (a no-op without one, or the second time).
+    pub fn open_admin(&mut self) -> anyhow::Result<()> {
+        if let (Some(l), Some(state)) = (self.admin_listener.take(), self.admin.clone()) {
+            let task = admin::BoundAdmin::new(l, state).open(self.shutdown.clone())?;
+            self.background.push(task);
+        }
+        Ok(())
+    }
+
     /// Swaps in a compiled config (requests in flight keep theirs).
     pub fn promote(&self, compiled: CompiledConfig) {
         self.connector.pools(&compiled);

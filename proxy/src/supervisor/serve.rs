@@ -31,7 +31,8 @@ pub struct Supervised {
 pub struct Running {
     pub supervisor: Supervisor,
     pub config: ConfigHandle,
-    pub admin: Option<AdminState>,
+    /// Opened by [`run`] once the gate's endpoints are registered too.
+    pub admin: Option<admin::BoundAdmin>,
     pub shutdown: CancellationToken,
     pub events: tokio::sync::mpsc::UnboundedReceiver<SupervisorEvent>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -95,7 +96,6 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin {addr}"))?;
-        crate::say!("aegis: listening admin {}", l.local_addr()?);
         let state = AdminState::new(config.clone(), prometheus, token);
         let sup = supervisor.clone();
         state.register(
@@ -108,8 +108,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
             Box::pin(async move { sup.metrics_text().await })
         }));
         crate::kill_switch::register(&state, Arc::new(supervisor.clone()));
-        tasks.push(admin::serve(l, state.clone(), shutdown.clone()));
-        admin_state = Some(state);
+        admin_state = Some(admin::BoundAdmin::new(l, state));
     }
     Ok(Running {
         supervisor,
@@ -182,8 +181,9 @@ impl Fleet for WorkerFleet {
 pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut running = start(s).await?;
-    if let Some(admin) = &running.admin {
-        crate::gate::register_admin(admin, &gate, running.config.clone());
+    if let Some(admin) = running.admin.take() {
+        crate::gate::register_admin(&admin.state, &gate, running.config.clone());
+        running.tasks.push(admin.open(running.shutdown.clone())?);
     }
     let fleet = Arc::new(WorkerFleet {
         supervisor: running.supervisor.clone(),
