@@ -14,7 +14,7 @@
 //! the date are as of the last time HEAD moved (or a clean build), not of
 //! every edit after it.
 
-#[path = "src/cli/civil.rs"]
+#[path = "engine/src/civil.rs"]
 mod civil;
 
 use std::path::{Path, PathBuf};

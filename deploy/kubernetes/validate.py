@@ -103,6 +103,16 @@ def main():
         need(cm.get("immutable") is not True and cm_name == "aegis-config",
              "a mutable ConfigMap with a fixed name, watched in place")
         need(probe == "/ready", "readiness on /ready")
+        env = {e.get("name"): e for e in c.get("env", [])}
+        need(env.get("AEGIS_NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {})
+             .get("fieldPath") == "spec.nodeName",
+             "AEGIS_NODE_NAME from the downward API's spec.nodeName (the hold-off)")
+        settings = yaml.safe_load(cm.get("data", {}).get("aegis.yaml", "")) or {}
+        window = str(settings.get("gate", {}).get("holdoff", {}).get("window", "0"))
+        need(window not in ("0", "0s", "0ms"), "gate.holdoff.window set")
+        halted = "aegis-halt" in cm.get("data", {})
+        need(halted == name.endswith("+halt"),
+             "the halt key only with options/halt" if halted else "the halt key with options/halt")
     if name.endswith("host-network"):
         need(pod.get("hostNetwork") is True, "hostNetwork")
     if errors:

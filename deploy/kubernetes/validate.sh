@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders deploy/kubernetes/ (kubectl kustomize) and validates it offline:
 # the overlays `staged` and `local-gate`, and `local-gate` with the
-# host-network option, against the Kubernetes schemas (the PyPI package
+# host-network option, and `local-gate` with the halt option, against the Kubernetes schemas (the PyPI package
 # kubernetes-validate bundles them) and Flagger's CRD schemas (vendored in
 # schemas/), then the properties docs/FLEET.md relies on (validate.py).
 # Each config directory is judged with `aegis check` when the binary is
@@ -25,8 +25,17 @@ out="$(mktemp -d)"
 # A throw-away overlay for the host-network option: it must sit inside the
 # tree (kustomize loads nothing from outside its root).
 extra="$here/overlays/.validate-host-network"
-trap 'rm -rf "$out" "$extra"' EXIT
-mkdir -p "$extra"
+halt="$here/overlays/.validate-halt"
+trap 'rm -rf "$out" "$extra" "$halt"' EXIT
+mkdir -p "$extra" "$halt"
+cat >"$halt/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../local-gate
+components:
+  - ../../options/halt
+YAML
 cat >"$extra/kustomization.yaml" <<'YAML'
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -37,9 +46,10 @@ components:
 YAML
 
 echo "kubectl: $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
-for o in staged local-gate .validate-host-network; do
+for o in staged local-gate .validate-host-network .validate-halt; do
     name="${o#.validate-}"
     [ "$name" = host-network ] && name=local-gate+host-network
+    [ "$name" = halt ] && name=local-gate+halt
     kubectl kustomize "$here/overlays/$o" >"$out/$name.yaml"
     "$venv/bin/python" "$here/validate.py" "$name" "$out/$name.yaml" "$k8s_version"
 done

@@ -438,9 +438,57 @@ fn class_of(status: u16) -> usize {
 /// counters and one histogram per version this process activated.
 pub struct VersionMetrics {
     version: String,
-    routes: HashMap<String, [Counter; 5]>,
-    no_route: [Counter; 5],
+    routes: HashMap<String, RouteCounters>,
+    no_route: RouteCounters,
     duration: Histogram,
+}
+
+/// Statuses whose `aegis_requests_total{route, status}` handle is kept per
+/// route once first used; any other status builds its labels per request
+/// (rare, and it keeps the cache a fixed size whatever an upstream sends).
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+
+/// One route's handles within a version.
+struct RouteCounters {
+    name: String,
+    classes: [Counter; 5],
+    /// `aegis_requests_total` by [`COMMON_STATUSES`] position, resolved on
+    /// first use so that only statuses served appear in the scrape.
+    by_status: [std::sync::OnceLock<Counter>; COMMON_STATUSES.len()],
+}
+
+impl RouteCounters {
+    fn new(version: &str, route: &str) -> Self {
+        Self {
+            name: route.to_string(),
+            classes: class_counters(version, route),
+            by_status: Default::default(),
+        }
+    }
+
+    fn count_status(&self, status: u16) {
+        match COMMON_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .and_then(|i| self.by_status.get(i))
+        {
+            Some(slot) => slot
+                .get_or_init(|| requests_total(&self.name, status))
+                .increment(1),
+            None => requests_total(&self.name, status).increment(1),
+        }
+    }
+}
+
+/// The `aegis_requests_total{route, status}` handle.
+fn requests_total(route: &str, status: u16) -> Counter {
+    metrics::counter!(
+        "aegis_requests_total",
+        "route" => route.to_string(),
+        "status" => status.to_string()
+    )
 }
 
 impl std::fmt::Debug for VersionMetrics {
@@ -470,12 +518,12 @@ impl VersionMetrics {
         let routes = config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), class_counters(version, &r.name)))
+            .map(|r| (r.name.clone(), RouteCounters::new(version, &r.name)))
             .collect();
         Self {
             version: version.to_string(),
             routes,
-            no_route: class_counters(version, NO_ROUTE),
+            no_route: RouteCounters::new(version, NO_ROUTE),
             duration: metrics::histogram!(
                 "aegis_request_duration_seconds",
                 "version" => version.to_string()
@@ -493,11 +541,29 @@ impl VersionMetrics {
         let counters = route
             .and_then(|r| self.routes.get(r))
             .unwrap_or(&self.no_route);
-        if let Some(c) = counters.get(class_of(status)) {
+        if let Some(c) = counters.classes.get(class_of(status)) {
             c.increment(1);
         }
         &self.duration
     }
+
+    /// Counts one request in `aegis_requests_total{route, status}` (the
+    /// version-less family) with the cached handle of a common status.
+    pub fn requests_total(&self, route: Option<&str>, status: u16) {
+        match route {
+            None => self.no_route.count_status(status),
+            Some(r) => match self.routes.get(r) {
+                Some(c) => c.count_status(status),
+                None => requests_total(r, status).increment(1),
+            },
+        }
+    }
+}
+
+/// Counts a request in `aegis_requests_total{route, status}` without a
+/// version's handles (a request that outlived its version).
+pub fn requests_total_uncached(route: Option<&str>, status: u16) {
+    requests_total(route.unwrap_or(NO_ROUTE), status).increment(1);
 }
 
 /// Counts a request of a version whose handles are not at hand (it started
@@ -633,6 +699,11 @@ mod tests {
             m.request(Some("a"), 503).record(0.02);
             m.request(None, 404).record(0.0);
             m.request(Some("gone"), 200);
+            m.requests_total(Some("a"), 200);
+            m.requests_total(Some("a"), 200);
+            m.requests_total(Some("a"), 299);
+            m.requests_total(None, 404);
+            requests_total_uncached(None, 404);
             config_info(None, &compiled);
             verdict(&compiled.version, false, "regression:status");
         });
@@ -645,6 +716,9 @@ mod tests {
             format!("aegis_route_requests_total{{version=\"{v}\",route=\"-\",class=\"4xx\"}} 1"),
             format!("aegis_route_requests_total{{version=\"{v}\",route=\"-\",class=\"2xx\"}} 1"),
             format!("aegis_request_duration_seconds_count{{version=\"{v}\"}} 3"),
+            "aegis_requests_total{route=\"a\",status=\"200\"} 2".to_string(),
+            "aegis_requests_total{route=\"a\",status=\"299\"} 1".to_string(),
+            "aegis_requests_total{route=\"-\",status=\"404\"} 2".to_string(),
             format!(
                 "aegis_config_info{{version=\"{v}\",sha256=\"{}\"}} 1",
                 compiled.sha256

@@ -12,48 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use util::load::{Load, get_ok, wait_until, wait_until_ok, workers};
 use util::*;
 
-/// An origin: `/close` drops the connection without an answer (what makes
-/// passive health count a failure), anything else is a 200.
-async fn flaky_origin() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16384];
-                let mut got = Vec::new();
-                loop {
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if got.starts_with(b"GET /close") {
-                        return;
-                    }
-                    got.clear();
-                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 // Item 1: the only endpoint of a pool is never ejected by passive health.
 #[test]
 fn last_endpoint_is_never_ejected_under_load() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let origin = rt.block_on(flaky_origin());
+    let origin = rt.block_on(origin::flaky());
     let routes = format!(
         r#"
 upstreams:
@@ -92,7 +55,7 @@ routes:
 #[test]
 fn connection_cap_reports_overloaded_and_recovers() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let origin = rt.block_on(flaky_origin());
+    let origin = rt.block_on(origin::flaky());
     let p = Proxy::start(
         "workers: 1\nlimits: { max_connections: 8, client_header_timeout: 2s }\n",
         &format!(
@@ -141,7 +104,7 @@ fn connection_cap_reports_overloaded_and_recovers() {
 #[test]
 fn descriptor_exhaustion_backs_off_and_ejects_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let origin = rt.block_on(flaky_origin());
+    let origin = rt.block_on(origin::flaky());
     let p = Proxy::start(
         "limits: { max_connections: 5000, client_header_timeout: 3s }\n",
         &format!(

@@ -15,29 +15,6 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use util::*;
 
-fn one_route(backend: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-upstreams:
-  - name: a
-    endpoints: ["{backend}"]
-routes:
-  - name: r
-    match: {{ path_prefix: "/" }}
-    upstream: a
-{extra}"#
-    )
-}
-
-/// The status code of a raw HTTP/1 answer.
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 // Item 8: a missing, doubled or invalid Host is a 400, never forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_host_headers_get_400_and_never_reach_the_backend() {
@@ -162,36 +139,10 @@ async fn h2_cookie_fields_are_joined() {
     );
 }
 
-/// An origin that answers every request with `answer`, then closes.
-async fn scripted_origin(answer: &'static [u8]) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(answer).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 // Item 6: chunked wins; the stale Content-Length is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_length_with_chunked_loses_the_length() {
-    let origin = scripted_origin(
+    let origin = origin::scripted(
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
@@ -212,7 +163,7 @@ async fn upstream_length_with_chunked_loses_the_length() {
 async fn header_field_count_follows_max_header_bytes() {
     // The test Backend is hyper with its own limit of 100: a scripted origin.
     let origin =
-        scripted_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        origin::scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             .await;
     let p = Proxy::start("", &one_route(origin, ""));
     let mut req = String::from("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
@@ -472,7 +423,7 @@ async fn admin_token_scheme_and_early_check() {
 // checks is that the final response still arrives whole behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_early_hints_are_dropped_cleanly() {
-    let origin = scripted_origin(
+    let origin = origin::scripted(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
     )
     .await;

@@ -14,12 +14,7 @@ use std::time::Duration;
 use util::Proxy;
 use util::load::get_ok;
 
-const ROUTES: &str = r#"
-routes:
-  - name: hello
-    match: { path_prefix: / }
-    respond: { status: 200, body: "hello\n" }
-"#;
+const ROUTES: &str = util::HELLO_ROUTES;
 
 /// `GET /metrics` on the admin listener: the body.
 fn scrape(p: &Proxy) -> String {

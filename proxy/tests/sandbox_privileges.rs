@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 
 use util::Proxy;
 
-const ROUTES: &str = r#"
-routes:
-  - name: hello
-    match: { path_prefix: / }
-    respond: { status: 200, body: "hello\n" }
-"#;
+const ROUTES: &str = util::HELLO_ROUTES;
 
 const TOKEN: &str = "admin-token-that-must-not-leak-7f3a";
 

@@ -13,12 +13,7 @@ use std::time::Duration;
 use util::Proxy;
 use util::load::{Counts, Load, get_ok, pids, signal, wait_until, workers};
 
-const ROUTES: &str = r#"
-routes:
-  - name: hello
-    match: { path_prefix: / }
-    respond: { status: 200, body: "hello\n" }
-"#;
+const ROUTES: &str = util::HELLO_ROUTES;
 
 /// `(ok, failed)`: failed is any answer but 200, or a broken connection
 /// (refused connections are counted apart).

@@ -27,12 +27,7 @@ use std::time::{Duration, Instant};
 use util::load::{Load, admin, kill_worker, served_version, wait_until, workers};
 use util::{Backend, Proxy};
 
-const ROUTES: &str = r#"
-routes:
-  - name: hello
-    match: { path_prefix: / }
-    respond: { status: 200, body: "hello\n" }
-"#;
+const ROUTES: &str = util::HELLO_ROUTES;
 
 const WORKERS: &str =
     "workers: 2\nhealth: { interval: 200ms, timeout: 500ms, fall: 5, grace: 500ms }\n";

@@ -4,7 +4,9 @@
 //! static stage: a config that compiles to 650 MB dies here, not in a
 //! worker), compiles the baseline, asks the gate which new upstreams answer,
 //! replays the traffic sample through the proxy's real request pipeline
-//! (`aegis_proxy::gate::replay`) and writes its report as one JSON line on
+//! (`aegis_proxy::gate::replay`), plans the upstream check (the upstream
+//! requests both configs would send, for the gate to send:
+//! `aegis_proxy::gate::upstream_check`) and writes its report as one JSON line on
 //! stdout. Progress goes to stderr as `aegis-sandbox: stage <name>` so the
 //! gate can say where a runner died.
 //!
@@ -37,6 +39,7 @@ use aegis_proxy::gate::report::{
     TlsFinding, TlsReport,
 };
 use aegis_proxy::gate::sandbox::STAGE_PREFIX;
+use aegis_proxy::gate::upstream_check;
 use aegis_proxy::pipeline::PipelineSettings;
 use anyhow::Context as _;
 use clap::Parser;
@@ -85,6 +88,10 @@ struct Args {
     /// Group id to run as when started as root.
     #[arg(long, default_value_t = 65534)]
     gid: u32,
+    /// Plan the upstream check: at most this many distinct upstream
+    /// requests for the gate to send (the runner itself has no network).
+    #[arg(long)]
+    upstream_check: Option<u64>,
 }
 
 /// Test hook: sleep this many milliseconds before the replay (so a test can
@@ -210,6 +217,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     report.sample = sample_info;
     let candidate = Arc::new(candidate);
+    let check_settings = (
+        PipelineSettings::from_settings(&cand_settings),
+        baseline
+            .as_ref()
+            .map(|(s, _)| PipelineSettings::from_settings(s))
+            .unwrap_or_default(),
+    );
     let opts = ReplayOptions {
         unreachable,
         settings: PipelineSettings::from_settings(&cand_settings),
@@ -228,12 +242,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .build()
         .context("starting the replay runtime")?;
     let replayed = rt.block_on(replay::replay(
-        candidate,
-        baseline.map(|(_, c)| c),
+        candidate.clone(),
+        baseline.as_ref().map(|(_, c)| c.clone()),
         &requests,
         opts,
     ));
     report.replay = Some(replayed);
+    if let (Some(max), Some((_, base))) = (args.upstream_check, &baseline) {
+        stage("plan upstream check");
+        report.upstream_plan = Some(rt.block_on(upstream_check::plan(
+            candidate,
+            base.clone(),
+            check_settings.0,
+            check_settings.1,
+            &requests,
+            max,
+        )));
+    }
     report.outcome = RunnerOutcome::Replayed;
     finish(report)
 }

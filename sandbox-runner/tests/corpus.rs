@@ -8,15 +8,12 @@
 //! Prints one line per case and the totals, e.g.
 //! `corpus: 19 of 19 dangerous caught, 6 of 6 good promoted`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use aegis_proxy::gate::report::SandboxReport;
 use aegis_proxy::gate::verdict::{self, SandboxOutcome};
-
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
+use common::repo;
 
 /// The value of `# KEY: ` in the case's yaml files.
 fn header(dir: &Path, key: &str) -> Option<String> {
@@ -51,21 +48,7 @@ fn judge(case: &Path, base: &Path) -> (String, String) {
     layer(candidate.path(), baseline.path());
     layer(candidate.path(), case);
     let sample: PathBuf = base.join("sample.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_aegis-sandbox"))
-        .args(["--candidate", candidate.path().to_str().unwrap()])
-        .args(["--baseline", baseline.path().to_str().unwrap()])
-        .args(["--sample", sample.to_str().unwrap()])
-        .arg("--no-probe")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: SandboxReport = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{}: no report ({e}): {stdout}\n{}",
-            case.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = common::run_runner(candidate.path(), baseline.path(), &sample);
     // The active version's policy, as the gate uses it.
     let (settings, _) = aegis_engine::load_dir(baseline.path()).unwrap();
     let v = verdict::judge(

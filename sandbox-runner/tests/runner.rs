@@ -4,12 +4,12 @@
 //! the runner through `aegis`; these keep the binary built and honest when
 //! the workspace's tests run.)
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
+use common::repo;
 
 fn run(args: &[&str]) -> (serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_aegis-sandbox"))
@@ -148,20 +148,7 @@ fn write_dir(files: &[(&str, String)]) -> tempfile::TempDir {
 /// Runs the runner on `candidate` against `baseline` with the sample; the
 /// report and the verdict under the default policy.
 fn judge_dirs(candidate: &Path, baseline: &Path, sample: &Path) -> (SandboxReport, Verdict) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aegis-sandbox"))
-        .args(["--candidate", candidate.to_str().unwrap()])
-        .args(["--baseline", baseline.to_str().unwrap()])
-        .args(["--sample", sample.to_str().unwrap()])
-        .arg("--no-probe")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: SandboxReport = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = common::run_runner(candidate, baseline, sample);
     let v = verdict::judge(
         &SandboxOutcome::Report(Box::new(report.clone())),
         &GatePolicy::default(),

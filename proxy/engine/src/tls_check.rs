@@ -165,15 +165,7 @@ fn unix(t: SystemTime) -> UnixTime {
 /// `2026-12-01` from seconds since the epoch (civil-from-days, Hinnant).
 fn date(t: UnixTime) -> String {
     let days = i64::try_from(t.as_secs() / 86_400).unwrap_or(0);
-    let z = days.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::civil::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

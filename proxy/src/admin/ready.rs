@@ -42,6 +42,10 @@ pub struct Facts {
     pub could_not_judge: Option<String>,
     /// Promotion is frozen by flapping.
     pub frozen: bool,
+    /// `held:holdoff` or `held:halt` while the accepted content on disk
+    /// waits for this node's hold-off or for the fleet-wide halt file to go
+    /// (`gate::fleet`).
+    pub fleet_held: Option<String>,
     /// `gate.require_accepted` of the serving version (in the JSON as
     /// `require_accepted_setting`: `require_accepted` says what applied).
     #[serde(rename = "require_accepted_setting")]
@@ -62,7 +66,8 @@ pub enum State {
     Judging,
     /// The content on disk was accepted and runs on the canary worker.
     Canary,
-    /// Accepted, held by the blast-radius guard until `POST /admin/confirm`.
+    /// Accepted, held by the blast-radius guard until `POST /admin/confirm`,
+    /// or waiting for this node's hold-off or the fleet-wide halt file.
     Held,
     /// Accepted, but promotion is frozen (flapping) until confirmed.
     Frozen,
@@ -143,7 +148,7 @@ fn state_of(f: &Facts) -> State {
     let Some(code) = f.on_disk_verdict.as_deref() else {
         return State::Judging;
     };
-    if code.starts_with("held:") {
+    if code.starts_with("held:") || (f.on_disk_accepted && f.fleet_held.is_some()) {
         return State::Held;
     }
     if !f.on_disk_accepted {
@@ -199,6 +204,14 @@ mod tests {
         assert!(evaluate(f, Some(false)).ready);
         let r = evaluate(steady("bbb", "held:blast_radius", false), None);
         assert_eq!((r.state, r.ready), (State::Held, false));
+        let mut f = steady("bbb", "accept", true);
+        f.fleet_held = Some("held:holdoff".into());
+        assert_eq!(evaluate(f.clone(), None).state, State::Held);
+        f.fleet_held = Some("held:halt".into());
+        assert!(!evaluate(f, Some(false)).ready);
+        let mut f = steady("aaa", "accept", true);
+        f.fleet_held = Some("held:halt".into());
+        assert_eq!(evaluate(f, None).state, State::Serving);
         let mut f = steady("bbb", "accept", true);
         assert_eq!(evaluate(f.clone(), None).state, State::Promoting);
         f.frozen = true;

@@ -1,7 +1,6 @@
 //! Subcommands of the `aegis` binary: each one's arguments and entry point.
 
 pub mod check;
-mod civil;
 pub mod import_nginx;
 pub mod run;
 pub mod status;

@@ -173,6 +173,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .context("starting the runtime")?;
     rt.block_on(async move {
+        let mut signals = Signals::install()?;
         let mut serving = start(settings, compiled, Some(gate.store().sample_path())).await?;
         if let Some(admin) = &serving.admin {
             gate::register_admin(admin, &gate, serving.config.clone());
@@ -190,7 +191,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let watcher = gate
             .clone()
             .spawn(Arc::new(fleet), serving.shutdown.clone());
-        wait_for_signals(&gate).await?;
+        signals.wait(&gate).await;
         serving.drain().await;
         let _ = watcher.await;
         Ok(())
@@ -317,7 +318,7 @@ pub async fn start_with(
     if let Some(path) = sample_out {
         let reservoir = Arc::new(Reservoir::from_settings(&settings.sample));
         builder = builder.reservoir(reservoir.clone());
-        background.push(spawn_sample_flush(
+        background.push(crate::gate::reservoir::spawn_flusher(
             reservoir,
             path,
             settings.sample.flush_interval.0,
@@ -467,47 +468,40 @@ impl Serving {
 
 /// Waits for SIGTERM or SIGINT; SIGHUP makes the gate look at the config
 /// directory at once.
-pub async fn wait_for_signals(gate: &gate::Gate) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => gate.rejudge("SIGHUP"),
-        }
-    }
+/// SIGTERM, SIGINT and SIGHUP, taken over before anything is announced: a
+/// signal sent right after `aegis: listening` must not meet the default
+/// action (SIGHUP's terminates the process).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
-/// Flushes the reservoir every `every`, and once more when stopping.
-fn spawn_sample_flush(
-    reservoir: Arc<Reservoir>,
-    path: PathBuf,
-    every: std::time::Duration,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
-        tick.tick().await;
-        loop {
-            let stop = tokio::select! {
-                _ = tick.tick() => false,
-                _ = shutdown.cancelled() => true,
-            };
-            if !reservoir.is_empty() {
-                let r = reservoir.clone();
-                let p = path.clone();
-                match tokio::task::spawn_blocking(move || r.flush(&p)).await {
-                    Ok(Err(e)) => tracing::warn!(error = %e, "writing the traffic sample"),
-                    Err(e) => tracing::warn!(error = %e, "writing the traffic sample"),
-                    Ok(Ok(_)) => {}
-                }
-            }
-            if stop {
-                return;
-            }
+impl Signals {
+    /// Installs the handlers; inside the runtime.
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    /// The next signal: `true` for SIGHUP, `false` for SIGTERM or SIGINT.
+    pub async fn next_is_hangup(&mut self) -> bool {
+        tokio::select! {
+            _ = self.term.recv() => false,
+            _ = self.int.recv() => false,
+            _ = self.hup.recv() => true,
         }
-    })
+    }
+
+    /// Until SIGTERM or SIGINT; each SIGHUP has the gate judge the config
+    /// directory again.
+    pub async fn wait(&mut self, gate: &gate::Gate) {
+        while self.next_is_hangup().await {
+            gate.rejudge("SIGHUP");
+        }
+    }
 }

@@ -907,7 +907,7 @@ fn duration(ms: u64) -> String {
 /// `2026-12-01 10:57:01Z`.
 fn datetime(ms: u64) -> String {
     let secs = ms / 1000;
-    let (y, m, d) = super::civil::civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    let (y, m, d) = aegis_engine::civil::civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     format!("{y:04}-{m:02}-{d:02} {}Z", time_of_day(ms))
 }
 

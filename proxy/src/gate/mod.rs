@@ -20,11 +20,13 @@
 //! from the file write to the serving process, pointing at this code.
 
 pub mod flaps;
+pub mod fleet;
 pub mod replay;
 pub mod report;
 pub mod reservoir;
 pub mod sandbox;
 pub mod store;
+pub mod upstream_check;
 pub mod verdict;
 pub mod watch;
 
@@ -223,6 +225,9 @@ struct StatusInner {
     /// An accepted candidate held by the blast-radius guard until
     /// `POST /admin/confirm`.
     held: Option<Record>,
+    /// An accepted candidate waiting for this node's hold-off or for the
+    /// halt file to go (`fleet`).
+    fleet_hold: Option<fleet::FleetHold>,
     could_not_judge: Option<CouldNotJudge>,
     /// Settings of the active version that the running processes cannot
     /// take live ("workers 2 → 3"): they take effect on restart.
@@ -250,6 +255,7 @@ impl Default for StatusInner {
             promoted_at: None,
             last_look: None,
             held: None,
+            fleet_hold: None,
             could_not_judge: None,
             pending_restart: Vec::new(),
             boot_settings: None,
@@ -303,6 +309,8 @@ impl GateStatus {
                 "sentence": r.verdict.sentence,
                 "confirm": "POST /admin/confirm",
             })),
+            "fleet_hold": g.fleet_hold.as_ref().map(fleet::FleetHold::json),
+            "holdoff": fleet::holdoff_json(g.active.as_ref().map(|a| &a.settings), &self.config_dir),
             "could_not_judge": g.could_not_judge,
             "pending_restart": g.pending_restart,
             "config_dir": self.config_dir.display().to_string(),
@@ -357,6 +365,7 @@ impl GateStatus {
                 judging: g.judging.clone(),
                 could_not_judge: g.could_not_judge.as_ref().map(|c| c.reason.clone()),
                 frozen: g.flaps.frozen().is_some(),
+                fleet_held: g.fleet_hold.as_ref().map(|h| h.reason.to_string()),
                 require_accepted: g
                     .active
                     .as_ref()
@@ -1077,6 +1086,129 @@ impl Gate {
         *n = n.saturating_add(1);
     }
 
+    /// Sets (or clears) the candidate waiting for the fleet, and its gauge.
+    fn set_fleet_hold(&self, hold: Option<fleet::FleetHold>) {
+        let on = hold.is_some();
+        let before = std::mem::replace(&mut self.status.lock().fleet_hold, hold);
+        if before.is_some() || on {
+            metrics::gauge!("aegis_config_fleet_held").set(if on { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Makes a fleet hold visible: a history line (`/admin/verdicts`), the
+    /// verdict and held counters, the log.
+    fn announce_fleet_hold(&self, h: &fleet::FleetHold) {
+        let sentence = if h.reason == fleet::HELD_HALT {
+            format!(
+                "accepted, not promoted: {} is in the config directory (fleet-wide halt)",
+                fleet::HALT_FILE
+            )
+        } else {
+            format!(
+                "accepted, promoted after this node's hold-off of {:.1}s",
+                h.delay.as_secs_f64()
+            )
+        };
+        let line = Record {
+            verdict: Verdict {
+                accepted: false,
+                reason: Some(h.reason.to_string()),
+                sentence: sentence.clone(),
+                also: Vec::new(),
+            },
+            at_ms: now_ms(),
+            ..h.record.clone()
+        };
+        if let Err(e) = self.store.append_history(&line) {
+            tracing::warn!(error = %e, "cannot add the hold to the history");
+        }
+        count_verdict(&line);
+        metrics::counter!("aegis_config_held_total", "reason" => h.reason).increment(1);
+        tracing::warn!(target: "aegis::gate", "{} {}: {sentence}", h.record.id, h.reason);
+        crate::say!("aegis: {} {}: {sentence}", h.record.id, h.reason);
+    }
+
+    /// The promotion path of an accepted candidate on a fleet node: promote
+    /// it now, or hold it for the halt file or this node's hold-off
+    /// (`fleet`). True when it was promoted.
+    async fn fleet_step(&self, record: &Record, reverted: bool) -> Result<bool, GateError> {
+        let halted = fleet::halted(&self.opts.config_dir);
+        let (_, delay) = self
+            .active()
+            .map_or((None, Duration::ZERO), |a| fleet::holdoff_of(&a.settings));
+        let now = Instant::now();
+        let hold_at = |reason| fleet::FleetHold {
+            record: record.clone(),
+            reverted,
+            reason,
+            since_ms: now_ms(),
+            release_at: now + delay,
+            release_ms: now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(0)),
+            delay,
+        };
+        let existing = self
+            .status
+            .lock()
+            .fleet_hold
+            .clone()
+            .filter(|h| h.record.id == record.id);
+        let reason = if halted {
+            fleet::HELD_HALT
+        } else {
+            fleet::HELD_HOLDOFF
+        };
+        // Going back to the last known good version (a revert) is never
+        // held: holding it would keep the bad version serving.
+        let to_stable = self.store.stable_chain().last() == Some(&record.id);
+        let next = match existing {
+            None if to_stable || (!halted && delay.is_zero()) => None,
+            None => Some(hold_at(reason)),
+            Some(h) if halted && h.reason == fleet::HELD_HALT => return Ok(false),
+            Some(h) if halted => Some(fleet::FleetHold { reason, ..h }),
+            // The halt file went: this node's hold-off counts from now, so
+            // a released fleet does not promote together.
+            Some(h) if h.reason == fleet::HELD_HALT && !delay.is_zero() => Some(hold_at(reason)),
+            Some(h) if h.reason == fleet::HELD_HOLDOFF && now < h.release_at => return Ok(false),
+            Some(_) => None,
+        };
+        if let Some(h) = next {
+            self.announce_fleet_hold(&h);
+            self.set_fleet_hold(Some(h));
+            return Ok(false);
+        }
+        self.set_fleet_hold(None);
+        self.promote_candidate(&record.id, reverted).await?;
+        Ok(true)
+    }
+
+    /// The directory still holds what the last look found: a candidate
+    /// waiting for the fleet may be due now.
+    async fn release_fleet_hold(&self, id: &str) -> Result<Considered, GateError> {
+        let Some(h) = self
+            .status
+            .lock()
+            .fleet_hold
+            .clone()
+            .filter(|h| h.record.id == id)
+        else {
+            return Ok(Considered::Unchanged);
+        };
+        if self.status.frozen() {
+            return Ok(Considered::Unchanged);
+        }
+        let promoted = self.fleet_step(&h.record, h.reverted).await?;
+        if !promoted {
+            return Ok(Considered::Unchanged);
+        }
+        Ok(Considered::Judged {
+            record: h.record,
+            cached: true,
+            promoted,
+            frozen: false,
+            held: false,
+        })
+    }
+
     /// Looks at the config directory; judges and promotes a new candidate.
     pub async fn consider(&self) -> Result<Considered, GateError> {
         let _busy = self.busy.lock().await;
@@ -1084,11 +1216,22 @@ impl Gate {
         let last = self.status.lock().last_look.replace(snap.id.clone());
         if self.active().is_some_and(|a| a.id == snap.id) {
             self.status.lock().held = None;
+            self.set_fleet_hold(None);
             self.saw(&snap.id, true);
             return Ok(Considered::Unchanged);
         }
         if last.as_deref() == Some(snap.id.as_str()) {
-            return Ok(Considered::Unchanged);
+            return self.release_fleet_hold(&snap.id).await;
+        }
+        // A newer candidate replaces one waiting for the fleet.
+        if self
+            .status
+            .lock()
+            .fleet_hold
+            .as_ref()
+            .is_some_and(|h| h.record.id != snap.id)
+        {
+            self.set_fleet_hold(None);
         }
         let (record, cached) = self.judge(&snap).await?;
         let held = is_held(&record.verdict);
@@ -1117,8 +1260,7 @@ impl Gate {
                 // A verdict reused for content seen before is a revert; one a
                 // person just confirmed is not.
                 let reverted = cached && record.source != "admin";
-                self.promote_candidate(&record.id, reverted).await?;
-                promoted = true;
+                promoted = self.fleet_step(&record, reverted).await?;
             }
         } else {
             self.count_rejection(&record);
@@ -1291,10 +1433,26 @@ impl Gate {
                         None => std::future::pending().await,
                     }
                 };
+                // A candidate waiting for the fleet: looked at again when its
+                // hold-off ends, and every HOLD_POLL for the halt file.
+                let hold_at = self.status.lock().fleet_hold.as_ref().map(|h| {
+                    h.release_at
+                        .min(Instant::now() + fleet::HOLD_POLL)
+                        .max(Instant::now())
+                });
+                let hold = async {
+                    match hold_at {
+                        Some(t) => {
+                            tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 let go = tokio::select! {
                     ok = watcher.changed(&shutdown) => ok,
                     _ = self.wake.notified() => true,
                     _ = retry => true,
+                    _ = hold => true,
                 };
                 if !go {
                     return;

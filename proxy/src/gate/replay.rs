@@ -357,8 +357,9 @@ fn class_rank(status: u16) -> u8 {
     }
 }
 
-/// Classifies one request's change into `changes`.
-pub fn compare(changes: &mut Changes, ex: &ChangeExample) {
+/// Classifies one request's change into `changes`; `route_kept` when the
+/// candidate still has the route the baseline chose (or it chose none).
+pub fn compare(changes: &mut Changes, ex: &ChangeExample, route_kept: bool) {
     let (b, c) = (&ex.baseline, &ex.candidate);
     let route_changed = b.route != c.route;
     let any =
@@ -368,6 +369,9 @@ pub fn compare(changes: &mut Changes, ex: &ChangeExample) {
     }
     if route_changed {
         changes.route_changed.add(ex);
+        if route_kept {
+            changes.route_moved.add(ex);
+        }
     }
     if is_local_instead(b, c) {
         changes.now_local.add(ex);
@@ -648,6 +652,7 @@ pub async fn replay(
     opts: ReplayOptions,
 ) -> ReplayReport {
     let cand_site = Site::of(&candidate, opts.tls_listener);
+    let cand_routes: HashSet<String> = candidate.routes.iter().map(|r| r.name.clone()).collect();
     let base_site = baseline
         .as_ref()
         .map(|b| Site::of(b, opts.baseline_tls_listener))
@@ -717,7 +722,12 @@ pub async fn replay(
             baseline: b,
             candidate: c,
         };
-        compare(&mut report.changes, &ex);
+        let kept = ex
+            .baseline
+            .route
+            .as_ref()
+            .is_none_or(|r| cand_routes.contains(r));
+        compare(&mut report.changes, &ex, kept);
         compare_redirects(
             &mut report.redirects,
             &base_site,

@@ -54,9 +54,14 @@ pub struct SandboxReport {
     /// not get that far, or in older reports.
     #[serde(default)]
     pub tls: Option<TlsReport>,
-    /// Filled by the upstream verification stage when there is one.
+    /// Filled by the gate after the runner exits: the runner's
+    /// `upstream_plan` sent to the real upstreams (`gate::upstream_check`).
     #[serde(default)]
     pub upstream_check: Option<UpstreamCheck>,
+    /// The upstream requests the runner wants sent, when the gate asked
+    /// for an upstream check (`--upstream-check`).
+    #[serde(default)]
+    pub upstream_plan: Option<UpstreamPlan>,
 }
 
 impl SandboxReport {
@@ -78,6 +83,7 @@ impl SandboxReport {
             blast_radius: None,
             tls: None,
             upstream_check: None,
+            upstream_plan: None,
         }
     }
 }
@@ -266,6 +272,11 @@ pub struct Changes {
     /// them itself (`respond`): a maintenance page left on, a catch-all.
     pub now_local: ChangeCount,
     pub route_changed: ChangeCount,
+    /// Re-routed away from a route the candidate still has (a pattern that
+    /// now captures more, a reordered table): what
+    /// `gate.policy.max_route_changed` rejects. Requests whose route the
+    /// candidate deleted are the blast-radius guard's, held for a person.
+    pub route_moved: ChangeCount,
     pub newly_blocked: ChangeCount,
     /// Status class got worse (2xx/3xx → 4xx → 5xx).
     pub status_worsened: ChangeCount,
@@ -280,6 +291,7 @@ impl Changes {
             &mut self.changed,
             &mut self.now_local,
             &mut self.route_changed,
+            &mut self.route_moved,
             &mut self.newly_blocked,
             &mut self.status_worsened,
             &mut self.now_4xx,
@@ -466,15 +478,90 @@ pub struct TlsFinding {
     pub detail: String,
 }
 
-/// Reserved for the upstream verification stage (issue 14, item 1): the
-/// serving side sends the rewritten upstream requests and compares the
-/// answers; the sandbox has no network and never fills this.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The upstream verification's results (issue 14, item 1;
+/// `gate::upstream_check`): the gate, not the runner (which has no network),
+/// sent the requests of the runner's [`UpstreamPlan`] to the real endpoints
+/// and compared each candidate answer with the baseline's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UpstreamCheck {
+    /// Upstream requests sent (candidate and baseline together; each
+    /// distinct request once), at most `gate.sandbox.upstream_check.max_requests`.
     pub sent: u64,
+    /// Pairs (one sampled request, as the candidate and as the baseline would
+    /// send it) whose two answers were both obtained and compared.
+    pub checked: u64,
+    /// Checked pairs whose answers differ in any way (status class,
+    /// Location, content type, length bucket, an error on either side).
     pub differed: u64,
+    /// Checked pairs whose candidate answer is worse: by code (`status`,
+    /// `timeout`, `connect`, `location`), and in all.
+    pub worse: u64,
+    pub worse_by_code: BTreeMap<String, u64>,
+    /// Per route (the baseline's): pairs checked and worse.
+    pub per_route: BTreeMap<String, UpstreamRouteCheck>,
+    /// Pairs of the plan not checked: over the request cap, past the time
+    /// budget, or cut by the budget while waiting.
+    pub not_checked: u64,
+    /// Wall time of the check, milliseconds.
+    pub elapsed_ms: f64,
+    /// `GET www.example.com/a → pool app 127.0.0.1:9001: 200 text/html 2^12 → 404 text/html 2^8 (upstream:status)`.
     pub examples: Vec<String>,
+}
+
+/// One route's share of the upstream check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamRouteCheck {
+    pub checked: u64,
+    pub worse: u64,
+    /// The first worse pair's code (`status`, `timeout`, …).
+    pub code: Option<String>,
+}
+
+/// One upstream request exactly as a config's pipeline would send it: the
+/// endpoint chosen, the rewritten head, and the timeouts that apply.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UpstreamRequest {
+    pub pool: String,
+    /// `host:port` of the endpoint.
+    pub endpoint: String,
+    pub method: String,
+    /// Origin-form path and query, as sent.
+    pub target: String,
+    /// Header lines as sent (`host` included), in order.
+    pub headers: Vec<(String, String)>,
+    pub connect_timeout_ms: u64,
+    /// Time to the response head (a route's `timeout`, else the pool's
+    /// `response_timeout`).
+    pub response_timeout_ms: u64,
+}
+
+/// One sampled request under both configs, for the upstream check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamPair {
+    /// The baseline's route (`health:<pool>` for a pool's health check).
+    pub route: String,
+    /// `GET www.example.com/a`: the request as the client sent it.
+    pub request: String,
+    pub baseline: UpstreamRequest,
+    pub candidate: UpstreamRequest,
+}
+
+/// What the runner leaves for the gate to send (it has no network): the
+/// pairs whose candidate request differs from the baseline's, chosen round
+/// robin across routes, at most `max_requests` distinct requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamPlan {
+    pub pairs: Vec<UpstreamPair>,
+    /// Sampled requests that qualified (GET/HEAD, no body, nothing redacted
+    /// in the path or query, forwarded by both to pools both configs have).
+    pub eligible: u64,
+    /// Of them, sent identically by both configs (nothing to check).
+    pub identical: u64,
+    /// Distinct differing pairs left out by the request cap.
+    pub over_cap: u64,
 }
 
 /// What one compiled config set holds, by name: the input of

@@ -11,6 +11,9 @@
 //! ([`ProbeRequest`]); the gate probes them with TCP connects (the runner
 //! has no network) and answers which pools are unreachable
 //! ([`ProbeAnswer`]); the runner replays and writes its [`SandboxReport`].
+//! After it exited, the gate sends the upstream requests the runner planned
+//! (`report.upstream_plan`) to the real endpoints and keeps the comparison
+//! in `report.upstream_check` (`upstream_check.rs`).
 //! Its stderr is captured: it names the stage the runner is in
 //! (`aegis-sandbox: stage …`) and, when an allocation fails under RLIMIT_AS,
 //! Rust's "memory allocation of N bytes failed" before the abort, which is
@@ -210,6 +213,14 @@ impl Sandbox {
         if req.no_probe {
             cmd.arg("--no-probe");
         }
+        // The upstream check reaches real upstreams: never when the gate
+        // may not touch them (`gate.probe_endpoints: false`, `--no-probe`).
+        let check = &req.limits.upstream_check;
+        let upstream_check = check.enabled && !req.no_probe && check.max_requests > 0;
+        if upstream_check {
+            cmd.arg("--upstream-check")
+                .arg(check.max_requests.to_string());
+        }
         cmd.arg("--uid")
             .arg(req.limits.uid.to_string())
             .arg("--gid")
@@ -268,7 +279,7 @@ impl Sandbox {
             .filter_map(|l| l.strip_prefix(STAGE_PREFIX))
             .next_back()
             .map(str::to_string);
-        let outcome = classify(
+        let mut outcome = classify(
             report,
             status,
             timed_out,
@@ -277,6 +288,15 @@ impl Sandbox {
             stage,
             &req.limits,
         );
+        // The runner has exited (and had no network): the gate sends what it
+        // planned, under the check's own limits.
+        if upstream_check
+            && let SandboxOutcome::Report(r) = &mut outcome
+            && let Some(plan) = r.upstream_plan.as_ref().filter(|p| !p.pairs.is_empty())
+        {
+            let result = super::upstream_check::run(plan, check).await;
+            r.upstream_check = Some(result);
+        }
         // Starved: less than half the deadline on a CPU (an unknown reading
         // counts as busy: retrying costs little, a wrong verdict sticks).
         let starved = timed_out

@@ -9,7 +9,9 @@
 //! `status`, `redirect_self`, `redirect_loop`, `redirect_unserved`
 //! (redirects followed inside the config), `route` (one route's success
 //! share fell, however small the route), `now_local` (forwarded requests
-//! now answered by Aegis), `route_changed`, `latency` or `memory`
+//! now answered by Aegis), `route_changed`, then `upstream:<kind>` (the
+//! gate's check against the real upstreams: `status`, `timeout`, `connect`,
+//! `location`; `upstream_check.rs`), `latency` or `memory`
 //! (gate.policy exceeded). When several are exceeded, the first is primary
 //! and the others are listed in `also`.
 //!
@@ -554,18 +556,25 @@ pub fn judge(outcome: &SandboxOutcome, policy: &GatePolicy, limits: &SandboxLimi
     }
     if let Some(max) = policy.max_route_changed
         && replay.baseline.is_some()
-        && ch.route_changed.share > max
+        && ch.route_moved.share > max
     {
         found.push((
                 "regression:route_changed".into(),
                 format!(
-                    "{} of {total} replayed requests ({}) would take a different route, limit {} (gate.policy.max_route_changed){}",
-                    ch.route_changed.count,
-                    pct(ch.route_changed.share),
+                    "{} of {total} replayed requests ({}) would take a different route that the active config also has, limit {} (gate.policy.max_route_changed){}",
+                    ch.route_moved.count,
+                    pct(ch.route_moved.share),
                     pct(max),
-                    example(&ch.route_changed)
+                    example(&ch.route_moved)
                 ),
             ));
+    }
+    // The real upstreams' answers (the gate sent them after the runner
+    // exited): what the stub connector cannot see.
+    if let Some(check) = &report.upstream_check
+        && let Some(f) = super::upstream_check::findings(check, limits.upstream_check.max_worse)
+    {
+        found.push(f);
     }
     let max_p99_us = policy.max_p99.0.as_secs_f64() * 1e6;
     if total > 0 && replay.latency_us.p99 > max_p99_us {
@@ -697,6 +706,7 @@ mod tests {
                     baseline: side(200, false),
                     candidate: side(404, false),
                 },
+                true,
             );
         }
         for _ in 0..blocked {
@@ -710,6 +720,7 @@ mod tests {
                     baseline: side(200, false),
                     candidate: side(403, true),
                 },
+                true,
             );
         }
         replay.changes.finish(total);
@@ -739,6 +750,12 @@ mod tests {
     /// them on another route (same status), with `blast` as the report's
     /// blast radius.
     fn with_blast(blast: Option<BlastRadius>, rerouted: u64) -> SandboxOutcome {
+        with_blast_kept(blast, rerouted, true)
+    }
+
+    /// `kept`: the candidate still has the baseline's route (false: the
+    /// route was deleted).
+    fn with_blast_kept(blast: Option<BlastRadius>, rerouted: u64, kept: bool) -> SandboxOutcome {
         let mut r = SandboxReport::new(Isolation::default());
         r.outcome = RunnerOutcome::Replayed;
         let mut replay = ReplayReport {
@@ -759,6 +776,7 @@ mod tests {
                     baseline: side(200, false),
                     candidate: cand,
                 },
+                kept,
             );
         }
         replay.changes.finish(1000);
@@ -981,6 +999,20 @@ mod tests {
             judge(&with_blast(blast(|_| {}), 600), &p, &l).code(),
             "regression:route_changed"
         );
+    }
+
+    #[test]
+    fn requests_of_a_deleted_route_are_held_not_rejected() {
+        // Deleting a route re-routes its requests by intent: the default
+        // max_route_changed (25 %) does not reject that, the blast-radius
+        // guard holds it for a person (30 % > max_rerouted).
+        let p = GatePolicy::default();
+        let l = SandboxLimits::default();
+        let v = judge(&with_blast_kept(blast(|_| {}), 300, false), &p, &l);
+        assert!(v.is_held(), "{}: {}", v.code(), v.sentence);
+        // The same share moved between routes both configs have is judged.
+        let v = judge(&with_blast_kept(blast(|_| {}), 300, true), &p, &l);
+        assert_eq!(v.code(), "regression:route_changed");
     }
 
     #[test]

@@ -419,19 +419,26 @@ where
 }
 
 /// What the access log and metrics need, carried to the end of the body.
+/// The route and upstream come from the request's `DecisionSummary` and the
+/// version from its snapshot, so nothing is copied for them per request.
 struct LogCtx {
     start: Instant,
     wall: SystemTime,
     client: IpAddr,
+    /// The snapshot the request started with (its version labels metrics).
+    config: Arc<CompiledConfig>,
+    /// What only the access log line needs; `None` when the log is off.
+    line: Option<LogLine>,
+    endpoint: Option<Arc<str>>,
+    score: Option<f64>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// The request side of an access log line.
+struct LogLine {
     method: Method,
     host: Option<String>,
     path: String,
-    route: Option<String>,
-    upstream: Option<String>,
-    endpoint: Option<String>,
-    version: String,
-    score: Option<f64>,
-    bytes_in: Arc<AtomicU64>,
 }
 
 /// A response the pipeline makes itself: short text body.
@@ -494,13 +501,13 @@ impl<C: Connector> Pipeline<C> {
             start,
             wall,
             client: client.addr.ip(),
-            method: req.method().clone(),
-            host: host.clone(),
-            path: req.uri().path().to_string(),
-            route: None,
-            upstream: None,
+            config: config.clone(),
+            line: self.shared.access_log.is_enabled().then(|| LogLine {
+                method: req.method().clone(),
+                host: host.clone(),
+                path: req.uri().path().to_string(),
+            }),
             endpoint: None,
-            version: config.version.clone(),
             score: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
         };
@@ -578,8 +585,6 @@ impl<C: Connector> Pipeline<C> {
             };
             (d.summary(), d.route_id, d.score(), redirect, up_path)
         };
-        log.route = summary.route.clone();
-        log.upstream = summary.upstream.clone();
         log.score = score;
         let route = route_id.and_then(|id| config.routes.get(id));
 
@@ -676,23 +681,56 @@ impl<C: Connector> Pipeline<C> {
             .flatten();
         let version = req.version();
         let (mut parts, body) = req.into_parts();
-        let path_and_query = match &query_owned {
-            Some(q) => format!("{}?{q}", upstream_path.as_deref().unwrap_or("/")),
-            None => upstream_path.clone().unwrap_or_else(|| "/".to_string()),
-        };
-        parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
-            Ok(u) => u,
-            Err(_) => {
-                let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
-                return self.finish(resp, log, summary, None);
+        // When normalization and prefix edits left the path as the client
+        // sent it (most requests), its path and query are reused as they
+        // are: a reference count, not a new string parsed again.
+        let unchanged = upstream_path
+            .as_deref()
+            .is_some_and(|p| p == parts.uri.path())
+            .then(|| parts.uri.path_and_query().cloned())
+            .flatten()
+            .and_then(|pq| {
+                let mut p = http::uri::Parts::default();
+                p.path_and_query = Some(pq);
+                Uri::from_parts(p).ok()
+            });
+        parts.uri = match unchanged {
+            Some(u) => u,
+            None => {
+                let path_and_query = match &query_owned {
+                    Some(q) => format!("{}?{q}", upstream_path.as_deref().unwrap_or("/")),
+                    None => upstream_path.clone().unwrap_or_else(|| "/".to_string()),
+                };
+                match Uri::builder().path_and_query(path_and_query).build() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
+                        return self.finish(resp, log, summary, None);
+                    }
+                }
             }
         };
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, client_upgrade.is_some(), true);
-        // h2c's companion, in case no `Connection` named it.
-        h.remove("http2-settings");
-        h.remove(header::EXPECT);
+        // h2c's companion (in case no `Connection` named it), `Expect`, and
+        // a score header the client sent: found in one pass over the names,
+        // so the common request pays no hashed remove for them.
+        let (mut h2_settings, mut expect, mut client_score) = (false, false, false);
+        for name in h.keys() {
+            h2_settings |= name.as_str() == "http2-settings";
+            expect |= name == header::EXPECT;
+            client_score |= *name == config.scoring.header;
+        }
+        if h2_settings {
+            h.remove("http2-settings");
+        }
+        if expect {
+            h.remove(header::EXPECT);
+        }
+        if client_score {
+            h.remove(&config.scoring.header);
+        }
         if version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
@@ -709,7 +747,6 @@ impl<C: Connector> Pipeline<C> {
             }
             (None, None) => {}
         }
-        h.remove(&config.scoring.header);
         if let Some(s) = score
             && let Ok(v) = HeaderValue::from_str(&format!("{s}"))
         {
@@ -770,7 +807,7 @@ impl<C: Connector> Pipeline<C> {
                     return self.finish(resp, log, summary, Some("body_timeout"));
                 }
                 let status = e.status();
-                log.endpoint = e.endpoint().map(str::to_string);
+                log.endpoint = e.endpoint().map(Arc::from);
                 tracing::warn!(
                     route = %route.name,
                     upstream = summary.upstream.as_deref().unwrap_or(""),
@@ -787,7 +824,7 @@ impl<C: Connector> Pipeline<C> {
         log.endpoint = resp
             .extensions()
             .get::<UpstreamEndpoint>()
-            .map(|e| e.0.to_string());
+            .map(|e| e.0.clone());
 
         // The response, on its way back.
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -845,26 +882,33 @@ impl<C: Connector> Pipeline<C> {
         rejected: Option<&'static str>,
     ) -> Response<ProxyBody> {
         let status = resp.status().as_u16();
-        let route_label = log.route.clone().unwrap_or_else(|| "-".to_string());
-        metrics::counter!("aegis_requests_total", "route" => route_label, "status" => status.to_string())
-            .increment(1);
+        let route = summary.route.as_deref();
         // The version's handles, resolved at activation; a request that
         // started on the version before a promotion builds its labels.
         let duration = match &*self.shared.config.metrics.load() {
-            Some(m) if m.version() == log.version => {
-                m.request(log.route.as_deref(), status).clone()
+            Some(m) if m.version() == log.config.version => {
+                m.requests_total(route, status);
+                m.request(route, status).clone()
             }
-            _ => crate::telemetry::request_of_version(&log.version, log.route.as_deref(), status),
+            _ => {
+                crate::telemetry::requests_total_uncached(route, status);
+                crate::telemetry::request_of_version(&log.config.version, route, status)
+            }
         };
         self.shared.traffic.record(status, log.start.elapsed());
+        let access_log = self.shared.access_log.clone();
+        // The access log's copies of the summary, only when it is on.
+        let names = log
+            .line
+            .is_some()
+            .then(|| (summary.route.clone(), summary.upstream.clone()));
         let outcome = RequestOutcome {
             route: summary.route.clone(),
             summary,
             status,
-            endpoint: log.endpoint.clone(),
+            endpoint: log.endpoint.as_deref().map(str::to_string),
             rejected,
         };
-        let access_log = self.shared.access_log.clone();
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(outcome);
         let body = body::CountingBody::new(
@@ -872,21 +916,21 @@ impl<C: Connector> Pipeline<C> {
             Box::new(move |bytes_out, ok| {
                 let elapsed = log.start.elapsed();
                 duration.record(elapsed.as_secs_f64());
-                if access_log.is_enabled() {
+                if let (Some(line), Some((route, upstream))) = (log.line, names) {
                     access_log.log(AccessRecord {
                         time: rfc3339(log.wall),
                         client: log.client.to_string(),
-                        method: log.method.to_string(),
-                        host: log.host,
-                        path: log.path,
+                        method: line.method.to_string(),
+                        host: line.host,
+                        path: line.path,
                         status,
                         bytes_in: log.bytes_in.load(Ordering::Relaxed),
                         bytes_out,
                         duration_ms: elapsed.as_secs_f64() * 1000.0,
-                        route: log.route,
-                        upstream: log.upstream,
-                        endpoint: log.endpoint,
-                        config_version: log.version,
+                        route,
+                        upstream,
+                        endpoint: log.endpoint.as_deref().map(str::to_string),
+                        config_version: log.config.version.clone(),
                         score: log.score,
                         aborted: !ok,
                     });

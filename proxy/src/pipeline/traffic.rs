@@ -13,13 +13,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Upper bounds of the latency buckets, in microseconds: 128 µs doubling up
-/// to about 8.4 s; the last bucket takes everything slower.
+/// Upper bounds of the latency buckets, in microseconds: 128 µs growing by
+/// √2 per bucket up to about 4.2 s; the last bucket takes everything
+/// slower. Two buckets per doubling so the canary's p99 comparison reads a
+/// ratio to within 41 %, not within 2× (power-of-two buckets turned a
+/// 1.5× difference of noise into a 4× one). 32 buckets: what serde and
+/// `Default` implement for arrays, so the totals stay a plain `Copy` value.
 pub const BUCKET_BOUNDS_US: [u64; LATENCY_BUCKETS - 1] = [
-    128, 256, 512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768, 65_536, 131_072, 262_144, 524_288,
-    1_048_576, 2_097_152, 4_194_304, 8_388_608,
+    128, 181, 256, 362, 512, 724, 1_024, 1_448, 2_048, 2_896, 4_096, 5_793, 8_192, 11_585, 16_384,
+    23_170, 32_768, 46_341, 65_536, 92_682, 131_072, 185_364, 262_144, 370_728, 524_288, 741_455,
+    1_048_576, 1_482_910, 2_097_152, 2_965_821, 4_194_304,
 ];
-pub const LATENCY_BUCKETS: usize = 18;
+pub const LATENCY_BUCKETS: usize = 32;
 
 /// The counters, shared by every connection of the process.
 #[derive(Debug, Default)]
@@ -42,10 +47,9 @@ impl TrafficCounters {
             _ => 0,
         };
         let us = u64::try_from(head_after.as_micros()).unwrap_or(u64::MAX);
-        let i = BUCKET_BOUNDS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LATENCY_BUCKETS - 1);
+        // The first bound at or above `us` (a binary search over the 31
+        // sorted bounds: five comparisons); past the last, the last bucket.
+        let i = BUCKET_BOUNDS_US.partition_point(|b| *b < us);
         if let Some(b) = self.latency.get(i) {
             b.fetch_add(1, Ordering::Relaxed);
         }
@@ -161,6 +165,23 @@ impl TrafficTotals {
     }
 }
 
+impl TrafficTotals {
+    /// Requests certainly slower than `limit`: those in buckets whose lower
+    /// bound (the bound before theirs) is at or above it. Rounds down, so
+    /// the canary's latency check counts only what it can be sure of.
+    pub fn slower_than(&self, limit: Duration) -> u64 {
+        let limit_us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+        // Bucket i holds (BUCKET_BOUNDS_US[i-1], BUCKET_BOUNDS_US[i]].
+        let first = BUCKET_BOUNDS_US
+            .partition_point(|b| *b < limit_us)
+            .saturating_add(1);
+        self.latency
+            .iter()
+            .skip(first)
+            .fold(0u64, |n, b| n.saturating_add(*b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +195,7 @@ mod tests {
         let t = c.totals();
         assert_eq!((t.requests, t.errors_5xx), (3, 1));
         assert_eq!(t.latency[0], 1);
-        assert_eq!(t.latency[5], 1, "3 ms is in the 4 096 µs bucket");
+        assert_eq!(t.latency[10], 1, "3 ms is in the 4 096 µs bucket");
         assert_eq!(t.latency[LATENCY_BUCKETS - 1], 1);
     }
 
@@ -194,5 +215,24 @@ mod tests {
         assert_eq!(w.p99(), Some(Duration::from_micros(131_072)));
         assert_eq!(TrafficTotals::default().p99(), None);
         assert_eq!(w.plus(&w).requests, 202);
+    }
+
+    #[test]
+    fn slower_than_counts_only_buckets_wholly_above_the_limit() {
+        let c = TrafficCounters::default();
+        for _ in 0..10 {
+            c.record(200, Duration::from_micros(200));
+        }
+        for _ in 0..3 {
+            c.record(200, Duration::from_millis(100));
+        }
+        c.record(200, Duration::from_secs(60));
+        let t = c.totals();
+        assert_eq!(t.slower_than(Duration::from_millis(50)), 4);
+        // 100 ms is in (92.7 ms, 131 ms]: not certainly slower than 95 ms.
+        assert_eq!(t.slower_than(Duration::from_millis(95)), 1);
+        // Past the last bound nothing is certain: the last bucket is open.
+        assert_eq!(t.slower_than(Duration::from_secs(10)), 0);
+        assert_eq!(t.slower_than(Duration::ZERO), 14);
     }
 }

@@ -4,19 +4,40 @@
 //! before the promotion. Pure arithmetic on counters, so the thresholds are
 //! tested here without processes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aegis_engine::config::settings::Regression;
 
 use super::SlotTraffic;
+use super::routes::{self, C3XX, C4XX, C5XX, Classes};
 use crate::pipeline::traffic::TrafficTotals;
 
+/// Canary windows at most, while a side has too few requests to compare
+/// (`gate.canary_seconds` each): the canary is held this long before
+/// [`judge_inconclusive`] decides.
+pub const MAX_CANARY_WINDOWS: u32 = 3;
+
+/// The p99 comparison needs at least this many of the subject's requests
+/// certainly slower than its limit: over 50–150 requests the p99 is the
+/// slowest one or two, and one scheduling hiccup (a compile, another
+/// process on the core) must not roll a good version back. A version that
+/// is really slower is slower for most of its requests.
+pub const MIN_SLOW_REQUESTS: u64 = 5;
+
+/// Standard errors a per-route share must worsen by, on top of its
+/// allowed increase: a route with 20 requests a side moves by 5 points
+/// with one answer, and dozens of routes are compared at once.
+pub const ROUTE_MARGIN_SE: f64 = 4.0;
+
 /// What some workers did over some seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Window {
     pub traffic: TrafficTotals,
     /// Worker processes that died (and were replaced) within the window.
     pub deaths: u64,
+    /// Answers per route name and class (the workers that reported them).
+    pub routes: BTreeMap<String, Classes>,
 }
 
 impl Window {
@@ -38,6 +59,23 @@ impl Window {
             let deaths = then.map_or(0, |t| now.restarts.saturating_sub(t.restarts));
             w.traffic = w.traffic.plus(&traffic);
             w.deaths = w.deaths.saturating_add(deaths);
+            let Some(later) = now.routes.as_deref() else {
+                continue;
+            };
+            // The same process on the same version: its counters moved on.
+            // Otherwise (a new process, or the version the canary just
+            // loaded) they count from zero.
+            let earlier = then
+                .filter(|t| t.pid == now.pid)
+                .and_then(|t| t.routes.as_deref())
+                .filter(|e| e.version == later.version);
+            for (name, n) in &later.routes {
+                let d = match earlier.and_then(|e| e.routes.get(name)) {
+                    Some(e) => routes::sub(n, e),
+                    None => *n,
+                };
+                routes::add(w.routes.entry(name.clone()).or_default(), &d);
+            }
         }
         w
     }
@@ -155,14 +193,18 @@ fn traffic_regression(
     let (Some(sp), Some(cp)) = (subject.p99(), reference.p99()) else {
         return None;
     };
-    let limit = cp.mul_f64(r.max_p99_ratio);
-    if sp > limit && sp.saturating_sub(cp) > r.p99_slack.0 {
+    let limit = cp
+        .mul_f64(r.max_p99_ratio)
+        .max(cp.saturating_add(r.p99_slack.0));
+    let slow = subject.slower_than(limit);
+    if sp > limit && slow >= MIN_SLOW_REQUESTS {
         return Some((
             "latency",
             format!(
-                "{subject_name}'s p99 to response head is ≤{} over {} requests, {reference_name}'s ≤{} (allowed: {}× and {} more)",
+                "{subject_name}'s p99 to response head is ≤{} over {} requests ({slow} slower than {}), {reference_name}'s ≤{} (allowed: {}× and {} more)",
                 ms(sp),
                 subject.requests,
+                ms(limit),
                 ms(cp),
                 r.max_p99_ratio,
                 ms(r.p99_slack.0)
@@ -188,23 +230,153 @@ pub fn judge_canary(canary: &Window, control: &Window, r: &Regression) -> Option
             ),
         });
     }
-    traffic_regression(
+    let global = traffic_regression(
         &canary.traffic,
         &control.traffic,
         &r,
         true,
         "the canary worker",
         "the control workers",
-    )
-    .map(|(kind, why)| Finding {
-        code: match kind {
-            "5xx" => "canary_5xx",
-            "4xx" => "canary_4xx",
-            "redirects" => "canary_redirects",
-            _ => "canary_latency",
-        },
-        why,
+    );
+    match global {
+        // A share of the whole traffic is the broader finding.
+        Some((kind, why)) if kind != "latency" => Some(Finding {
+            code: match kind {
+                "5xx" => "canary_5xx",
+                "4xx" => "canary_4xx",
+                _ => "canary_redirects",
+            },
+            why,
+        }),
+        // A broken route says more than a slower p99.
+        latency => judge_routes(canary, control, &r).or(latency.map(|(_, why)| Finding {
+            code: "canary_latency",
+            why,
+        })),
+    }
+}
+
+/// Per route (by name, on both sides) and per class (5xx, 4xx, 3xx): a
+/// route with `min_requests` on each side whose share of a class grows by
+/// more than that class's allowed increase *and* by more than
+/// [`ROUTE_MARGIN_SE`] standard errors of the difference
+/// (`√(p(1-p)(1/n₁+1/n₂))`, `p` the pooled share) is a regression,
+/// `canary_route`, however small its share of all traffic. The worst one
+/// (most points past its threshold) is reported.
+fn judge_routes(canary: &Window, control: &Window, r: &Regression) -> Option<Finding> {
+    let mut worst: Option<(f64, Finding)> = None;
+    for (name, c) in &canary.routes {
+        let Some(k) = control.routes.get(name) else {
+            continue;
+        };
+        let (nc, nk) = (total(c), total(k));
+        if nc < r.min_requests || nk < r.min_requests {
+            continue;
+        }
+        for (class, what, allowed) in [
+            (C5XX, "5xx", r.max_5xx_increase),
+            (C4XX, "4xx", r.max_4xx_increase),
+            (C3XX, "a redirect (3xx)", r.max_3xx_increase),
+        ] {
+            let (xc, xk) = (
+                c.get(class).copied().unwrap_or(0),
+                k.get(class).copied().unwrap_or(0),
+            );
+            let (sc, sk) = (xc as f64 / nc as f64, xk as f64 / nk as f64);
+            let pooled = (xc.saturating_add(xk)) as f64 / nc.saturating_add(nk) as f64;
+            let se = (pooled * (1.0 - pooled) * (1.0 / nc as f64 + 1.0 / nk as f64)).sqrt();
+            let threshold = allowed.max(ROUTE_MARGIN_SE * se);
+            let excess = sc - sk - threshold;
+            if excess <= 0.0 || worst.as_ref().is_some_and(|(e, _)| *e >= excess) {
+                continue;
+            }
+            let shown = if name == crate::telemetry::NO_ROUTE {
+                "(no route)".to_string()
+            } else {
+                name.clone()
+            };
+            worst = Some((
+                excess,
+                Finding {
+                    code: "canary_route",
+                    why: format!(
+                        "route {shown}: the canary worker answered {what} to {:.1}% of its {nc} requests, the control workers to {:.1}% of {nk} (allowed: {:.1} points more at these counts)",
+                        sc * 100.0,
+                        sk * 100.0,
+                        threshold * 100.0
+                    ),
+                },
+            ));
+        }
+    }
+    worst.map(|(_, f)| f)
+}
+
+fn total(c: &Classes) -> u64 {
+    c.iter().fold(0u64, |n, x| n.saturating_add(*x))
+}
+
+/// Why the canary window cannot be judged yet: a side (canary or control)
+/// with fewer than `min_requests`. `None` when both have enough.
+pub fn too_few(canary: &Window, control: &Window, r: &Regression) -> Option<String> {
+    let r = sane(r);
+    let short: Vec<String> = [("canary", canary), ("control", control)]
+        .into_iter()
+        .filter(|(_, w)| w.traffic.requests < r.min_requests)
+        .map(|(side, w)| format!("{side} {} of {}", w.traffic.requests, r.min_requests))
+        .collect();
+    (!short.is_empty()).then(|| {
+        format!(
+            "too few requests to compare ({}, gate.regression.min_requests)",
+            short.join(", ")
+        )
     })
+}
+
+/// The canary was held [`MAX_CANARY_WINDOWS`] windows and a side still has
+/// too few requests. What an operator of a production edge expects: a
+/// quiet node must still take changes (the sandbox judged the version, and
+/// the bake watches it next), but a version cannot pass on a comparison
+/// that never happened while it fails requests. So it is rolled back,
+/// `canary_inconclusive`, when
+///
+/// - the canary's own 5xx share exceeds `max_5xx_increase` measured
+///   against none (any 5xx among a handful of requests; more than 5 % of
+///   many), or
+/// - the canary served nothing while the control group served
+///   `min_requests` or more (the canary's share of the traffic cannot be
+///   shown to work: connections did not reach it);
+///
+/// otherwise it is promoted, and the event says the canary was
+/// inconclusive. `None`: promote.
+pub fn judge_inconclusive(canary: &Window, control: &Window, r: &Regression) -> Option<Finding> {
+    let r = sane(r);
+    let c = &canary.traffic;
+    if c.requests > 0 && c.share_5xx() > r.max_5xx_increase {
+        return Some(Finding {
+            code: "canary_inconclusive",
+            why: format!(
+                "after {MAX_CANARY_WINDOWS} canary windows there were still too few requests to compare (canary {}, control {}, gate.regression.min_requests {}), and the canary answered 5xx to {} of its {} ({:.1}%, allowed {:.1}% with nothing to compare against)",
+                c.requests,
+                control.traffic.requests,
+                r.min_requests,
+                c.errors_5xx,
+                c.requests,
+                c.share_5xx() * 100.0,
+                r.max_5xx_increase * 100.0
+            ),
+        });
+    }
+    if c.requests == 0 && control.traffic.requests >= r.min_requests {
+        return Some(Finding {
+            code: "canary_inconclusive",
+            why: format!(
+                "after {MAX_CANARY_WINDOWS} canary windows the canary worker had served no request while the control workers served {}: the new version was never seen serving",
+                control.traffic.requests
+            ),
+        });
+    }
+    None
 }
 
 /// Every worker since the full promotion against the window before it.
@@ -252,7 +424,7 @@ mod tests {
         }
         Window {
             traffic: c.totals(),
-            deaths: 0,
+            ..Window::default()
         }
     }
 
@@ -306,7 +478,7 @@ mod tests {
         }
         Window {
             traffic: c.totals(),
-            deaths: 0,
+            ..Window::default()
         }
     }
 
@@ -390,6 +562,7 @@ mod tests {
                 requests,
                 ..TrafficTotals::default()
             },
+            routes: None,
         };
         let w = Window::between(&[slot(10, 0, 500)], &[slot(11, 1, 7)], |_| true);
         assert_eq!((w.traffic.requests, w.deaths), (7, 1));
@@ -397,5 +570,151 @@ mod tests {
         assert_eq!((w.traffic.requests, w.deaths), (20, 0));
         let w = Window::between(&[slot(10, 0, 500)], &[slot(10, 0, 520)], |s| s != 0);
         assert_eq!(w.traffic.requests, 0);
+    }
+
+    fn with_routes(mut w: Window, routes: &[(&str, [u64; 5])]) -> Window {
+        w.routes = routes.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        w
+    }
+
+    #[test]
+    fn a_small_route_broken_on_the_canary_is_caught_by_name() {
+        let r = Regression::default();
+        // 1000 requests a side; route "webhook" is 3 % of them and fails on
+        // the canary: 3 points of 5xx overall, under the global 5 points.
+        let canary = with_routes(
+            statuses(970, 30, 502),
+            &[("home", [0, 970, 0, 0, 0]), ("webhook", [0, 0, 0, 0, 30])],
+        );
+        let control = with_routes(
+            statuses(1000, 0, 502),
+            &[("home", [0, 970, 0, 0, 0]), ("webhook", [0, 30, 0, 0, 0])],
+        );
+        let f = judge_canary(&canary, &control, &r).unwrap();
+        assert_eq!(f.code, "canary_route");
+        assert!(f.why.starts_with("route webhook: "), "{}", f.why);
+        assert!(f.why.contains("100.0% of its 30 requests"), "{}", f.why);
+        // Without the per-route counts the same traffic passes.
+        let (mut c2, mut k2) = (canary.clone(), control.clone());
+        c2.routes.clear();
+        k2.routes.clear();
+        assert_eq!(judge_canary(&c2, &k2, &r), None);
+        // The no-route bucket is named as such.
+        let canary = with_routes(statuses(970, 30, 404), &[("-", [0, 0, 0, 30, 0])]);
+        let control = with_routes(statuses(1000, 0, 404), &[("-", [0, 30, 0, 0, 0])]);
+        let f = judge_canary(&canary, &control, &r).unwrap();
+        assert!(f.why.starts_with("route (no route): "), "{}", f.why);
+    }
+
+    #[test]
+    fn per_route_noise_and_small_routes_are_not_regressions() {
+        let r = Regression::default();
+        let quiet = |routes: &[(&str, [u64; 5])]| with_routes(statuses(500, 0, 404), routes);
+        // A route a scanner hits with 404s on both sides, unevenly: 12 of
+        // 25 against 8 of 25 is 16 points, within four standard errors.
+        assert_eq!(
+            judge_canary(
+                &quiet(&[("legacy", [0, 13, 0, 12, 0])]),
+                &quiet(&[("legacy", [0, 17, 0, 8, 0])]),
+                &r
+            ),
+            None
+        );
+        // One 5xx among 20: 5 points, one answer.
+        assert_eq!(
+            judge_canary(
+                &quiet(&[("api", [0, 19, 0, 0, 1])]),
+                &quiet(&[("api", [0, 20, 0, 0, 0])]),
+                &r
+            ),
+            None
+        );
+        // A route below min_requests on a side is not judged on its own.
+        assert_eq!(
+            judge_canary(
+                &quiet(&[("tiny", [0, 0, 0, 0, 19])]),
+                &quiet(&[("tiny", [0, 40, 0, 0, 0])]),
+                &r
+            ),
+            None
+        );
+        // A route only one side has (renamed) is not compared.
+        assert_eq!(
+            judge_canary(
+                &quiet(&[("new", [0, 0, 0, 0, 50])]),
+                &quiet(&[("old", [0, 50, 0, 0, 0])]),
+                &r
+            ),
+            None
+        );
+    }
+
+    fn with_slow(fast: u64, slow: u64) -> Window {
+        let c = TrafficCounters::default();
+        for i in 0..fast {
+            // 0.3-1.5 ms: what loopback requests take on a loaded machine.
+            c.record(200, Duration::from_micros(300 + (i % 5) * 300));
+        }
+        for _ in 0..slow {
+            c.record(200, Duration::from_millis(200));
+        }
+        Window {
+            traffic: c.totals(),
+            ..Window::default()
+        }
+    }
+
+    #[test]
+    fn a_few_slow_requests_among_fifty_to_150_do_not_roll_back() {
+        let r = Regression::default();
+        // A hiccup: one to four requests of the canary stalled 200 ms. Over
+        // 50-150 requests that is its p99 (before: canary_latency).
+        for (n, slow) in [(50, 1), (100, 2), (150, 4)] {
+            assert_eq!(
+                judge_canary(&with_slow(n, slow), &with_slow(n, 0), &r),
+                None,
+                "{n} requests, {slow} slow"
+            );
+        }
+        // A version really slower for some of its requests is still caught.
+        let f = judge_canary(&with_slow(100, 10), &with_slow(100, 0), &r).unwrap();
+        assert_eq!(f.code, "canary_latency");
+        assert!(f.why.contains("10 slower than"), "{}", f.why);
+    }
+
+    #[test]
+    fn too_few_names_the_short_side() {
+        let r = Regression::default();
+        assert_eq!(
+            too_few(&window(40, 0, FAST), &window(40, 0, FAST), &r),
+            None
+        );
+        let why = too_few(&window(400, 0, FAST), &window(5, 0, FAST), &r).unwrap();
+        assert!(why.contains("control 5 of 20"), "{why}");
+        assert!(!why.contains("canary"), "{why}");
+    }
+
+    #[test]
+    fn an_inconclusive_canary_at_its_last_window() {
+        let r = Regression::default();
+        // Quiet but clean: promoted.
+        assert_eq!(
+            judge_inconclusive(&window(6, 0, FAST), &window(3, 0, FAST), &r),
+            None
+        );
+        // Many requests on the canary, a control that got almost none
+        // (connections not spread), an upstream flake within 5 %: promoted.
+        assert_eq!(
+            judge_inconclusive(&window(990, 10, FAST), &window(4, 0, FAST), &r),
+            None
+        );
+        // Failing requests with nothing to compare against: rolled back.
+        let f = judge_inconclusive(&window(4, 2, FAST), &window(3, 0, FAST), &r).unwrap();
+        assert_eq!(f.code, "canary_inconclusive");
+        assert!(f.why.contains("5xx to 2 of its 6"), "{}", f.why);
+        // The canary never served while the control did: rolled back.
+        let f = judge_inconclusive(&window(0, 0, FAST), &window(500, 0, FAST), &r).unwrap();
+        assert_eq!(f.code, "canary_inconclusive");
+        assert!(f.why.contains("served no request"), "{}", f.why);
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  accepted ─► canary (slot 0, gate.canary_seconds)   ── regression ─► rolled back
-//!                 │ canary vs control: 5xx share, p99, deaths
+//!                 │ canary vs control: deaths, 5xx/4xx/3xx shares, per route, p99;
+//!                 │ held up to 3 windows while a side has too few requests
 //!                 ▼
 //!              every worker, bake (gate.bake_seconds)  ── regression ─► rolled back
 //!                 │ all workers vs the window before: 5xx share, p99, deaths
@@ -21,6 +22,7 @@
 //! is no control group in one process, only the bake).
 
 pub mod compare;
+pub mod routes;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -34,7 +36,8 @@ use aegis_engine::config::Settings;
 use aegis_engine::config::settings::Regression;
 use serde::Serialize;
 
-use self::compare::{Finding, Window};
+use self::compare::{Finding, MAX_CANARY_WINDOWS, Window};
+use self::routes::RouteCounts;
 use crate::pipeline::ConfigHandle;
 use crate::pipeline::traffic::{TrafficCounters, TrafficTotals};
 
@@ -42,13 +45,16 @@ use crate::pipeline::traffic::{TrafficCounters, TrafficTotals};
 pub const CANARY_SLOT: usize = 0;
 
 /// One serving process's counters, as last read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotTraffic {
     pub slot: usize,
     pub pid: u32,
     /// Times the slot's process was replaced so far.
     pub restarts: u64,
     pub totals: TrafficTotals,
+    /// Its per-route answers of the version it serves (a worker's; shared,
+    /// since every reading until the next probe holds the same ones).
+    pub routes: Option<Arc<RouteCounts>>,
 }
 
 /// Where promoted versions go.
@@ -106,6 +112,7 @@ impl Fleet for LocalFleet {
             pid: std::process::id(),
             restarts: 0,
             totals: self.traffic.totals(),
+            routes: None,
         }]
     }
 }
@@ -139,6 +146,9 @@ enum Phase {
         at_start: Vec<SlotTraffic>,
         /// The window before the promotion, for the bake that follows.
         before: Window,
+        /// Canary windows so far (1, then one more each time a side had too
+        /// few requests at the window's end, up to [`MAX_CANARY_WINDOWS`]).
+        windows: u32,
     },
     Baking {
         version: String,
@@ -153,7 +163,7 @@ enum Phase {
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutEvent {
     pub at_ms: u64,
-    /// `canary_started`, `canary_passed`, `promoted_all`, `baked`,
+    /// `canary_started`, `canary_extended`, `canary_passed`, `promoted_all`, `baked`,
     /// `rolled_back`, `rollback_impossible`, `back_to_stable`, `superseded`,
     /// `frozen`, `confirmed`.
     pub event: &'static str,
@@ -269,8 +279,8 @@ impl Rollout {
         // a version taken back, or promotion stopped until someone acts. An
         // event not listed here is new: WARN until it is placed.
         match event {
-            "canary_started" | "canary_passed" | "promoted_all" | "baked" | "confirmed"
-            | "back_to_stable" | "superseded" => {
+            "canary_started" | "canary_extended" | "canary_passed" | "promoted_all" | "baked"
+            | "confirmed" | "back_to_stable" | "superseded" => {
                 tracing::info!(target: "aegis::rollout", version, "{event}: {detail}")
             }
             "rolled_back" | "rollback_impossible" | "frozen" => {
@@ -348,6 +358,7 @@ impl Rollout {
             started_ms: at_ms,
             at_start: traffic,
             before,
+            windows: 1,
         };
     }
 
@@ -403,13 +414,15 @@ impl Rollout {
 
     /// Compares the latest reading; says what to do next.
     pub fn observe(&mut self, now: Instant, traffic: &[SlotTraffic], policy: &Policy) -> Step {
-        match &self.phase {
+        match &mut self.phase {
             Phase::Steady => Step::Wait,
             Phase::Canary {
                 version,
                 slot,
                 started,
+                started_ms,
                 at_start,
+                windows,
                 ..
             } => {
                 let slot = *slot;
@@ -422,20 +435,62 @@ impl Rollout {
                         finding,
                     };
                 }
-                if now.duration_since(*started) < policy.canary {
+                let elapsed = now.duration_since(*started);
+                if elapsed < policy.canary.saturating_mul(*windows) {
                     return Step::Wait;
                 }
-                let verdict = if canary.traffic.requests < policy.regression.min_requests {
-                    "inconclusive (too little traffic to compare), promoting"
-                } else {
-                    "no regression"
+                let described = format!(
+                    "canary {}; control {}",
+                    canary.describe(),
+                    control.describe()
+                );
+                let Some(short) = compare::too_few(&canary, &control, &policy.regression) else {
+                    return Step::PromoteAll {
+                        version: version.clone(),
+                        detail: format!("no regression: {described}"),
+                    };
                 };
+                if canary.traffic.requests == 0 && control.traffic.requests == 0 {
+                    // An idle node: holding learns nothing, and it must
+                    // still take changes. The bake watches what comes.
+                    return Step::PromoteAll {
+                        version: version.clone(),
+                        detail: format!(
+                            "inconclusive (no traffic at all in {}s), promoting: {described}",
+                            elapsed.as_secs()
+                        ),
+                    };
+                }
+                if *windows < MAX_CANARY_WINDOWS {
+                    // Hold: keep the canary running one more window rather
+                    // than call a comparison of almost nothing "no
+                    // regression".
+                    *windows = windows.saturating_add(1);
+                    let (version, n) = (version.clone(), *windows);
+                    let at_ms = started_ms
+                        .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+                    self.log(
+                        "canary_extended",
+                        &version,
+                        format!(
+                            "{short}: the canary runs window {n} of {MAX_CANARY_WINDOWS}; {described}"
+                        ),
+                        at_ms,
+                    );
+                    return Step::Wait;
+                }
+                if let Some(finding) =
+                    compare::judge_inconclusive(&canary, &control, &policy.regression)
+                {
+                    return Step::RollBack {
+                        version: version.clone(),
+                        finding,
+                    };
+                }
                 Step::PromoteAll {
                     version: version.clone(),
                     detail: format!(
-                        "{verdict}: canary {}; control {}",
-                        canary.describe(),
-                        control.describe()
+                        "inconclusive after {MAX_CANARY_WINDOWS} windows ({short}), no 5xx beyond the allowed share on the canary, promoting; the bake watches it: {described}"
                     ),
                 }
             }
@@ -489,12 +544,13 @@ impl Rollout {
                 slot,
                 started,
                 started_ms,
+                windows,
                 ..
             } => (
                 "canary",
                 Some(version.clone()),
                 Some(*started_ms),
-                left(started, policy.map(|p| p.canary)),
+                left(started, policy.map(|p| p.canary.saturating_mul(*windows))),
                 Some(*slot),
             ),
             Phase::Baking {
@@ -534,6 +590,7 @@ mod tests {
                 slot: i,
                 pid: 100 + i as u32,
                 restarts: 0,
+                routes: None,
                 totals: TrafficTotals {
                     requests: ok + failed,
                     errors_5xx: *failed,
@@ -647,5 +704,70 @@ mod tests {
         assert_eq!(r.plan("v2", 2, &p, 0), Start::Canary);
         // v1 did not finish its bake: v0 stays the last known good.
         assert_eq!(r.stable(), Some("v0"));
+    }
+
+    #[test]
+    fn a_canary_with_a_short_side_is_held_then_decided() {
+        let p = policy();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Control gets almost nothing: held for windows 2 and 3, then
+        // promoted (clean canary), never "no regression".
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.canary_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
+        let short = reading(&[(200, 0), (3, 0)]);
+        assert_eq!(r.observe(t0 + s(10), &short, &p), Step::Wait);
+        assert_eq!(r.observe(t0 + s(15), &short, &p), Step::Wait);
+        assert_eq!(r.observe(t0 + s(20), &short, &p), Step::Wait);
+        let extended: Vec<_> = r
+            .events
+            .iter()
+            .filter(|e| e.event == "canary_extended")
+            .collect();
+        assert_eq!(extended.len(), 2, "{:?}", r.events);
+        assert!(
+            extended[0].detail.contains("control 3 of 20"),
+            "{:?}",
+            extended[0]
+        );
+        let Step::PromoteAll { detail, .. } = r.observe(t0 + s(30), &short, &p) else {
+            panic!("promoted at the third window's end")
+        };
+        assert!(
+            detail.starts_with("inconclusive after 3 windows"),
+            "{detail}"
+        );
+        // Enough on both sides by the second window: promoted then.
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.canary_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
+        assert_eq!(r.observe(t0 + s(10), &short, &p), Step::Wait);
+        let Step::PromoteAll { detail, .. } =
+            r.observe(t0 + s(20), &reading(&[(200, 0), (30, 0)]), &p)
+        else {
+            panic!("promoted at the second window's end")
+        };
+        assert!(detail.starts_with("no regression"), "{detail}");
+        // Few requests and some of them failed: rolled back at the end.
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.canary_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
+        let failing = reading(&[(5, 3), (6, 0)]);
+        for t in [10, 20] {
+            assert_eq!(r.observe(t0 + s(t), &failing, &p), Step::Wait);
+        }
+        let Step::RollBack { finding, .. } = r.observe(t0 + s(30), &failing, &p) else {
+            panic!("rolled back")
+        };
+        assert_eq!(finding.code, "canary_inconclusive");
+        // An idle node is not held.
+        let mut r = Rollout::new(Some("v0".into()));
+        r.plan("v1", 2, &p, 0);
+        r.canary_started("v1", t0, 0, reading(&[(0, 0), (0, 0)]), &p);
+        assert!(matches!(
+            r.observe(t0 + s(10), &reading(&[(0, 0), (0, 0)]), &p),
+            Step::PromoteAll { .. }
+        ));
     }
 }

@@ -69,50 +69,57 @@ enum Next {
     Stop,
 }
 
+/// Reads one head over its bytes, without copying or allocating: names are
+/// compared case-insensitively in place, values are borrowed slices.
 fn parse_head(head: &[u8]) -> (bool, Next) {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().unwrap_or("");
-    if request_line.contains("HTTP/2") || request_line.starts_with("CONNECT ") {
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or(&[]);
+    if request_line.windows(6).any(|w| w == b"HTTP/2") || request_line.starts_with(b"CONNECT ") {
         return (false, Next::Stop);
     }
-    let mut te: Vec<String> = Vec::new();
+    // The last Transfer-Encoding line (its last coding decides), whether
+    // any was seen, and the first Content-Length value.
+    let mut te_last: Option<&[u8]> = None;
     let mut cl: Option<u64> = None;
     let mut cl_seen = false;
-    let mut upgrade = false;
     for line in lines {
         if line.is_empty() {
             break;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
             return (false, Next::Stop);
         };
-        let name = name.trim().to_ascii_lowercase();
-        let value = value.trim();
-        match name.as_str() {
-            "transfer-encoding" => te.push(value.to_ascii_lowercase()),
-            "content-length" => {
-                cl_seen = true;
-                cl = value.split(',').next().and_then(|v| v.trim().parse().ok());
-            }
-            "upgrade" => upgrade = true,
-            _ => {}
+        let name = line.get(..colon).unwrap_or(&[]).trim_ascii();
+        let value = line
+            .get(colon.saturating_add(1)..)
+            .unwrap_or(&[])
+            .trim_ascii();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_last = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            cl_seen = true;
+            cl = value
+                .split(|b| *b == b',')
+                .next()
+                .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
+                .and_then(|v| v.parse().ok());
         }
     }
-    let ambiguous = cl_seen && !te.is_empty();
+    let ambiguous = cl_seen && te_last.is_some();
     // An upgrade request is followed like any other: only the routes with
     // `websocket: true` switch protocols (and then no request follows),
-    // while a refused upgrade leaves the connection HTTP; stopping here
-    // would let one `Upgrade:` header blind the probe to the requests after
-    // it.
-    let _ = upgrade;
+    // while a refused upgrade leaves the connection HTTP; stopping at an
+    // `Upgrade:` header would let one such header blind the probe to the
+    // requests after it.
     let next = if ambiguous {
         Next::Stop
-    } else if !te.is_empty() {
+    } else if let Some(te) = te_last {
         let chunked = te
-            .last()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim() == "chunked");
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         if chunked { Next::Chunked } else { Next::Stop }
     } else {
         match (cl_seen, cl) {
@@ -158,6 +165,22 @@ impl Scanner {
                             self.state = State::Head(buf);
                             return;
                         }
+                    }
+                    if buf.is_empty()
+                        && let Some(end) = head_complete(data)
+                    {
+                        // The whole head in this read (the common case): read
+                        // in place, nothing copied.
+                        let (ambiguous, next) = parse_head(data.get(..end).unwrap_or(&[]));
+                        self.verdicts.push(ambiguous);
+                        data = data.get(end..).unwrap_or(&[]);
+                        self.state = match next {
+                            Next::Head => State::Head(buf),
+                            Next::Fixed(n) => State::Fixed(n),
+                            Next::Chunked => State::ChunkSize(Vec::new()),
+                            Next::Stop => State::Passthrough,
+                        };
+                        continue;
                     }
                     let start = buf.len().saturating_sub(3);
                     buf.extend_from_slice(data);

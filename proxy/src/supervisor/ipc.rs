@@ -43,6 +43,9 @@ pub enum ToWorker {
 }
 
 /// Worker → supervisor.
+// `Pong` carries the traffic totals inline (32 latency buckets): one message
+// per probe, decoded and dispatched at once, never kept in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromWorker {
@@ -58,6 +61,10 @@ pub enum FromWorker {
         version: String,
         #[serde(default)]
         traffic: crate::pipeline::traffic::TrafficTotals,
+        /// Its per-route answers of the version it serves (the canary's
+        /// per-route comparison); none without a metrics recorder.
+        #[serde(default)]
+        routes: Option<crate::rollout::routes::RouteCounts>,
         /// At the connection limit or out of descriptors
         /// ([`crate::server::overloaded`]).
         #[serde(default)]

@@ -227,6 +227,8 @@ fn bind_group(addr: &str, n: usize) -> Result<Vec<TcpListener>, SupervisorError>
 /// is merely busy to render it.
 const SCRAPE_WAIT: Duration = Duration::from_millis(500);
 
+type RoutesSeen = Arc<Mutex<Option<Arc<crate::rollout::routes::RouteCounts>>>>;
+
 /// A running worker process.
 struct WorkerProc {
     pid: u32,
@@ -235,6 +237,8 @@ struct WorkerProc {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
     version: Arc<Mutex<Option<String>>>,
     traffic: Arc<Mutex<TrafficTotals>>,
+    /// Its per-route answers, as of its last probe.
+    routes: RoutesSeen,
     overloaded: Arc<std::sync::atomic::AtomicBool>,
     /// The last Prometheus text it sent, served when it does not answer a
     /// scrape in time.
@@ -476,6 +480,7 @@ impl Supervisor {
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>> = Arc::default();
         let version: Arc<Mutex<Option<String>>> = Arc::default();
         let traffic: Arc<Mutex<TrafficTotals>> = Arc::default();
+        let routes: RoutesSeen = Arc::default();
         let overloaded: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let (ready_tx, ready_rx) = oneshot::channel();
         parent_end
@@ -495,6 +500,7 @@ impl Supervisor {
             let pending = pending.clone();
             let version = version.clone();
             let traffic = traffic.clone();
+            let routes = routes.clone();
             let overloaded = overloaded.clone();
             let events = self.inner.events.clone();
             tokio::spawn(async move {
@@ -517,11 +523,14 @@ impl Supervisor {
                             seq,
                             version: v,
                             traffic: t,
+                            routes: r,
                             overloaded: o,
                         } => {
                             overloaded.store(*o, std::sync::atomic::Ordering::Relaxed);
                             *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
                             *traffic.lock().unwrap_or_else(|e| e.into_inner()) = *t;
+                            *routes.lock().unwrap_or_else(|e| e.into_inner()) =
+                                r.clone().map(Arc::new);
                             *seq
                         }
                         FromWorker::MetricsText { seq, .. } => *seq,
@@ -556,6 +565,7 @@ impl Supervisor {
             pending,
             version,
             traffic,
+            routes,
             overloaded,
             metrics: String::new(),
         };
@@ -726,6 +736,7 @@ impl Supervisor {
                     pid: w.pid,
                     restarts: s.restarts,
                     totals: *w.traffic.lock().unwrap_or_else(|e| e.into_inner()),
+                    routes: w.routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 })
             })
             .collect()

@@ -179,7 +179,7 @@ impl Fleet for WorkerFleet {
 /// Supervised `aegis run`: the gate watches the config directory and
 /// promotes through the supervisor to the workers (canary first).
 pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = crate::cli::run::Signals::install()?;
     let mut running = start(s).await?;
     if let Some(admin) = running.admin.take() {
         crate::gate::register_admin(&admin.state, &gate, running.config.clone());
@@ -190,14 +190,13 @@ pub async fn run(s: Supervised, gate: Arc<Gate>) -> anyhow::Result<()> {
         config: running.config.clone(),
     });
     let watcher = gate.clone().spawn(fleet, running.shutdown.clone());
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => gate.rejudge("SIGHUP"),
+            hangup = signals.next_is_hangup() => if hangup {
+                gate.rejudge("SIGHUP");
+            } else {
+                break;
+            },
             ev = running.events.recv() => if let Some(SupervisorEvent::CrashLoop { deaths, pause, since, versions }) = ev {
                 tracing::error!(deaths, ?pause, ?versions, "crash loop: respawning paused");
                 // Deaths that began after a promotion count against it, but

@@ -281,12 +281,21 @@ async fn serve(
                 break;
             }
             Ok(ToWorker::Stop) => break,
-            Ok(ToWorker::Ping { seq }) => FromWorker::Pong {
-                seq,
-                version: serving.config.load().version.clone(),
-                traffic: traffic.totals(),
-                overloaded: crate::server::overloaded(),
-            },
+            Ok(ToWorker::Ping { seq }) => {
+                let version = serving.config.load().version.clone();
+                // Read from the counters the data plane keeps anyway
+                // (off the request path, once per probe).
+                let routes = prometheus.as_ref().map(|h| {
+                    crate::rollout::routes::RouteCounts::from_prometheus(&h.render(), &version)
+                });
+                FromWorker::Pong {
+                    seq,
+                    version,
+                    traffic: traffic.totals(),
+                    routes,
+                    overloaded: crate::server::overloaded(),
+                }
+            }
             Ok(ToWorker::Metrics { seq }) => FromWorker::MetricsText {
                 seq,
                 text: prometheus.as_ref().map(|h| h.render()).unwrap_or_default(),

@@ -336,6 +336,7 @@ impl PooledConnector {
         ep: &Arc<Endpoint>,
         mut req: Request<ProxyBody>,
         response_timeout: Duration,
+        active: ActiveGuard,
     ) -> Result<Response<ProxyBody>, Failure> {
         // A pooled connection first; if it turns out closed before the request
         // was written, a fresh one (the request comes back to us).
@@ -369,6 +370,7 @@ impl PooledConnector {
                     let body = PooledBody {
                         inner: body,
                         guard: Some(guard),
+                        _active: active,
                         idle: response_timeout,
                         timer: Box::pin(tokio::time::sleep(response_timeout)),
                         waiting: false,
@@ -487,8 +489,11 @@ impl Connector for PooledConnector {
         let idempotent = is_idempotent(req.method());
         let body_empty = req.body().is_end_stream();
         // The head, kept to rebuild a bodiless idempotent request after a
-        // failure past the point of no return.
-        let replay = (idempotent && body_empty).then(|| {
+        // failure past the point of no return: only when a retry can happen
+        // at all (another endpoint to try, a retry left), since the copy of
+        // every header costs more than the rest of the forwarding.
+        let retry_possible = ctx.retries > 0 && pool.members.len() > 1;
+        let replay = (retry_possible && idempotent && body_empty).then(|| {
             (
                 req.method().clone(),
                 req.uri().clone(),
@@ -518,21 +523,17 @@ impl Connector for PooledConnector {
             };
             ep.active.fetch_add(1, Ordering::Relaxed);
             let active = ActiveGuard(ep.clone());
-            match self.send_once(spec, &ep, r, response_timeout).await {
+            // The response body carries the in-flight guard itself (one body
+            // layer, not two); a failed attempt drops it inside.
+            match self.send_once(spec, &ep, r, response_timeout, active).await {
                 Ok(resp) => {
                     ep.record_success();
-                    let (parts, body) = resp.into_parts();
-                    let body = WithGuard {
-                        inner: body,
-                        _guard: active,
-                    };
-                    return Ok(Response::from_parts(parts, boxed(body)));
+                    return Ok(resp);
                 }
                 Err(f) if matches!(f.error, UpstreamError::ClientBody { .. }) => {
                     return Err(f.error);
                 }
                 Err(f) => {
-                    drop(active);
                     let last = !pool
                         .members
                         .iter()
@@ -601,28 +602,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-struct WithGuard {
-    inner: ProxyBody,
-    _guard: ActiveGuard,
-}
-
-impl Body for WithGuard {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Returns the connection to the idle list when the body ended cleanly.
 struct ConnGuard {
     ep: Arc<Endpoint>,
@@ -636,6 +615,8 @@ struct ConnGuard {
 struct PooledBody {
     inner: hyper::body::Incoming,
     guard: Option<ConnGuard>,
+    /// Counts the request in flight on the endpoint until the body is gone.
+    _active: ActiveGuard,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     waiting: bool,

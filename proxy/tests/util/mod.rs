@@ -26,6 +26,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 pub mod load;
+pub mod origin;
+pub mod strict;
+
+/// A config set of one route answering `hello` locally, for tests about the
+/// process rather than the routing.
+pub const HELLO_ROUTES: &str = r#"
+routes:
+  - name: hello
+    match: { path_prefix: / }
+    respond: { status: 200, body: "hello\n" }
+"#;
+
+/// One upstream `a` at `backend` and one catch-all route `r` to it, with
+/// `extra` appended to the route (indented by the caller, e.g.
+/// `"    websocket: true"`).
+pub fn one_route(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+upstreams:
+  - name: a
+    endpoints: ["{backend}"]
+routes:
+  - name: r
+    match: {{ path_prefix: "/" }}
+    upstream: a
+{extra}"#
+    )
+}
+
+/// The status code of a raw HTTP/1 answer (0 when there is none).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;

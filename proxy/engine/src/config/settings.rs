@@ -305,6 +305,30 @@ pub struct Gate {
     /// rolling update stalls on that node. Default off (a node serving its
     /// stable version after a rejection is ready).
     pub require_accepted: bool,
+    /// Local-gate fleets: a per-node delay before an accepted candidate is
+    /// promoted, so nodes fed by one ConfigMap do not promote together.
+    pub holdoff: Holdoff,
+}
+
+/// `gate.holdoff`: an accepted candidate waits `hash(node) mod window`
+/// before it is promoted (docs/FLEET.md, "Local-gate mode").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Holdoff {
+    /// The window the per-node delays are spread over. Default 0: off.
+    pub window: Dur,
+    /// The node's name. Default: `$AEGIS_NODE_NAME` (the downward API's
+    /// `spec.nodeName`), else the host name.
+    pub node: Option<String>,
+}
+
+impl Default for Holdoff {
+    fn default() -> Self {
+        Self {
+            window: Dur::ms(0),
+            node: None,
+        }
+    }
 }
 
 impl Default for Gate {
@@ -320,6 +344,7 @@ impl Default for Gate {
             flap_window: Dur::secs(600),
             probe_endpoints: true,
             require_accepted: false,
+            holdoff: Holdoff::default(),
         }
     }
 }
@@ -486,6 +511,9 @@ pub struct SandboxLimits {
     /// Group id the runner switches to when started as root. Default 65534
     /// (`nogroup`).
     pub gid: u32,
+    /// The check against the real upstreams after the replay (docs/GATE.md,
+    /// "Upstream check").
+    pub upstream_check: UpstreamCheckSettings,
 }
 
 impl Default for SandboxLimits {
@@ -496,6 +524,42 @@ impl Default for SandboxLimits {
             deadline: Dur::secs(30),
             uid: 65534,
             gid: 65534,
+            upstream_check: UpstreamCheckSettings::default(),
+        }
+    }
+}
+
+/// `gate.sandbox.upstream_check`: the gate sends a few of the sample's safe
+/// requests to the real upstreams as the candidate and as the active config
+/// would send them, and compares the answers. Off with `enabled: false`, and
+/// whenever `gate.probe_endpoints` is off (the gate then touches no
+/// upstream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamCheckSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// Upstream requests per candidate, both sides together, each distinct
+    /// request once. Default 50.
+    pub max_requests: u64,
+    /// Requests per second to one endpoint (paced, not bursted). Default 50.
+    pub max_rate: f64,
+    /// Wall time of the whole check; what is not answered by then is not
+    /// checked. Default 2s.
+    pub time_budget: Dur,
+    /// Share of the checked pairs (overall, or of one route with at least
+    /// two worse) whose candidate answer may be worse. Default 0.05.
+    pub max_worse: f64,
+}
+
+impl Default for UpstreamCheckSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_requests: 50,
+            max_rate: 50.0,
+            time_budget: Dur::secs(2),
+            max_worse: 0.05,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Days since 1970-01-01 to a calendar date, for the build date of
-//! `aegis --version` (`build.rs` includes this file) and the times of
-//! `aegis status`: one copy, no date crate.
+//! `aegis --version` (`proxy/build.rs` includes this file), the times of
+//! `aegis status` and the dates of certificate findings: one copy, no date
+//! crate.
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`). The intermediate values stay far
