@@ -220,6 +220,11 @@ pub const FAMILIES: &[Family] = &[
         Kind::Gauge,
         "Progressive rollout: 0 steady, 1 canary, 2 baking, 3 promotion frozen",
     ),
+    family(
+        "aegis_config_fleet_held",
+        Kind::Gauge,
+        "1 while an accepted candidate waits for the fleet's hold-off, else 0",
+    ),
     Family {
         name: "aegis_gate_duration_seconds",
         kind: Kind::Histogram,

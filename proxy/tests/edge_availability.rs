@@ -5,10 +5,9 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use util::load::{Load, get_ok, wait_until, wait_until_ok, workers};
 use util::*;
 

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,17 +19,21 @@ impl Drop for Running {
 }
 
 fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    let body = admin_text(admin, path);
+    serde_json::from_str(if body.is_empty() { "null" } else { &body }).unwrap()
+}
+
+/// `root/configs/` with an `aegis.yaml` of one process on ephemeral ports
+/// (plus `extra` settings lines), for `start(root)`.
+fn configs(root: &Path, extra: &str) -> PathBuf {
+    let conf = root.join("configs");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("aegis.yaml"),
+        format!("listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\naccess_log: \"off\"\ngate: {{ debounce: 50ms }}\n{extra}"),
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap()
+    conf
 }
 
 const GOOD: &str = "routes:\n  - name: hello\n    match: { path_prefix: / }\n    respond: { status: 200, body: \"hello\\n\" }\n";
@@ -37,33 +41,9 @@ const GOOD: &str = "routes:\n  - name: hello\n    match: { path_prefix: / }\n   
 #[test]
 fn relative_config_dir_sees_edits_in_place_and_does_not_rejudge_itself() {
     let root = tempfile::tempdir().unwrap();
-    let conf = root.path().join("configs");
-    std::fs::create_dir(&conf).unwrap();
-    std::fs::write(
-        conf.join("aegis.yaml"),
-        "listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\naccess_log: \"off\"\ngate: { debounce: 50ms }\n",
-    )
-    .unwrap();
+    let conf = configs(root.path(), "");
     std::fs::write(conf.join("routes.yaml"), GOOD).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aegis"))
-        .current_dir(root.path())
-        .args(["run", "--config-dir", "configs", "--state-dir", "state"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let proc = Running(child);
-    let mut admin = None;
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("aegis: listening admin ") {
-            admin = Some(a.parse::<SocketAddr>().unwrap());
-            break;
-        }
-    }
-    let admin = admin.expect("aegis did not start");
+    let (proc, admin) = start(root.path());
     let v0 = admin_json(admin, "/admin/config")["version"].clone();
 
     // An invalid file, written in place (no rename: only the file's own
@@ -147,13 +127,8 @@ fn start(root: &Path) -> (Running, SocketAddr) {
 #[test]
 fn a_certificate_renewed_in_place_under_certs_is_judged() {
     let root = tempfile::tempdir().unwrap();
-    let conf = root.path().join("configs");
+    let conf = configs(root.path(), "");
     std::fs::create_dir_all(conf.join("certs")).unwrap();
-    std::fs::write(
-        conf.join("aegis.yaml"),
-        "listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\naccess_log: \"off\"\ngate: { debounce: 50ms }\n",
-    )
-    .unwrap();
     std::fs::write(conf.join("routes.yaml"), GOOD).unwrap();
     std::fs::write(
         conf.join("tls.yaml"),
@@ -194,13 +169,7 @@ fn a_certificate_renewed_in_place_under_certs_is_judged() {
 #[test]
 fn a_file_over_max_file_size_gets_a_verdict_and_a_metric() {
     let root = tempfile::tempdir().unwrap();
-    let conf = root.path().join("configs");
-    std::fs::create_dir(&conf).unwrap();
-    std::fs::write(
-        conf.join("aegis.yaml"),
-        "listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\naccess_log: \"off\"\ngate: { debounce: 50ms }\nlimits: { max_file_size: 4KiB }\n",
-    )
-    .unwrap();
+    let conf = configs(root.path(), "limits: { max_file_size: 4KiB }\n");
     std::fs::write(conf.join("routes.yaml"), GOOD).unwrap();
     let (proc, admin) = start(root.path());
     let v0 = admin_json(admin, "/admin/config")["version"].clone();
@@ -235,13 +204,7 @@ fn a_file_over_max_file_size_gets_a_verdict_and_a_metric() {
 #[test]
 fn aegis_run_rejects_a_small_broken_route_and_a_redirect_loop() {
     let root = tempfile::tempdir().unwrap();
-    let conf = root.path().join("configs");
-    std::fs::create_dir(&conf).unwrap();
-    std::fs::write(
-        conf.join("aegis.yaml"),
-        "listen: [\"127.0.0.1:0\"]\nadmin: \"127.0.0.1:0\"\nworkers: 0\naccess_log: \"off\"\ngate: { debounce: 50ms }\n",
-    )
-    .unwrap();
+    let conf = configs(root.path(), "");
     let routes = |small: &str, extra: &str| {
         format!(
             "routes:\n  - name: small\n    match: {{ path: \"/small\" }}\n    respond: {{ status: {small}, body: \"small\" }}\n{extra}  - name: page\n    match: {{ path_prefix: \"/\" }}\n    respond: {{ status: 200, body: \"page\" }}\n"

@@ -121,3 +121,44 @@ fn the_plan_never_names_an_endpoint_the_baseline_does_not_use() {
     let p = plan(&cand, 50);
     assert_eq!(p["pairs"].as_array().unwrap().len(), 0, "{p}");
 }
+
+#[test]
+fn a_changed_health_check_path_is_planned_as_its_own_pair() {
+    let with_check = |path: &str| {
+        BASE.replace(
+            "  - name: app\n    endpoints: [\"127.0.0.1:9\"]\n",
+            &format!(
+                "  - name: app\n    endpoints: [\"127.0.0.1:9\"]\n    health_check: {{ path: {path} }}\n"
+            ),
+        )
+    };
+    // The baseline checks /healthz, the candidate a typo of it; nothing
+    // else differs, so the health check is the only pair.
+    let base = tempfile::tempdir().unwrap();
+    let cand = tempfile::tempdir().unwrap();
+    std::fs::write(base.path().join("routes.yaml"), with_check("/healthz")).unwrap();
+    std::fs::write(cand.path().join("routes.yaml"), with_check("/helthz")).unwrap();
+    let sample = sample(base.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_aegis-sandbox"))
+        .args(["--candidate", cand.path().to_str().unwrap()])
+        .args(["--baseline", base.path().to_str().unwrap()])
+        .args(["--sample", sample.to_str().unwrap()])
+        .args([
+            "--min-recorded",
+            "0",
+            "--no-probe",
+            "--upstream-check",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let pairs = r["upstream_plan"]["pairs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pairs.len(), 1, "{r}");
+    assert_eq!(pairs[0]["route"], "health:app");
+    assert_eq!(pairs[0]["baseline"]["target"], "/healthz");
+    assert_eq!(pairs[0]["candidate"]["target"], "/helthz");
+}

@@ -1224,6 +1224,7 @@ impl<'o> Cx<'o> {
         let mut try_files: Option<&Directive> = None;
         let mut internal: Option<&Directive> = None;
         let mut nested: Vec<LocInfo> = Vec::new();
+        let via_error_page = self.error_page_idiom(&loc.block);
         for c in &loc.block {
             self.carried(c);
             match c.name.as_str() {
@@ -1233,6 +1234,8 @@ impl<'o> Cx<'o> {
                     }
                 }
                 "proxy_pass" => proxy = Some(c),
+                // Noted below, with the named location they lead to.
+                "return" | "error_page" if via_error_page.is_some() => {}
                 "return" => {
                     if returned.is_some() {
                         self.note(
@@ -1329,6 +1332,19 @@ impl<'o> Cx<'o> {
                 .cloned()
                 .map(|n| (t, n))
         });
+        if let Some((ret, t, named)) = via_error_page
+            && self.depth < 4
+        {
+            self.note(
+                &ret,
+                Impact::Carried,
+                format!(
+                    "handled by {} through `error_page` (nginx answers nothing itself)",
+                    t.args.last().map_or("", String::as_str)
+                ),
+            );
+            return self.named_fallback(sctx, loc, &t, &named, &scope, &statics, out, nested);
+        }
         let (action, is_proxy) = if let Some(a) = returned {
             if let Some(p) = proxy {
                 self.note(p, Impact::Ignored, "never reached: `return` answers first");
@@ -1414,6 +1430,41 @@ impl<'o> Cx<'o> {
         out
     }
 
+    /// GitLab's idiom `error_page N = @name; return N;` in a location
+    /// without proxy_pass: every request is handled by `@name`, as with
+    /// `try_files /dev/null @name`. The `return`, the `error_page` and the
+    /// named location, when the idiom applies.
+    fn error_page_idiom(&self, block: &[Directive]) -> Option<(Directive, Directive, LocInfo)> {
+        if block.iter().any(|d| {
+            matches!(
+                d.name.as_str(),
+                "proxy_pass" | "rewrite" | "if" | "try_files"
+            )
+        }) {
+            return None;
+        }
+        let mut returns = block.iter().filter(|d| d.name == "return");
+        let ret = returns.next()?;
+        if returns.next().is_some() || ret.args.len() != 1 {
+            return None;
+        }
+        let code = ret.arg(0)?;
+        code.parse::<u16>().ok()?;
+        let ep = block.iter().find(|d| {
+            d.name == "error_page"
+                && d.args.len() >= 3
+                && d.args.iter().rev().nth(1).is_some_and(|a| a == "=")
+                && d.args.iter().any(|a| a == code)
+        })?;
+        let name = ep.args.last()?.strip_prefix('@')?;
+        let named = self
+            .named
+            .iter()
+            .find(|n| matches!(&n.kind, LocKind::Named(x) if x == name))?
+            .clone();
+        Some((ret.clone(), ep.clone(), named))
+    }
+
     /// Locations inside a location: flattened into routes of their own,
     /// inheriting the outer location's settings, as nginx does.
     fn nested_routes(
@@ -1462,7 +1513,13 @@ impl<'o> Cx<'o> {
         nested: Vec<LocInfo>,
     ) -> Vec<RouteOut> {
         let name = t.args.last().cloned().unwrap_or_default();
-        if only_dev_null(t) {
+        if t.name == "error_page" {
+            self.note(
+                t,
+                Impact::Carried,
+                format!("the location's `return` is answered by {name}, carried as its action"),
+            );
+        } else if only_dev_null(t) {
             self.note(
                 t,
                 Impact::Carried,
@@ -1497,7 +1554,8 @@ impl<'o> Cx<'o> {
                 );
             }
         }
-        self.used_named.insert(name.clone());
+        self.used_named
+            .insert(name.trim_start_matches('@').to_string());
         let as_here = LocInfo {
             kind: loc.kind.clone(),
             at: named.at.clone(),

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::gate;
-use crate::gate::reservoir::Reservoir;
+use crate::pipeline::reservoir::Reservoir;
 use crate::pipeline::{ConfigHandle, Pipeline, PipelineSettings};
 use crate::server::{self, ConnOptions, tls};
 use crate::upstream::PooledConnector;
@@ -318,7 +318,7 @@ pub async fn start_with(
     if let Some(path) = sample_out {
         let reservoir = Arc::new(Reservoir::from_settings(&settings.sample));
         builder = builder.reservoir(reservoir.clone());
-        background.push(crate::gate::reservoir::spawn_flusher(
+        background.push(crate::pipeline::reservoir::spawn_flusher(
             reservoir,
             path,
             settings.sample.flush_interval.0,

@@ -23,7 +23,6 @@ pub mod flaps;
 pub mod fleet;
 pub mod replay;
 pub mod report;
-pub mod reservoir;
 pub mod sandbox;
 pub mod store;
 pub mod upstream_check;

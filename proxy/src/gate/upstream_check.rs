@@ -732,7 +732,8 @@ const CODES: [&str; 4] = ["status", "timeout", "connect", "location"];
 
 /// Findings for the verdict: `(upstream:<code>, sentence)` when the share of
 /// worse pairs, overall or on one route with at least two of them, exceeds
-/// `max_worse`. The primary code is the most frequent one.
+/// `max_worse`, or when a pool's health check is worse. The primary code is
+/// the most frequent one.
 pub fn findings(check: &UpstreamCheck, max_worse: f64) -> Option<(String, String)> {
     if check.checked == 0 || check.worse == 0 {
         return None;
@@ -748,7 +749,12 @@ pub fn findings(check: &UpstreamCheck, max_worse: f64) -> Option<(String, String
     let route_bad = routes
         .iter()
         .any(|(_, r)| r.worse >= 2 && share(r.worse, r.checked) > max_worse);
-    if !overall && !route_bad {
+    // A health check that now fails marks every endpoint of its pool down:
+    // one such pair is enough.
+    let health_bad = routes
+        .iter()
+        .any(|(n, r)| n.starts_with("health:") && r.worse > 0);
+    if !overall && !route_bad && !health_bad {
         return None;
     }
     let code = CODES
@@ -917,5 +923,26 @@ mod tests {
         let (code, sentence) = findings(&c, 0.05).unwrap();
         assert_eq!(code, "upstream:status");
         assert!(sentence.contains("route api: 2 of 2"), "{sentence}");
+    }
+
+    #[test]
+    fn one_worse_health_check_is_enough() {
+        let mut c = UpstreamCheck {
+            checked: 40,
+            worse: 1,
+            ..UpstreamCheck::default()
+        };
+        c.worse_by_code.insert("status".into(), 1);
+        c.per_route.insert(
+            "health:app".into(),
+            super::super::report::UpstreamRouteCheck {
+                checked: 1,
+                worse: 1,
+                code: Some("status".into()),
+            },
+        );
+        let (code, sentence) = findings(&c, 0.05).unwrap();
+        assert_eq!(code, "upstream:status");
+        assert!(sentence.contains("route health:app"), "{sentence}");
     }
 }

@@ -13,6 +13,7 @@
 pub mod body;
 pub mod headers;
 pub mod ratelimit;
+pub mod reservoir;
 pub mod traffic;
 
 use std::convert::Infallible;
@@ -260,7 +261,7 @@ struct Shared {
     limiter: ratelimit::RateLimiter,
     access_log: AccessLog,
     /// The traffic sample the gate replays (none in the sandbox).
-    reservoir: Option<Arc<crate::gate::reservoir::Reservoir>>,
+    reservoir: Option<Arc<crate::pipeline::reservoir::Reservoir>>,
     /// What the progressive rollout compares between processes.
     traffic: Arc<traffic::TrafficCounters>,
 }
@@ -287,12 +288,12 @@ pub struct PipelineBuilder<C> {
     settings: PipelineSettings,
     features_enabled: Option<Arc<AtomicBool>>,
     access_log: AccessLog,
-    reservoir: Option<Arc<crate::gate::reservoir::Reservoir>>,
+    reservoir: Option<Arc<crate::pipeline::reservoir::Reservoir>>,
 }
 
 impl<C: Connector> PipelineBuilder<C> {
     /// Records a uniform sample of request heads and their outcomes.
-    pub fn reservoir(mut self, reservoir: Arc<crate::gate::reservoir::Reservoir>) -> Self {
+    pub fn reservoir(mut self, reservoir: Arc<crate::pipeline::reservoir::Reservoir>) -> Self {
         self.reservoir = Some(reservoir);
         self
     }
@@ -917,20 +918,21 @@ impl<C: Connector> Pipeline<C> {
                 let elapsed = log.start.elapsed();
                 duration.record(elapsed.as_secs_f64());
                 if let (Some(line), Some((route, upstream))) = (log.line, names) {
-                    access_log.log(AccessRecord {
-                        time: rfc3339(log.wall),
-                        client: log.client.to_string(),
-                        method: line.method.to_string(),
-                        host: line.host,
-                        path: line.path,
+                    let time = rfc3339(log.wall);
+                    access_log.log(&AccessRecord {
+                        time: &time,
+                        client: log.client,
+                        method: line.method.as_str(),
+                        host: line.host.as_deref(),
+                        path: &line.path,
                         status,
                         bytes_in: log.bytes_in.load(Ordering::Relaxed),
                         bytes_out,
                         duration_ms: elapsed.as_secs_f64() * 1000.0,
-                        route,
-                        upstream,
-                        endpoint: log.endpoint.as_deref().map(str::to_string),
-                        config_version: log.config.version.clone(),
+                        route: route.as_deref(),
+                        upstream: upstream.as_deref(),
+                        endpoint: log.endpoint.as_deref(),
+                        config_version: &log.config.version,
                         score: log.score,
                         aborted: !ok,
                     });

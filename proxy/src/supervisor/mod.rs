@@ -503,6 +503,7 @@ impl Supervisor {
             let routes = routes.clone();
             let overloaded = overloaded.clone();
             let events = self.inner.events.clone();
+            let sup = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
                 let mut ready_tx = Some(ready_tx);
                 loop {
@@ -513,6 +514,14 @@ impl Supervisor {
                     let seq = match &msg {
                         FromWorker::Ready { version: v, .. } => {
                             *version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                            // Healthy now, not when the event loop gets to
+                            // the event: it may be awaiting a probe round,
+                            // and meanwhile the slot would count as orphaned
+                            // and its connections go to the other workers
+                            // (keep-alive clients then stay there).
+                            if let Some(inner) = sup.upgrade() {
+                                Supervisor { inner }.mark_ready(slot, pid);
+                            }
                             if let Some(r) = ready_tx.take() {
                                 let _ = r.send(());
                             }
@@ -580,6 +589,17 @@ impl Supervisor {
         }
         tracing::info!(slot, pid, "worker started");
         Ok(ready_rx)
+    }
+
+    /// The worker `pid` of `slot` said it serves.
+    fn mark_ready(&self, slot: usize, pid: u32) {
+        let mut slots = self.slots();
+        if let Some(s) = slots.get_mut(slot)
+            && s.current.as_ref().map(|w| w.pid) == Some(pid)
+        {
+            s.healthy = true;
+            s.failed_probes = 0;
+        }
     }
 
     /// Sends a request and waits for its answer.
@@ -1134,14 +1154,26 @@ impl SupervisorLoop {
 
     async fn on_tick(&mut self, sys: &mut Option<sysinfo::System>) {
         let cfg = &self.sup.inner.cfg;
-        let n = cfg.workers;
         // Probes, in parallel, through each worker's event loop.
-        let probes = (0..n).map(|slot| {
+        // Each result is kept with the worker it probed: a slot whose worker
+        // was replaced (or first started) while the round ran must not get
+        // the old worker's miss, which would mark the new one unhealthy and
+        // hand its connections to the others until the next round.
+        let probed: Vec<Option<u32>> = self
+            .sup
+            .slots()
+            .iter()
+            .map(|s| s.current.as_ref().map(|w| w.pid))
+            .collect();
+        let probes = probed.into_iter().enumerate().map(|(slot, pid)| {
             let sup = self.sup.clone();
             let timeout = cfg.health.timeout.0;
             async move {
-                let pong = sup.ask(slot, |seq| ToWorker::Ping { seq }, timeout).await;
-                (slot, pong.is_some())
+                let pong = match pid {
+                    Some(_) => sup.ask(slot, |seq| ToWorker::Ping { seq }, timeout).await,
+                    None => None,
+                };
+                (slot, pid, pong.is_some())
             }
         });
         let results = futures_join_all(probes).await;
@@ -1165,7 +1197,7 @@ impl SupervisorLoop {
         let mut healthy = 0usize;
         {
             let mut slots = self.sup.slots();
-            for (slot, ok) in results {
+            for (slot, probed, ok) in results {
                 let Some(s) = slots.get_mut(slot) else {
                     continue;
                 };
@@ -1173,6 +1205,9 @@ impl SupervisorLoop {
                     continue;
                 };
                 let pid = w.pid;
+                if probed != Some(pid) {
+                    continue;
+                }
                 if let Some(p) = sys
                     .as_ref()
                     .and_then(|sys| sys.process(sysinfo::Pid::from_u32(pid)))

@@ -72,8 +72,7 @@ pub async fn start(s: Supervised) -> anyhow::Result<Running> {
     };
     let (supervisor, event_loop, events) = Supervisor::new(cfg, sockets, s.serve.clone());
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(event_loop.run(shutdown.clone())));
+    let tasks = vec![tokio::spawn(event_loop.run(shutdown.clone()))];
     supervisor
         .start_all()
         .await

@@ -85,6 +85,10 @@ fn parse_spare(s: &str) -> Result<(usize, RawFd), String> {
     Ok((slot, fd))
 }
 
+/// The per-route counts are read at most once per this many times the
+/// last read took (≤ 0.5 % of the worker's time).
+const ROUTE_COUNTS_DUTY: u32 = 200;
+
 /// Other slots' sockets, kept unserved until adopted.
 #[derive(Default)]
 struct Spares {
@@ -269,6 +273,13 @@ async fn serve(
     tracing::debug!(worker = args.worker_id, "worker serving");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Per-route counts for the canary, read from this worker's Prometheus
+    // text: rendering costs about 11 µs per series (11 ms at 1000 routes,
+    // on this single-threaded worker), so it is redone at most once per
+    // ROUTE_COUNTS_DUTY times its last cost (at least every probe when
+    // cheap), and at once when the version served changed.
+    let mut routes: Option<crate::rollout::routes::RouteCounts> = None;
+    let mut routes_next = std::time::Instant::now();
     loop {
         let msg = tokio::select! {
             _ = term.recv() => break,
@@ -285,14 +296,22 @@ async fn serve(
                 let version = serving.config.load().version.clone();
                 // Read from the counters the data plane keeps anyway
                 // (off the request path, once per probe).
-                let routes = prometheus.as_ref().map(|h| {
-                    crate::rollout::routes::RouteCounts::from_prometheus(&h.render(), &version)
-                });
+                let now = std::time::Instant::now();
+                let stale = routes.as_ref().is_none_or(|r| r.version != version);
+                if let Some(h) = prometheus.as_ref()
+                    && (stale || now >= routes_next)
+                {
+                    routes = Some(crate::rollout::routes::RouteCounts::from_prometheus(
+                        &h.render(),
+                        &version,
+                    ));
+                    routes_next = now + now.elapsed().saturating_mul(ROUTE_COUNTS_DUTY);
+                }
                 FromWorker::Pong {
                     seq,
                     version,
                     traffic: traffic.totals(),
-                    routes,
+                    routes: routes.clone(),
                     overloaded: crate::server::overloaded(),
                 }
             }

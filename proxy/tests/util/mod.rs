@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 pub mod load;
+pub mod nginx;
 pub mod origin;
 pub mod strict;
 

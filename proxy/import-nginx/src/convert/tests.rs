@@ -1143,3 +1143,39 @@ fn proxy_pass_to_an_upstream_that_was_dropped_is_dropped() {
     );
     assert!(c.set.upstreams.is_empty());
 }
+
+/// GitLab's `error_page 418 = @workhorse; return 418;`: nginx never answers
+/// the 418, the named location handles every request (issue 17's real-config
+/// battery found these answering 418).
+#[test]
+fn error_page_to_named_location_with_return_is_the_named_action() {
+    let c = conv(&http(&format!(
+        "{UP} upstream wh {{ server 127.0.0.1:9003; }}
+        server {{ listen 80; server_name git.example.com;
+            location / {{ proxy_pass http://app; }}
+            location ~ ^/[\\w\\.-]+/[\\w\\.-]+/gitlab-lfs/objects {{
+                client_max_body_size 0;
+                error_page 418 = @workhorse;
+                return 418;
+            }}
+            location @workhorse {{ proxy_pass http://wh; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let g = get(&cfg, "git.example.com", "/group/repo/gitlab-lfs/objects/x");
+    assert_eq!(g.upstream.as_deref(), Some("wh"), "{}", yaml(&c));
+    assert_ne!(g.status, Some(418));
+    // Carried exactly: neither listed, nor the named location.
+    no_finding(&c, "error_page 418");
+    no_finding(&c, "return 418");
+    no_finding(&c, "location @workhorse");
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+    // Without the error_page the return is carried as it is.
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80;
+            location / {{ proxy_pass http://app; }}
+            location /x {{ return 418; }}
+        }}"
+    )));
+    assert_eq!(get(&compiled(&c), "h", "/x").status, Some(418));
+}
