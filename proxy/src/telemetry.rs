@@ -271,6 +271,8 @@ const ROLLBACK_REASONS: &[&str] = &[
     "canary_5xx",
     "canary_4xx",
     "canary_redirects",
+    "canary_route",
+    "canary_inconclusive",
     "canary_latency",
     "bake_health",
     "bake_5xx",
