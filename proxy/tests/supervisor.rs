@@ -192,6 +192,12 @@ fn crash_loop_after_a_promotion_rolls_it_back() {
         served_version(&p) != v0
     });
     let v1 = served_version(&p);
+    // The admin API names the version as soon as the gate hands it to the
+    // workers; the deaths must come once they serve it (a death during the
+    // load is a failed load, `load_failed`, not a crash loop).
+    wait_until("every worker serves it", Duration::from_secs(10), || {
+        workers(&p).iter().all(|w| w["version"] == v1.as_str())
+    });
     // After the promotion the workers keep dying (the test kills them: a
     // stand-in for a version that crashes its workers).
     for _ in 0..3 {

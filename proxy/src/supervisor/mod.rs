@@ -229,12 +229,19 @@ const SCRAPE_WAIT: Duration = Duration::from_millis(500);
 
 type RoutesSeen = Arc<Mutex<Option<Arc<crate::rollout::routes::RouteCounts>>>>;
 
+/// Questions sent to a worker and waiting for its answer, by sequence
+/// number; `None` once its control channel closed (it died): a question
+/// asked then, or still waiting, gets no answer at once instead of at its
+/// timeout (a promotion waiting 30 s on a dead worker blocked the crash-loop
+/// rollback behind it).
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<FromWorker>>>>>;
+
 /// A running worker process.
 struct WorkerProc {
     pid: u32,
     started: SystemTime,
     tx: mpsc::Sender<ToWorker>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>>,
+    pending: Pending,
     version: Arc<Mutex<Option<String>>>,
     traffic: Arc<Mutex<TrafficTotals>>,
     /// Its per-route answers, as of its last probe.
@@ -477,7 +484,7 @@ impl Supervisor {
         let pid = child.id().unwrap_or(0);
 
         let (tx, mut to_worker) = mpsc::channel::<ToWorker>(64);
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>> = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let version: Arc<Mutex<Option<String>>> = Arc::default();
         let traffic: Arc<Mutex<TrafficTotals>> = Arc::default();
         let routes: RoutesSeen = Arc::default();
@@ -552,11 +559,14 @@ impl Supervisor {
                     let waiter = pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&seq);
+                        .as_mut()
+                        .and_then(|m| m.remove(&seq));
                     if let Some(w) = waiter {
                         let _ = w.send(msg);
                     }
                 }
+                // Dropping the waiting senders answers their questions now.
+                *pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
             });
         }
         {
@@ -616,10 +626,12 @@ impl Supervisor {
             (w.tx.clone(), w.pending.clone())
         };
         let (otx, orx) = oneshot::channel();
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(seq, otx);
+        match pending.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(m) => {
+                m.insert(seq, otx);
+            }
+            None => return None,
+        }
         if tx.send(make(seq)).await.is_err() {
             return None;
         }
@@ -627,10 +639,9 @@ impl Supervisor {
             .await
             .ok()
             .and_then(|r| r.ok());
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&seq);
+        if let Some(m) = pending.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            m.remove(&seq);
+        }
         answer
     }
 
