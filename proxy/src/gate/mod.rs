@@ -21,10 +21,10 @@
 
 pub mod flaps;
 pub mod fleet;
+mod promote;
 pub mod replay;
 pub mod report;
 pub mod sandbox;
-mod promote;
 mod startup;
 mod status;
 pub mod store;

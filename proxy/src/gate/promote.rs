@@ -43,7 +43,11 @@ impl Gate {
         }
     }
 
-    pub(super) async fn roll_back_locked(&self, code: &str, why: &str) -> Result<Option<String>, GateError> {
+    pub(super) async fn roll_back_locked(
+        &self,
+        code: &str,
+        why: &str,
+    ) -> Result<Option<String>, GateError> {
         let Some(active) = self.active() else {
             return Ok(None);
         };
@@ -168,7 +172,10 @@ impl Gate {
     }
 
     /// [`Gate::activate`] at start-up, before anything serves: announced at once.
-    pub(super) fn activate_announced(&self, id: &str) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
+    pub(super) fn activate_announced(
+        &self,
+        id: &str,
+    ) -> Result<(Settings, Arc<CompiledConfig>), GateError> {
         let v = self.activate(id, false)?;
         announce(&v.1);
         Ok(v)
@@ -177,7 +184,11 @@ impl Gate {
     /// Promotes an accepted candidate to the fleet: to the canary worker
     /// first when the fleet and the rollout policy allow, else to every
     /// worker (then the bake watches).
-    pub(super) async fn promote_candidate(&self, id: &str, reverted: bool) -> Result<(), GateError> {
+    pub(super) async fn promote_candidate(
+        &self,
+        id: &str,
+        reverted: bool,
+    ) -> Result<(), GateError> {
         let policy = self.active().map(|a| Policy::of(&a.settings));
         let (settings, compiled) = self.activate(id, reverted)?;
         let policy = policy.unwrap_or_else(|| Policy::of(&settings));
