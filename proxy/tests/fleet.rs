@@ -23,16 +23,7 @@ const INVALID: &str = "routes:\n  - name: broken\n    match: { path_prefix: / }\
 
 /// `GET <path>` on the admin listener: status and body.
 fn admin(p: &Proxy, path: &str, token: Option<&str>) -> (u16, String) {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
-    let raw = util::raw(p.admin.unwrap(), req.as_bytes(), Duration::from_secs(10));
-    let (head, body) = raw.split_once("\r\n\r\n").expect("no HTTP answer");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("no status");
-    (status, body.to_string())
+    util::admin_status(p, path, token)
 }
 
 /// `GET /ready[?query]` on loopback without a token: status and JSON.

@@ -19,15 +19,7 @@ fn routes(body: &str) -> String {
 
 /// `GET <path>` on the admin listener (loopback, no token): status, body.
 fn admin(p: &Proxy, path: &str) -> (u16, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let raw = util::raw(p.admin.unwrap(), req.as_bytes(), Duration::from_secs(10));
-    let (head, body) = raw.split_once("\r\n\r\n").expect("no HTTP answer");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("no status");
-    (status, body.to_string())
+    util::admin_status(p, path, None)
 }
 
 fn json(p: &Proxy, path: &str) -> serde_json::Value {

@@ -142,24 +142,7 @@ fn lay_out(
         std::fs::write(dir.join("certs/site.crt"), crt).unwrap();
         std::fs::write(dir.join("certs/site.key"), key).unwrap();
     }
-    let d = dir.display();
-    let wrapper = format!(
-        "# Private wrapper written by the parity suite.\n\
-         worker_processes 1;\n\
-         error_log {d}/logs/error.log warn;\n\
-         pid {d}/nginx.pid;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   client_body_temp_path {d}/client_body;\n\
-         \x20   proxy_temp_path {d}/proxy;\n\
-         \x20   fastcgi_temp_path {d}/fastcgi;\n\
-         \x20   uwsgi_temp_path {d}/uwsgi;\n\
-         \x20   scgi_temp_path {d}/scgi;\n\
-         \x20   include site.conf;\n\
-         }}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), wrapper).unwrap();
+    write_wrapper(dir, "parity suite");
     std::fs::write(dir.join("site.conf"), render(&conf.text, ports, listen)).unwrap();
     for sub in &conf.files {
         let from = configs.join(sub);

@@ -172,26 +172,8 @@ fn lay_out(dir: &Path, name: &str, rendered: &str, cert: &(String, String)) -> P
         std::fs::write(&p, rendered).unwrap();
         return p;
     }
-    let d = dir.display();
     std::fs::write(dir.join("site.conf"), rendered).unwrap();
-    let wrapper = format!(
-        "# Private wrapper written by the real-config battery.\n\
-         worker_processes 1;\n\
-         error_log {d}/logs/error.log warn;\n\
-         pid {d}/nginx.pid;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   client_body_temp_path {d}/client_body;\n\
-         \x20   proxy_temp_path {d}/proxy;\n\
-         \x20   fastcgi_temp_path {d}/fastcgi;\n\
-         \x20   uwsgi_temp_path {d}/uwsgi;\n\
-         \x20   scgi_temp_path {d}/scgi;\n\
-         \x20   include site.conf;\n\
-         }}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), wrapper).unwrap();
-    dir.join("nginx.conf")
+    write_wrapper(dir, "real-config battery")
 }
 
 // ---------------------------------------------------------------- battery

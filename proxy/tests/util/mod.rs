@@ -656,6 +656,16 @@ pub fn raw(addr: SocketAddr, data: &[u8], wait: Duration) -> String {
 }
 
 /// Admin API GET: (status, body).
+/// `GET <path>` on the admin listener with a raw socket, with the token
+/// when given: the status and the body.
+pub fn admin_status(p: &Proxy, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
+    let raw = raw(p.admin.unwrap(), req.as_bytes(), Duration::from_secs(10));
+    let (head, body) = raw.split_once("\r\n\r\n").expect("no HTTP answer");
+    (status_of(head), body.to_string())
+}
+
 pub async fn admin_get(proxy: &Proxy, path: &str) -> Got {
     get(
         &client(),

@@ -430,3 +430,29 @@ pub fn echo_lines(body: &[u8]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Writes `dir/nginx.conf`: one worker, logs, pid and temporary paths
+/// private to `dir`, and `include site.conf` (which the caller writes);
+/// `who` names the suite in the file's first line. Returns its path.
+pub fn write_wrapper(dir: &Path, who: &str) -> PathBuf {
+    let d = dir.display();
+    let wrapper = format!(
+        "# Private wrapper written by the {who}.\n\
+         worker_processes 1;\n\
+         error_log {d}/logs/error.log warn;\n\
+         pid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         \x20   proxy_temp_path {d}/proxy;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi;\n\
+         \x20   scgi_temp_path {d}/scgi;\n\
+         \x20   include site.conf;\n\
+         }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, wrapper).unwrap();
+    path
+}
