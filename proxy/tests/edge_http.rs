@@ -254,6 +254,61 @@ routes:
     );
 }
 
+// The HTTP/2 settings docs/CONFIG.md names, as the server announces them:
+// its SETTINGS frame and the WINDOW_UPDATE that opens the connection window.
+#[test]
+fn http2_settings_are_the_documented_ones() {
+    let p = Proxy::start("", HELLO_ROUTES);
+    let mut s = TcpStream::connect(p.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut settings: Option<Vec<(u16, u32)>> = None;
+    let mut conn_window_increment = None;
+    while settings.is_none() || conn_window_increment.is_none() {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        match kind {
+            // SETTINGS, not the ACK of ours.
+            4 if flags & 1 == 0 => {
+                settings = Some(
+                    payload
+                        .chunks(6)
+                        .map(|c| {
+                            (
+                                u16::from_be_bytes([c[0], c[1]]),
+                                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                            )
+                        })
+                        .collect(),
+                );
+            }
+            8 if stream == 0 => {
+                conn_window_increment = Some(
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff,
+                );
+            }
+            _ => {}
+        }
+    }
+    let settings = settings.unwrap();
+    let get = |id: u16| settings.iter().find(|(k, _)| *k == id).map(|(_, v)| *v);
+    assert_eq!(get(0x3), Some(128), "MAX_CONCURRENT_STREAMS: {settings:?}");
+    assert_eq!(
+        get(0x4),
+        Some(256 << 10),
+        "INITIAL_WINDOW_SIZE: {settings:?}"
+    );
+    // The connection window starts at 65 535 (RFC 9113 §6.9.2).
+    assert_eq!(conn_window_increment, Some((1 << 20) - 65_535));
+}
+
 // Item 10: a TLS connection that negotiated `h2` speaks HTTP/2 only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_h2_means_http2() {

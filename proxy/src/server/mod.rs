@@ -98,9 +98,25 @@ fn builder(opts: &ConnOptions) -> auto::Builder<TokioExecutor> {
         .max_buf_size(buf);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     b
 }
+
+/// HTTP/2 streams one client connection may have open at once: nginx's
+/// `http2_max_concurrent_streams` default, and the most upstream requests
+/// one client connection can have in flight (hyper's default is 200).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// How much request body one stream may send ahead of what the upstream has
+/// taken: a quarter of the connection's window, so four uploads on one
+/// connection each get a full window (hyper's default gives the first
+/// stream all of it).
+pub const H2_STREAM_WINDOW: u32 = 256 << 10;
+/// How much request body one client connection may make this process hold
+/// (1 MiB, hyper's default, kept: it is the per-connection memory bound).
+pub const H2_CONNECTION_WINDOW: u32 = 1 << 20;
 
 /// Load of this process's listeners: what `overloaded` reports.
 struct Load {
