@@ -36,8 +36,13 @@ use crate::pipeline::{
     is_idempotent,
 };
 
-/// Idle connections kept per endpoint.
+/// Idle connections kept per endpoint at most. Below it the pool keeps as
+/// many as were in use at once lately (`Endpoint::idle_cap`): a burst's
+/// connections are reused by the next burst of the same size, and a quiet
+/// endpoint does not hold 256 sockets open on the upstream.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// Idle connections kept per endpoint whatever the recent concurrency.
+pub const MIN_IDLE_PER_ENDPOINT: usize = 4;
 /// How long an idle upstream connection is kept (nginx's upstream
 /// `keepalive_timeout` default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,6 +69,10 @@ pub struct Endpoint {
     ejected_at_ms: AtomicU64,
     /// Requests in flight (least_conn).
     active: AtomicUsize,
+    /// The most requests in flight at once since `peak_since_ms`: how many
+    /// idle connections are worth keeping.
+    peak: AtomicUsize,
+    peak_since_ms: AtomicU64,
     idle: Mutex<Vec<IdleConn>>,
     passive: Mutex<PassiveState>,
     pub(crate) check: Mutex<health::CheckState>,
@@ -86,6 +95,8 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             ejected_at_ms: AtomicU64::new(NEVER),
             active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            peak_since_ms: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             passive: Mutex::new(PassiveState::default()),
             check: Mutex::new(health::CheckState::default()),
@@ -182,6 +193,32 @@ impl Endpoint {
         p.window_start = None;
     }
 
+    /// Counts one more request in flight, for the peak.
+    fn started(&self) {
+        let now = self
+            .active
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Idle connections worth keeping: the peak concurrency of the last
+    /// idle timeout (the peak restarts from what is in flight once that
+    /// long has passed), within the fixed bounds.
+    fn idle_cap(&self) -> usize {
+        let now = self.now_ms();
+        let since = self.peak_since_ms.load(Ordering::Relaxed);
+        let window = u64::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(since) > window {
+            self.peak_since_ms.store(now, Ordering::Relaxed);
+            self.peak
+                .store(self.active.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.peak
+            .load(Ordering::Relaxed)
+            .clamp(MIN_IDLE_PER_ENDPOINT, MAX_IDLE_PER_ENDPOINT)
+    }
+
     fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
@@ -196,8 +233,9 @@ impl Endpoint {
         if sender.is_closed() || !self.is_healthy() {
             return;
         }
+        let cap = self.idle_cap();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+        if idle.len() < cap {
             idle.push(IdleConn {
                 sender,
                 since: Instant::now(),
@@ -521,7 +559,7 @@ impl Connector for PooledConnector {
                     upstream: spec.name.clone(),
                 }));
             };
-            ep.active.fetch_add(1, Ordering::Relaxed);
+            ep.started();
             let active = ActiveGuard(ep.clone());
             // The response body carries the in-flight guard itself (one body
             // layer, not two); a failed attempt drops it inside.
@@ -702,6 +740,34 @@ impl Drop for PooledBody {
 mod tests {
     use super::*;
     use aegis_engine::config::{ConfigSource, Limits, SourceFile, compile};
+
+    #[test]
+    fn idle_pool_follows_recent_concurrency() {
+        let ep = Endpoint::new("p", "127.0.0.1:1", Instant::now());
+        assert_eq!(
+            ep.idle_cap(),
+            MIN_IDLE_PER_ENDPOINT,
+            "nothing in flight yet"
+        );
+        for _ in 0..40 {
+            ep.started();
+        }
+        assert_eq!(ep.idle_cap(), 40);
+        for _ in 0..400 {
+            ep.started();
+        }
+        assert_eq!(ep.idle_cap(), MAX_IDLE_PER_ENDPOINT);
+        // A window later, the peak restarts from what is in flight.
+        ep.active.store(0, Ordering::Relaxed);
+        ep.peak_since_ms.store(0, Ordering::Relaxed);
+        let later = Endpoint {
+            epoch: Instant::now()
+                .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+                .unwrap(),
+            ..ep
+        };
+        assert_eq!(later.idle_cap(), MIN_IDLE_PER_ENDPOINT);
+    }
 
     fn config(upstream: &str) -> CompiledConfig {
         let text = format!(
