@@ -24,7 +24,7 @@ mod util;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use util::load::{Load, admin, kill_worker, served_version, wait_until, workers};
+use util::load::{Load, admin, kill_worker, served_version, wait_until, wait_until_ok, workers};
 use util::{Backend, Proxy};
 
 const ROUTES: &str = util::HELLO_ROUTES;
@@ -214,11 +214,21 @@ fn a_rollback_goes_to_the_last_baked_version_never_to_a_superseded_one() {
     // v2 arrives during v1's bake (v1 is cut short, never stable), and its
     // upstream fails live traffic on the canary.
     p.write("routes.yaml", &routes_to(&bad, EXTRA_ROUTE));
-    wait_until("v2 rolled back", Duration::from_secs(30), || {
-        verdicts(&p)
-            .iter()
-            .any(|v| v["verdict"]["reason"] == "rolled_back:canary_5xx")
+    // canary_5xx, or canary_inconclusive when a loaded machine left either
+    // side short of gate.regression.min_requests for three windows: both
+    // take the failing version back; where to is what this test is about.
+    let rolled_back = wait_until_ok(Duration::from_secs(30), || {
+        verdicts(&p).iter().any(|v| {
+            v["verdict"]["reason"] == "rolled_back:canary_5xx"
+                || v["verdict"]["reason"] == "rolled_back:canary_inconclusive"
+        })
     });
+    assert!(
+        rolled_back,
+        "v2 not rolled back within 30 s: {}\nverdicts {:?}",
+        config(&p),
+        verdicts(&p)
+    );
     wait_until("every worker back", Duration::from_secs(10), || {
         all_workers_on(&p, &v0)
     });

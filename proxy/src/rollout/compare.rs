@@ -458,6 +458,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_canary_beside_a_quiet_control_is_caught_at_once() {
+        let r = Regression::default();
+        // The control group had too few requests to compare: the canary's
+        // own many failures decide, without waiting for more windows.
+        let f = judge_canary(&window(5, 35, FAST), &window(3, 0, FAST), &r).unwrap();
+        assert_eq!(f.code, "canary_5xx");
+        // Healthy, or too few on the canary as well: no finding yet.
+        assert_eq!(
+            judge_canary(&window(40, 0, FAST), &window(3, 0, FAST), &r),
+            None
+        );
+        assert_eq!(
+            judge_canary(&window(1, 5, FAST), &window(3, 0, FAST), &r),
+            None
+        );
+    }
+
+    #[test]
     fn slower_beyond_ratio_and_slack_is_a_latency_regression() {
         let r = Regression::default();
         let slow = window(50, 0, Duration::from_millis(200));
