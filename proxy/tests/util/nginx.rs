@@ -35,9 +35,21 @@ pub fn find_nginx() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A port nothing listens on, never the same twice in this process: a port
+/// released by the probe below may be handed out again by the next call
+/// before anyone binds it (the parity run once gave its aegis the same port
+/// for http and admin, and that config failed to start).
 pub fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- backends
