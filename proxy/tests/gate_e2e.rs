@@ -493,10 +493,29 @@ fn runner_over_its_deadline_is_a_timeout() {
     let h = Harness::start("  sandbox: { memory: 4GiB, deadline: 1s }\n");
     let load = h.load(2);
     let active = h.active();
-    let seen = h.history().len();
+    let mut seen = h.history().len();
     drop_in(&h, &example("dangerous", "huge-route-table"));
-    let new = h.wait_verdicts(seen, Duration::from_secs(30));
-    let v = &new.last().unwrap().verdict;
+    // On a busy host the runner may get less than half the deadline on a
+    // CPU; the gate then calls it `could_not_judge:deadline` (about the
+    // machine, not the content) and retries with backoff. That is the gate
+    // working as designed, so such verdicts are allowed on the way (the
+    // active config must hold through them); the first verdict about the
+    // content must be the timeout. A CI run on a quiet machine gets it at
+    // once; the five-run loop with other builds beside it did not.
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let new = h.wait_verdicts(seen, left);
+        seen += new.len();
+        assert_eq!(h.active(), active);
+        match new
+            .iter()
+            .find(|r| r.verdict.code() != "could_not_judge:deadline")
+        {
+            Some(r) => break r.verdict.clone(),
+            None => continue,
+        }
+    };
     assert_eq!(v.code(), "timeout", "{v:?}");
     assert!(v.sentence.contains("deadline"), "{}", v.sentence);
     assert_eq!(h.active(), active);

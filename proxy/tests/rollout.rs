@@ -92,6 +92,8 @@ struct Load {
     ok: Arc<AtomicU64>,
     server_errors: Arc<AtomicU64>,
     broken: Arc<AtomicU64>,
+    /// Requests completed per client thread (each has one in flight at most).
+    done: Arc<Vec<AtomicU64>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -121,13 +123,15 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let server_errors = Arc::new(AtomicU64::new(0));
         let broken = Arc::new(AtomicU64::new(0));
+        let done: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
         let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, se, broken) = (
+            .map(|i| {
+                let (stop, ok, se, broken, done) = (
                     stop.clone(),
                     ok.clone(),
                     server_errors.clone(),
                     broken.clone(),
+                    done.clone(),
                 );
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
@@ -136,6 +140,7 @@ impl Load {
                             Some(s) if s >= 500 => se.fetch_add(1, Ordering::Relaxed),
                             _ => broken.fetch_add(1, Ordering::Relaxed),
                         };
+                        done[i].fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
@@ -145,8 +150,31 @@ impl Load {
             ok,
             server_errors,
             broken,
+            done,
             threads,
         }
+    }
+
+    /// Waits until every client has completed a request since now, so the
+    /// counts taken after it include no request sent before now (a request
+    /// in flight on the canary when the rollback landed still ran on the
+    /// version it started on, and may fail after the workers report v0).
+    fn settle(&self) {
+        let at: Vec<u64> = self
+            .done
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect();
+        wait_until(
+            "every client past its in-flight request",
+            Duration::from_secs(10),
+            || {
+                self.done
+                    .iter()
+                    .zip(&at)
+                    .all(|(d, a)| d.load(Ordering::Relaxed) > *a)
+            },
+        );
     }
 
     fn counts(&self) -> Counts {
@@ -256,7 +284,8 @@ fn canary_catches_a_version_that_fails_live_traffic() {
     });
     let during = load.counts().since(before);
     let workers_after = worker_counts(&p);
-    // After the rollback nothing fails.
+    // After the rollback nothing fails: counted from requests sent after it.
+    load.settle();
     let after_rollback = load.counts();
     std::thread::sleep(Duration::from_millis(1500));
     let clean = load.counts().since(after_rollback);
@@ -351,6 +380,7 @@ fn bake_rolls_back_a_version_whose_traffic_turns_to_5xx() {
         w.as_array()
             .is_some_and(|a| a.iter().all(|w| w["version"] == v0.as_str()))
     });
+    load.settle();
     let after = load.counts();
     std::thread::sleep(Duration::from_millis(1000));
     let clean = load.counts().since(after);
