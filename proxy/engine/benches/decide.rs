@@ -103,6 +103,7 @@ fn bench_decide(c: &mut Criterion) {
                     query: None,
                     headers: &headers,
                     client_ip: ip,
+                    port: 0,
                 };
                 let d = decide(&config, &head, DecideOptions::default());
                 black_box(d.route_id)

@@ -34,6 +34,33 @@ pub struct CompiledConfig {
     pub scoring: Scoring,
     /// The hot files the set was built from, in order.
     pub files: Vec<String>,
+    /// The ports of the settings' listeners, by scheme.
+    pub listen_ports: ListenPorts,
+}
+
+/// The local ports Aegis listens on (`listen`, `listen_tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenPorts {
+    pub plain: Vec<u16>,
+    pub tls: Vec<u16>,
+}
+
+impl CompiledConfig {
+    /// The port to match a request on: the one it arrived on, or, when that
+    /// is unknown (0: a sample recorded before ports were, a redirect the
+    /// replay follows), the first listener of its scheme, as a client
+    /// following `https://host/` reaches the TLS listener.
+    pub fn match_port(&self, port: u16, scheme: &str) -> u16 {
+        if port != 0 {
+            return port;
+        }
+        let ports = if scheme.eq_ignore_ascii_case("https") {
+            &self.listen_ports.tls
+        } else {
+            &self.listen_ports.plain
+        };
+        ports.first().copied().unwrap_or(0)
+    }
 }
 
 impl CompiledConfig {
@@ -67,9 +94,15 @@ pub struct CompiledRoute {
     pub origin: String,
     pub methods: Option<Vec<http::Method>>,
     pub headers: Vec<HeaderCondition>,
+    /// `match.ports`: the local ports the route serves (empty: every port).
+    /// The route table keeps a table per port; this is for examples and
+    /// reports.
+    pub ports: Vec<u16>,
     pub action: RouteAction,
     pub request_edits: HeaderEditList,
     pub response_edits: HeaderEditList,
+    /// nginx `expires`: set on the [`add_header_status`] statuses.
+    pub expires: Option<Expires>,
     pub rate_limit: Option<usize>,
     pub max_request_body: Option<u64>,
     /// `websocket: true`: a client's `Upgrade: websocket` is relayed to the
@@ -86,6 +119,8 @@ pub struct CompiledRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExampleRequest {
     pub method: http::Method,
+    /// The local port to send it on, for a route that names ports.
+    pub port: Option<u16>,
     pub host: Option<String>,
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -110,6 +145,57 @@ pub enum RouteAction {
         body: Arc<str>,
         headers: Vec<(HeaderName, HeaderValue)>,
     },
+    /// Files from a directory, answered by the data plane.
+    Static(StaticAction),
+}
+
+/// A `static` route: where its files are and how a path maps to one.
+#[derive(Debug)]
+pub struct StaticAction {
+    /// The canonical directory (checked to exist at compile time).
+    pub root: std::path::PathBuf,
+    /// `alias`: this prefix (the route's `path_prefix`) is removed from the
+    /// path before it is joined to `root`; `None` for `root`.
+    pub alias_prefix: Option<String>,
+    pub index: Vec<String>,
+    /// `try_files` entries before the fallback (`$uri` still in them).
+    pub try_files: Vec<String>,
+    /// The last `try_files` entry; `None` without `try_files`.
+    pub fallback: Option<StaticFallback>,
+    /// `symlinks: follow`; otherwise a file whose canonical path leaves
+    /// `root` is not served.
+    pub follow_symlinks: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticFallback {
+    /// `=404`: answer this status.
+    Status(StatusCode),
+    /// `@name`: hand the request to that route.
+    Route(RouteId),
+    /// A URI served from the same root.
+    Uri(String),
+}
+
+/// nginx `expires`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expires {
+    /// `Expires: now + secs`; `Cache-Control: max-age=secs`, or `no-cache`
+    /// when negative.
+    Seconds(i64),
+    /// `epoch`: `Expires: Thu, 01 Jan 1970 00:00:01 GMT`, `no-cache`.
+    Epoch,
+    /// `max`: `Expires: Thu, 31 Dec 2037 23:55:55 GMT`, ten years' max-age.
+    Max,
+}
+
+/// The statuses nginx's `add_header` (without `always`) and `expires` act
+/// on.
+pub fn add_header_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
 }
 
 #[derive(Debug)]
@@ -150,6 +236,9 @@ pub struct HeaderEditList {
     /// rendered per request by [`HeaderEditList::apply_request`].
     pub set_vars: Vec<(HeaderName, LocationTemplate)>,
     pub add_vars: Vec<(HeaderName, LocationTemplate)>,
+    /// `always: false`: response edits apply only on [`add_header_status`]
+    /// statuses. Default true (every status).
+    pub only_add_header_statuses: bool,
 }
 
 /// What request header variables are made of.
@@ -173,6 +262,14 @@ impl HeaderEditList {
             && self.remove.is_empty()
             && self.set_vars.is_empty()
             && self.add_vars.is_empty()
+    }
+
+    /// Applies response edits to a response of `status`, honouring
+    /// `always: false`.
+    pub fn apply_response(&self, status: StatusCode, headers: &mut http::HeaderMap) {
+        if !self.only_add_header_statuses || add_header_status(status) {
+            self.apply(headers);
+        }
     }
 
     /// Applies the static edits: remove, then set (replacing), then add

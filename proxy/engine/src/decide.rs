@@ -31,6 +31,9 @@ pub struct RequestHead<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
+    /// The local port the request arrived on (0: unknown, as in a sample
+    /// recorded before ports were): picks the routes of that port.
+    pub port: u16,
 }
 
 /// Run-time switches of the modules (the kill switch), passed in so that
@@ -75,6 +78,9 @@ pub enum Outcome<'c> {
     Respond {
         status: StatusCode,
     },
+    /// Served from files by the data plane: the status depends on the file
+    /// system, so the summary carries none (the pipeline's outcome does).
+    Static,
     /// Blocked by the feature score (403).
     Blocked,
     /// No route matched (404).
@@ -144,6 +150,7 @@ impl<'c> Decision<'c, '_> {
             Outcome::Forward { upstream } => ("forward", Some(upstream.name.clone()), None),
             Outcome::Redirect { status, .. } => ("redirect", None, Some(status.as_u16())),
             Outcome::Respond { status } => ("respond", None, Some(status.as_u16())),
+            Outcome::Static => ("static", None, None),
             Outcome::Blocked => ("block", None, Some(403)),
             Outcome::NoRoute => ("no_route", None, Some(404)),
             Outcome::BadPath => ("bad_path", None, Some(400)),
@@ -171,7 +178,8 @@ impl<'c> Decision<'c, '_> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionSummary {
     pub route: Option<String>,
-    /// `forward`, `redirect`, `respond`, `block`, `no_route` or `bad_path`.
+    /// `forward`, `redirect`, `respond`, `static`, `block`, `no_route` or
+    /// `bad_path`.
     pub action: String,
     pub upstream: Option<String>,
     pub upstream_path: Option<String>,
@@ -222,7 +230,8 @@ pub fn decide<'c, 'r>(
         };
     };
     let host = normalize_host(req.host.unwrap_or(""));
-    let route_id = config.table.lookup(&host, &path, |id| {
+    let port = config.match_port(req.port, req.scheme);
+    let route_id = config.table.lookup(port, &host, &path, |id| {
         config
             .routes
             .get(id)
@@ -243,6 +252,7 @@ pub fn decide<'c, 'r>(
                 location: render_location(location, req, &host, &path),
             },
             Some(RouteAction::Respond { status, .. }) => Outcome::Respond { status: *status },
+            Some(RouteAction::Static(_)) => Outcome::Static,
         }
     };
     Decision {
@@ -408,6 +418,7 @@ mod tests {
             query: Some("x=1"),
             headers: &headers,
             client_ip: "127.0.0.1".parse().unwrap(),
+            port: 0,
         };
         assert_eq!(render_location(&t, &head, "h", "/a"), "/new/a?x=1");
         head.query = None;

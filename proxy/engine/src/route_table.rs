@@ -40,8 +40,93 @@ const SEQUENTIAL_REGEX_LIMIT: usize = 16;
 use crate::compiled::RouteId;
 
 /// Builds a [`RouteTable`].
+///
+/// Routes may name the local ports they serve (`match.ports`, nginx's
+/// `listen`): nginx first picks the servers of the listen socket a request
+/// came in on, then the server by name among those. So each port that any
+/// route names gets a table of its own, holding the routes that name that
+/// port and the routes that name no port, in declaration order; a request
+/// on a port no route names (or from a sample without ports) uses the table
+/// of the port-less routes. A config without `ports` has only that one.
 #[derive(Debug, Default)]
 pub struct RouteTableBuilder {
+    any: HostTableBuilder,
+    by_port: std::collections::BTreeMap<u16, HostTableBuilder>,
+    /// The port-less routes added so far, replayed into a port's table when
+    /// the first route naming that port arrives, so declaration order holds.
+    portless: Vec<(OwnedHostKey, PathKey, RouteId)>,
+}
+
+#[derive(Debug, Clone)]
+enum OwnedHostKey {
+    Any,
+    Exact(String),
+    Wildcard(String),
+}
+
+impl OwnedHostKey {
+    fn of(host: &HostKey<'_>) -> Self {
+        match host {
+            HostKey::Any => Self::Any,
+            HostKey::Exact(h) => Self::Exact((*h).to_string()),
+            HostKey::Wildcard(s) => Self::Wildcard((*s).to_string()),
+        }
+    }
+
+    fn key(&self) -> HostKey<'_> {
+        match self {
+            Self::Any => HostKey::Any,
+            Self::Exact(h) => HostKey::Exact(h),
+            Self::Wildcard(s) => HostKey::Wildcard(s),
+        }
+    }
+}
+
+impl RouteTableBuilder {
+    /// Adds a route under one host pattern, on the given local ports (empty:
+    /// every port). Routes must be added in declaration order (it decides
+    /// regex order and ties).
+    pub fn add(&mut self, ports: &[u16], host: HostKey<'_>, key: &PathKey, route: RouteId) {
+        if ports.is_empty() {
+            self.any.add(&host, key, route);
+            for t in self.by_port.values_mut() {
+                t.add(&host, key, route);
+            }
+            self.portless
+                .push((OwnedHostKey::of(&host), key.clone(), route));
+            return;
+        }
+        for port in ports {
+            let portless = &self.portless;
+            let t = self.by_port.entry(*port).or_insert_with(|| {
+                let mut t = HostTableBuilder::default();
+                for (h, k, r) in portless {
+                    t.add(&h.key(), k, *r);
+                }
+                t
+            });
+            t.add(&host, key, route);
+        }
+    }
+
+    /// Compiles the table. `regex_set_limit` bounds the size of each group's
+    /// combined `RegexSet`; a group whose set would be larger falls back to
+    /// trying its regexes one by one (slower, still correct).
+    pub fn build(self, regex_set_limit: usize) -> RouteTable {
+        RouteTable {
+            any: self.any.build(regex_set_limit),
+            by_port: self
+                .by_port
+                .into_iter()
+                .map(|(p, t)| (p, t.build(regex_set_limit)))
+                .collect(),
+        }
+    }
+}
+
+/// The routes of one listen port (or of every port): host groups.
+#[derive(Debug, Default)]
+struct HostTableBuilder {
     groups: Vec<GroupBuilder>,
     exact_hosts: HashMap<String, usize>,
     wildcard_hosts: HashMap<String, usize>,
@@ -71,8 +156,8 @@ pub enum HostKey<'a> {
     Wildcard(&'a str),
 }
 
-impl RouteTableBuilder {
-    fn group_for(&mut self, host: HostKey<'_>) -> usize {
+impl HostTableBuilder {
+    fn group_for(&mut self, host: &HostKey<'_>) -> usize {
         let next = self.groups.len();
         let slot = match host {
             HostKey::Any => {
@@ -99,9 +184,7 @@ impl RouteTableBuilder {
         g
     }
 
-    /// Adds a route under one host pattern. Routes must be added in
-    /// declaration order (it decides regex order and ties).
-    pub fn add(&mut self, host: HostKey<'_>, key: &PathKey, route: RouteId) {
+    fn add(&mut self, host: &HostKey<'_>, key: &PathKey, route: RouteId) {
         let g = self.group_for(host);
         let Some(group) = self.groups.get_mut(g) else {
             return;
@@ -115,10 +198,7 @@ impl RouteTableBuilder {
         }
     }
 
-    /// Compiles the table. `regex_set_limit` bounds the size of each group's
-    /// combined `RegexSet`; a group whose set would be larger falls back to
-    /// trying its regexes one by one (slower, still correct).
-    pub fn build(self, regex_set_limit: usize) -> RouteTable {
+    fn build(self, regex_set_limit: usize) -> HostTable {
         let groups = self
             .groups
             .into_iter()
@@ -143,7 +223,7 @@ impl RouteTableBuilder {
                 }
             })
             .collect();
-        RouteTable {
+        HostTable {
             groups,
             exact_hosts: self.exact_hosts,
             wildcard_hosts: self.wildcard_hosts,
@@ -155,6 +235,40 @@ impl RouteTableBuilder {
 /// The compiled lookup structure of a config.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    any: HostTable,
+    by_port: HashMap<u16, HostTable>,
+}
+
+impl RouteTable {
+    /// The route for a request that arrived on local `port` (0: unknown),
+    /// for `host` and `path`, given a predicate that checks a route's method
+    /// and header conditions.
+    pub fn lookup(
+        &self,
+        port: u16,
+        host: &str,
+        path: &str,
+        qualifies: impl Fn(RouteId) -> bool,
+    ) -> Option<RouteId> {
+        self.by_port
+            .get(&port)
+            .unwrap_or(&self.any)
+            .lookup(host, path, qualifies)
+    }
+
+    /// Number of host groups of the port-less table (for summaries and tests).
+    pub fn group_count(&self) -> usize {
+        self.any.groups.len()
+    }
+
+    /// The local ports that have a table of their own.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.by_port.keys().copied()
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostTable {
     groups: Vec<PathTable>,
     exact_hosts: HashMap<String, usize>,
     wildcard_hosts: HashMap<String, usize>,
@@ -169,7 +283,7 @@ struct PathTable {
     regexes: Vec<(Regex, RouteId)>,
 }
 
-impl RouteTable {
+impl HostTable {
     /// The group for a normalized (lower-case, port-less) host.
     fn group(&self, host: &str) -> Option<&PathTable> {
         let g = self.exact_hosts.get(host).copied().or_else(|| {
@@ -185,9 +299,7 @@ impl RouteTable {
         g.or(self.any_host).and_then(|g| self.groups.get(g))
     }
 
-    /// The route for `host` and `path`, given a predicate that checks a
-    /// route's method and header conditions.
-    pub fn lookup(
+    fn lookup(
         &self,
         host: &str,
         path: &str,
@@ -223,11 +335,6 @@ impl RouteTable {
             }
         }
         best_prefix.map(|(r, _)| r)
-    }
-
-    /// Number of host groups (for summaries and tests).
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
     }
 }
 

@@ -126,6 +126,11 @@ pub struct SampledRequest {
     /// per recorded client, not all requests as one.
     #[serde(default = "default_client_ip")]
     pub client_ip: IpAddr,
+    /// The local port the request arrived on (absent in older samples and
+    /// in requests made up from a config). Replay: match it against the
+    /// routes of that port (`match.ports`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Request body length: the Content-Length the client sent (0 without
     /// one; a chunked body's length is not known when the head is recorded:
     /// see `chunked`). Replay: send a body of this many bytes, so body-size
@@ -195,6 +200,7 @@ impl Default for SampledRequest {
             query: None,
             headers: Vec::new(),
             client_ip: default_client_ip(),
+            port: None,
             body_len: 0,
             chunked: false,
             at_ms: 0,

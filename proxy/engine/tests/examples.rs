@@ -184,6 +184,7 @@ fn synthetic_examples_hit_their_own_route() {
                 query: None,
                 headers: &headers,
                 client_ip: "192.0.2.1".parse().unwrap(),
+                port: 0,
             };
             let d = aegis_engine::decide(&c, &head, aegis_engine::DecideOptions::default());
             assert_eq!(

@@ -144,6 +144,7 @@ proptest! {
             query: query.as_deref(),
             headers: &map,
             client_ip: if v6 { "::1".parse().unwrap() } else { "10.0.0.1".parse().unwrap() },
+            port: 0,
         };
         for opts in [DecideOptions::default(), DecideOptions { features_enabled: true, fail_closed: true }] {
             let d = decide(&config, &head, opts);

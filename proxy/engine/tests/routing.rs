@@ -47,6 +47,7 @@ fn route(c: &CompiledConfig, r: &Req<'_>) -> Option<String> {
         query,
         headers: &r.headers,
         client_ip: "127.0.0.1".parse().unwrap(),
+        port: 0,
     };
     decide(c, &head, DecideOptions::default())
         .route
@@ -202,6 +203,7 @@ routes:
         query: None,
         headers: &HeaderMap::new(),
         client_ip: "127.0.0.1".parse().unwrap(),
+        port: 0,
     };
     assert!(matches!(
         decide(&c, &head, DecideOptions::default()).outcome,
@@ -237,6 +239,7 @@ scoring: { block_at: 1.0 }
         query,
         headers,
         client_ip: ip.parse().unwrap(),
+        port: 0,
     };
     let empty: &'static HeaderMap = Box::leak(Box::new(HeaderMap::new()));
     let d = decide(
@@ -321,6 +324,7 @@ scoring: { block_at: 1.0 }
         query: None,
         headers: &h,
         client_ip: "127.0.0.1".parse().unwrap(),
+        port: 0,
     };
     let open = decide(&c, &head, DecideOptions::default());
     assert!(!open.is_blocked());
@@ -462,6 +466,126 @@ routes:
     let e = compile(&bad, &Limits::default()).unwrap_err().to_string();
     assert!(
         e.contains("variables are supported in request_headers only"),
+        "{e}"
+    );
+}
+
+// ------------------------------------------------------------ per-port routes
+
+const PER_PORT_SETTINGS: &str = r#"
+listen: ["127.0.0.1:80", "127.0.0.1:8081"]
+listen_tls: ["127.0.0.1:443"]
+"#;
+
+/// nginx's most common layout: one `server_name` on :80 (a redirect to
+/// https) and on :443 (the site), plus a default server per port and a
+/// route every port shares.
+const PER_PORT: &str = r#"
+upstreams:
+  - { name: u, endpoints: ["127.0.0.1:9"] }
+routes:
+  - name: to-https
+    match: { host: shop.example, path_prefix: /, ports: [80] }
+    redirect: { status: 301, location: "https://$host$request_uri" }
+  - { name: site, match: { host: shop.example, path_prefix: /, ports: [443] }, upstream: u }
+  - { name: api,  match: { host: shop.example, path_prefix: /api/, ports: [443] }, upstream: u }
+  - { name: default-80, match: { path_prefix: /, ports: [80, 8081] }, respond: { status: 444 } }
+  - { name: health, match: { path: /healthz }, respond: { status: 200 } }
+"#;
+
+fn per_port_config() -> CompiledConfig {
+    let source = ConfigSource::from_files(
+        Path::new("."),
+        vec![
+            SourceFile {
+                name: "aegis.yaml".into(),
+                text: PER_PORT_SETTINGS.into(),
+            },
+            SourceFile {
+                name: "routes.yaml".into(),
+                text: PER_PORT.into(),
+            },
+        ],
+    );
+    compile(&source, &Limits::default()).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn route_on(c: &CompiledConfig, port: u16, scheme: &str, host: &str, path: &str) -> Option<String> {
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &Method::GET,
+        scheme,
+        host: Some(host),
+        path,
+        query: None,
+        headers: &headers,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        port,
+    };
+    decide(c, &head, DecideOptions::default())
+        .route
+        .map(|r| r.name.clone())
+}
+
+#[test]
+fn routes_are_chosen_per_listen_port_as_nginx_picks_servers() {
+    let c = per_port_config();
+    let on = |port, host, path| route_on(&c, port, "http", host, path);
+    // The same name on two ports: each port gets its own server's routes.
+    assert_eq!(
+        on(80, "shop.example", "/api/x").as_deref(),
+        Some("to-https")
+    );
+    assert_eq!(on(443, "shop.example", "/api/x").as_deref(), Some("api"));
+    assert_eq!(on(443, "shop.example", "/").as_deref(), Some("site"));
+    // An unknown name goes to the port's default server, not another port's.
+    assert_eq!(on(80, "other.example", "/").as_deref(), Some("default-80"));
+    assert_eq!(on(8081, "shop.example", "/").as_deref(), Some("default-80"));
+    assert_eq!(on(443, "other.example", "/"), None);
+    // A route that names no port serves on every port.
+    for port in [80, 443, 8081] {
+        assert_eq!(
+            on(port, "other.example", "/healthz").as_deref(),
+            Some("health")
+        );
+    }
+    // A port unknown to the request (old samples, followed redirects) is
+    // matched as the first listener of its scheme.
+    assert_eq!(
+        route_on(&c, 0, "https", "shop.example", "/api/x").as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        route_on(&c, 0, "http", "shop.example", "/api/x").as_deref(),
+        Some("to-https")
+    );
+    // Examples carry the route's port, so the gate replays them there.
+    let site = c.routes.iter().find(|r| r.name == "site").unwrap();
+    assert_eq!(site.examples[0].port, Some(443));
+}
+
+#[test]
+fn a_route_on_a_port_nobody_listens_on_is_an_error() {
+    let source = ConfigSource::from_files(
+        Path::new("."),
+        vec![
+            SourceFile {
+                name: "aegis.yaml".into(),
+                text: PER_PORT_SETTINGS.into(),
+            },
+            SourceFile {
+                name: "routes.yaml".into(),
+                text:
+                    "routes:\n  - { name: r, match: { ports: [8443] }, respond: { status: 200 } }\n"
+                        .into(),
+            },
+        ],
+    );
+    let e = compile(&source, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("routes[0].match.ports: no listener on port 8443"),
         "{e}"
     );
 }

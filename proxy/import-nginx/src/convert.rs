@@ -105,6 +105,8 @@ struct Scope {
     /// `proxy_redirect` lines (array-like: inherited only by a level that
     /// has none).
     redirects: Option<Vec<Directive>>,
+    /// `expires`, inherited like any scalar directive.
+    expires: Option<Directive>,
 }
 
 /// Directives that the scope handles (at http, server and location level).
@@ -121,6 +123,7 @@ const SCOPE_DIRECTIVES: &[&str] = &[
     "ssl_certificate",
     "ssl_certificate_key",
     "proxy_redirect",
+    "expires",
 ];
 
 #[derive(Debug, Clone)]
@@ -241,6 +244,9 @@ struct Cx<'o> {
     /// Some `proxy_cache` (other than `off`) is set: without one, the
     /// other `proxy_cache_*` directives have no effect.
     caches: bool,
+    /// `gzip`/`brotli` and their tuning, collected at every level (Aegis
+    /// compresses per process: `compression` in aegis.yaml).
+    compression: crate::model::CompressionOut,
 }
 
 fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
@@ -264,6 +270,7 @@ impl<'o> Cx<'o> {
             rate_names: HashMap::new(),
             servers: Vec::new(),
             workers: None,
+            compression: crate::model::CompressionOut::default(),
             route_names: HashSet::new(),
             copies: Vec::new(),
             tls: Vec::new(),
@@ -435,6 +442,7 @@ impl<'o> Cx<'o> {
                     None => self.note(d, Impact::Dropped, "not a status code"),
                 },
                 "ssl_certificate" => s.ssl_certificate = Some(d.clone()),
+                "expires" => s.expires = Some(d.clone()),
                 "ssl_certificate_key" => s.ssl_certificate_key = Some(d.clone()),
                 _ => {}
             }
@@ -2226,6 +2234,9 @@ impl<'o> Cx<'o> {
             name,
             comment: format!("nginx: {} ({})", d.text(), d.at),
             hosts: Vec::new(),
+            ports: Vec::new(),
+            response_always: None,
+            expires: None,
             path,
             action,
             request_set: Vec::new(),
@@ -2253,8 +2264,55 @@ impl<'o> Cx<'o> {
                 self.limit_req(&limits, scope, &mut r);
             }
         }
-        for d in scope.add_headers.clone().iter().flatten() {
+        let adds: Vec<Directive> = scope.add_headers.clone().into_iter().flatten().collect();
+        for d in &adds {
             self.add_header(d, &mut r);
+        }
+        // nginx's `add_header` adds only to 2xx/3xx answers unless `always`;
+        // the engine's `response_headers.always: false` is that rule, for
+        // every edit of the route. Exact when no add is `always` and no
+        // header is hidden (proxy_hide_header applies to every status).
+        let carried: Vec<&Directive> = adds
+            .iter()
+            .filter(|d| {
+                r.response_add
+                    .iter()
+                    .any(|(k, _)| d.arg(0).is_some_and(|n| n.eq_ignore_ascii_case(k)))
+            })
+            .collect();
+        let non_always: Vec<&Directive> = carried
+            .iter()
+            .copied()
+            .filter(|d| d.arg(2) != Some("always"))
+            .collect();
+        if !non_always.is_empty() {
+            if non_always.len() == carried.len() && r.response_remove.is_empty() {
+                r.response_always = Some(false);
+            } else {
+                for d in non_always {
+                    self.note(
+                        d,
+                        Impact::Differs,
+                        "Aegis adds the header to every response; nginx only to 200, 201, 204, \
+                         206, 301, 302, 303, 304, 307 and 308 unless `always` (this route mixes \
+                         it with `always` headers or hidden ones)",
+                    );
+                }
+            }
+        }
+        if let Some(d) = &scope.expires {
+            match d.args.as_slice() {
+                [v] if expires_value(v) => {
+                    self.note(d, Impact::Carried, "expires");
+                    r.expires = Some(v.clone());
+                }
+                _ => self.note(
+                    d,
+                    Impact::Dropped,
+                    "only a duration, `max`, `epoch`, `off` or a negative duration is carried \
+                     (not `modified` or a time of day)",
+                ),
+            }
         }
         if let Some(n) = scope.body_size.filter(|n| *n != NGINX_DEFAULT_BODY) {
             r.max_request_body = Some(n);
@@ -2355,14 +2413,6 @@ impl<'o> Cx<'o> {
             );
             return;
         }
-        if d.arg(2) != Some("always") {
-            self.note(
-                d,
-                Impact::Differs,
-                "Aegis adds the header to every response; nginx only to 200, 201, 204, 206, \
-                 301, 302, 303, 304, 307 and 308 unless `always`",
-            );
-        }
         r.response_add.push((lname, value.to_string()));
     }
 
@@ -2448,9 +2498,105 @@ impl<'o> Cx<'o> {
 
     // ---------------------------------------------------------------- everything else
 
+    /// `gzip*` and `brotli*`: Aegis compresses per process (aegis.yaml
+    /// `compression`), so the directives of every level are merged into one
+    /// setting; below `http` that is a difference (it then applies to every
+    /// server).
+    fn compression_directive(&mut self, d: &Directive, ctx: &str) {
+        let n = d.name.as_str();
+        let on = d.arg(0) == Some("on");
+        let c = &mut self.compression;
+        let (impact, why): (Impact, String) = match n {
+            "gzip" | "brotli" if !on => {
+                self.note(d, Impact::Ignored, "compression off: Aegis's default");
+                return;
+            }
+            "gzip" | "brotli" => {
+                if n == "gzip" {
+                    c.gzip = true;
+                } else {
+                    c.brotli = true;
+                }
+                if ctx == "http" {
+                    (Impact::Carried, format!("compression.{n}: true"))
+                } else {
+                    (
+                        Impact::Differs,
+                        format!(
+                            "compression.{n}: true in aegis.yaml applies to every server and                              location, not only this {ctx}"
+                        ),
+                    )
+                }
+            }
+            "gzip_types" | "brotli_types" => {
+                for t in &d.args {
+                    if !c.types.contains(t) {
+                        c.types.push(t.clone());
+                    }
+                }
+                (Impact::Carried, "compression.types".into())
+            }
+            "gzip_comp_level" | "brotli_comp_level" => {
+                match d.arg(0).and_then(|a| a.parse().ok()) {
+                    Some(l) if n == "gzip_comp_level" => {
+                        c.level = Some(l);
+                        (Impact::Carried, "compression.level".into())
+                    }
+                    _ => (
+                        Impact::Ignored,
+                        "brotli's quality follows compression.level".into(),
+                    ),
+                }
+            }
+            "gzip_min_length" | "brotli_min_length" => match d.arg(0).and_then(parse_nginx_size) {
+                Some(m) => {
+                    c.min_length = Some(m);
+                    (Impact::Carried, "compression.min_length".into())
+                }
+                None => (Impact::Dropped, "not a size".into()),
+            },
+            "gzip_vary" => {
+                c.vary = Some(on);
+                (Impact::Carried, "compression.vary".into())
+            }
+            "gzip_proxied" => {
+                // nginx: whether to compress for requests that came through
+                // another proxy (a `Via` header); `any` compresses them all.
+                let any = d.args.iter().any(|a| a == "any");
+                c.proxied_any = Some(any);
+                if any || d.args.iter().all(|a| a == "off") {
+                    (Impact::Carried, "compression.proxied".into())
+                } else {
+                    (
+                        Impact::Differs,
+                        "only `off` and `any` are carried; the conditions on the response                          (expired, no-cache, auth…) are read as `off`"
+                            .into(),
+                    )
+                }
+            }
+            "gzip_static" => (
+                Impact::Differs,
+                "Aegis does not serve precompressed `.gz` files; it compresses on the fly".into(),
+            ),
+            "gunzip" => (
+                Impact::Differs,
+                "Aegis does not decompress upstream responses for clients without gzip".into(),
+            ),
+            _ => (
+                Impact::Ignored,
+                "compression tuning (buffers, versions)".into(),
+            ),
+        };
+        self.note(d, impact, why);
+    }
+
     /// Directives valid at several levels that are not the scope's.
     fn common(&mut self, d: &Directive, ctx: &str) {
         let n = d.name.as_str();
+        if n.starts_with("gzip") || n.starts_with("brotli") {
+            self.compression_directive(d, ctx);
+            return;
+        }
         let ignored_quietly = [
             "sendfile",
             "tcp_nopush",
@@ -2510,14 +2656,6 @@ impl<'o> Cx<'o> {
             "include",
             "server_tokens",
             "charset_types",
-            "gzip_types",
-            "gzip_comp_level",
-            "gzip_vary",
-            "gzip_proxied",
-            "gzip_min_length",
-            "gzip_buffers",
-            "gzip_http_version",
-            "gzip_disable",
             "ssl_session_cache",
             "ssl_session_timeout",
             "ssl_prefer_server_ciphers",
@@ -2560,17 +2698,6 @@ impl<'o> Cx<'o> {
                 self.tls_tuning(d);
                 return;
             }
-            "gzip" if d.arg(0) == Some("off") => return,
-            "gzip" | "gzip_static" | "gunzip" => (
-                Impact::Differs,
-                "Aegis does not compress responses yet: clients get the same content without \
-                 Content-Encoding (upstream-compressed responses pass as they are)",
-            ),
-            _ if n.starts_with("brotli") => (
-                Impact::Differs,
-                "Aegis does not compress responses yet: clients get the same content without \
-                 Content-Encoding",
-            ),
             "merge_slashes" if d.arg(0) == Some("on") => return,
             "merge_slashes" => (
                 Impact::Dropped,
@@ -2622,10 +2749,6 @@ impl<'o> Cx<'o> {
             "real_ip_header" | "set_real_ip_from" | "real_ip_recursive" => (
                 Impact::Dropped,
                 "Aegis takes the client address from the connection (no trusted proxies list)",
-            ),
-            "expires" => (
-                Impact::Dropped,
-                "Expires/Cache-Control generation is not supported; use add_header with a fixed value",
             ),
             "charset" | "source_charset" => {
                 (Impact::Dropped, "charset conversion is not supported")
@@ -2761,182 +2884,196 @@ impl<'o> Cx<'o> {
             claims.push(claim);
         }
 
-        // Aegis picks routes by host, on every listener alike: one server per
-        // name. When sockets disagree (the :80 redirect + :443 site pair),
-        // the server that serves content wins, preferring one on TLS.
-        let mut order: Vec<String> = Vec::new();
-        for s in &servers {
-            for (n, _) in &s.name_dirs {
-                if !order.contains(n) {
-                    order.push(n.clone());
-                }
-            }
-        }
-        let mut emitted: Vec<Vec<String>> = vec![Vec::new(); servers.len()];
-        for n in &order {
-            let mut cands: Vec<(usize, Vec<usize>)> = Vec::new();
-            for (si, c) in claims.iter().enumerate() {
-                if let Some(&m) = c.get(n) {
-                    match cands.iter_mut().find(|(s, _)| *s == m) {
-                        Some((_, socks)) => socks.push(si),
-                        None => cands.push((m, vec![si])),
+        // When servers differ in the sockets they listen on (the :80
+        // redirect + :443 site pair, a second port), the engine's per-port
+        // routes (`match.ports`) model nginx socket by socket; otherwise
+        // every route serves every port and names are global.
+        let per_port = sockets.iter().zip(&defaults).any(|(k, d)| {
+            sockets
+                .first()
+                .zip(defaults.first())
+                .is_some_and(|(f, fd)| f.members != k.members || fd != d)
+        });
+        let mut routes = Vec::new();
+        if per_port {
+            routes = per_port_routes(&servers, &sockets, &claims, &defaults);
+        } else {
+            // Aegis picks routes by host, on every listener alike: one server per
+            // name. When sockets disagree (the :80 redirect + :443 site pair),
+            // the server that serves content wins, preferring one on TLS.
+            let mut order: Vec<String> = Vec::new();
+            for s in &servers {
+                for (n, _) in &s.name_dirs {
+                    if !order.contains(n) {
+                        order.push(n.clone());
                     }
                 }
             }
-            let score = |(m, socks): &(usize, Vec<usize>)| {
-                let content = servers.get(*m).is_some_and(|s| !s.redirect_only());
-                let tls = socks
+            let mut emitted: Vec<Vec<String>> = vec![Vec::new(); servers.len()];
+            for n in &order {
+                let mut cands: Vec<(usize, Vec<usize>)> = Vec::new();
+                for (si, c) in claims.iter().enumerate() {
+                    if let Some(&m) = c.get(n) {
+                        match cands.iter_mut().find(|(s, _)| *s == m) {
+                            Some((_, socks)) => socks.push(si),
+                            None => cands.push((m, vec![si])),
+                        }
+                    }
+                }
+                let score = |(m, socks): &(usize, Vec<usize>)| {
+                    let content = servers.get(*m).is_some_and(|s| !s.redirect_only());
+                    let tls = socks
+                        .iter()
+                        .any(|si| sockets.get(*si).is_some_and(|k| k.ssl));
+                    (content, tls)
+                };
+                let Some(winner) = cands
                     .iter()
-                    .any(|si| sockets.get(*si).is_some_and(|k| k.ssl));
-                (content, tls)
-            };
-            let Some(winner) = cands
-                .iter()
-                .enumerate()
-                .max_by(|(ia, a), (ib, b)| score(a).cmp(&score(b)).then(ib.cmp(ia)))
-                .map(|(_, c)| c.0)
-            else {
-                continue;
-            };
-            if let Some(e) = emitted.get_mut(winner) {
-                e.push(n.clone());
+                    .enumerate()
+                    .max_by(|(ia, a), (ib, b)| score(a).cmp(&score(b)).then(ib.cmp(ia)))
+                    .map(|(_, c)| c.0)
+                else {
+                    continue;
+                };
+                if let Some(e) = emitted.get_mut(winner) {
+                    e.push(n.clone());
+                }
+                let winner_at = servers
+                    .get(winner)
+                    .map(|s| s.at.to_string())
+                    .unwrap_or_default();
+                for (m, socks) in &cands {
+                    if *m == winner {
+                        continue;
+                    }
+                    let Some(s) = servers.get(*m) else { continue };
+                    let Some((_, dir)) = s.name_dirs.iter().find(|(x, _)| x == n) else {
+                        continue;
+                    };
+                    let on: Vec<String> = socks
+                        .iter()
+                        .filter_map(|si| sockets.get(*si).map(|k| k.addr.clone()))
+                        .collect();
+                    let what = if s.redirect_only() {
+                        " (it only redirects)"
+                    } else {
+                        ""
+                    };
+                    self.note(
+                        dir,
+                        Impact::Dropped,
+                        format!(
+                            "on {} nginx answers `{n}` with this server{what}; Aegis chooses routes \
+                             by host, not by listener, so requests for `{n}` there get the routes of \
+                             the server at {winner_at} instead (the engine lacks per-listener routes)",
+                            on.join(", ")
+                        ),
+                    );
+                }
             }
-            let winner_at = servers
-                .get(winner)
+
+            // Unknown hosts: Aegis has one set of routes for them, the default
+            // server of the first socket.
+            let any_server = defaults.first().copied().flatten();
+            let any_at = any_server
+                .and_then(|i| servers.get(i))
                 .map(|s| s.at.to_string())
                 .unwrap_or_default();
-            for (m, socks) in &cands {
-                if *m == winner {
+            let mut reported_default: HashSet<usize> = HashSet::new();
+            for (si, k) in sockets.iter().enumerate() {
+                let Some(d) = defaults.get(si).copied().flatten() else {
+                    continue;
+                };
+                if Some(d) == any_server || !reported_default.insert(d) {
                     continue;
                 }
-                let Some(s) = servers.get(*m) else { continue };
-                let Some((_, dir)) = s.name_dirs.iter().find(|(x, _)| x == n) else {
-                    continue;
-                };
-                let on: Vec<String> = socks
-                    .iter()
-                    .filter_map(|si| sockets.get(*si).map(|k| k.addr.clone()))
-                    .collect();
-                let what = if s.redirect_only() {
-                    " (it only redirects)"
+                let Some(s) = servers.get(d) else { continue };
+                let named = emitted.get(d).is_some_and(|e| !e.is_empty());
+                let (impact, tail) = if named || s.routes.is_empty() {
+                    (Impact::Differs, "")
                 } else {
-                    ""
+                    (
+                        Impact::Dropped,
+                        "; this server has no name to route by, so its routes are not served at all",
+                    )
                 };
-                self.note(
-                    dir,
-                    Impact::Dropped,
-                    format!(
-                        "on {} nginx answers `{n}` with this server{what}; Aegis chooses routes \
-                         by host, not by listener, so requests for `{n}` there get the routes of \
-                         the server at {winner_at} instead (the engine lacks per-listener routes)",
-                        on.join(", ")
-                    ),
-                );
-            }
-        }
-
-        // Unknown hosts: Aegis has one set of routes for them, the default
-        // server of the first socket.
-        let any_server = defaults.first().copied().flatten();
-        let any_at = any_server
-            .and_then(|i| servers.get(i))
-            .map(|s| s.at.to_string())
-            .unwrap_or_default();
-        let mut reported_default: HashSet<usize> = HashSet::new();
-        for (si, k) in sockets.iter().enumerate() {
-            let Some(d) = defaults.get(si).copied().flatten() else {
-                continue;
-            };
-            if Some(d) == any_server || !reported_default.insert(d) {
-                continue;
-            }
-            let Some(s) = servers.get(d) else { continue };
-            let named = emitted.get(d).is_some_and(|e| !e.is_empty());
-            let (impact, tail) = if named || s.routes.is_empty() {
-                (Impact::Differs, "")
-            } else {
-                (
-                    Impact::Dropped,
-                    "; this server has no name to route by, so its routes are not served at all",
-                )
-            };
-            let dir = s.directive();
-            self.note(
-                &dir,
-                impact,
-                format!(
-                    "nginx's default server of {}; in Aegis unknown hosts there get the default \
-                     server of the first socket ({any_at}){tail}",
-                    k.addr
-                ),
-            );
-        }
-        let all_addrs: Vec<String> = sockets.iter().map(|k| k.addr.clone()).collect();
-        for s in &servers {
-            let mine: Vec<&String> = s.listens.iter().map(|l| &l.addr).collect();
-            let others: Vec<String> = all_addrs
-                .iter()
-                .filter(|a| !mine.contains(a))
-                .cloned()
-                .collect();
-            if !others.is_empty() && !s.routes.is_empty() {
                 let dir = s.directive();
                 self.note(
                     &dir,
-                    Impact::Differs,
+                    impact,
                     format!(
-                        "Aegis serves every route on every listener; this server's routes are \
-                         also reachable on {}",
-                        others.join(", ")
+                        "nginx's default server of {}; in Aegis unknown hosts there get the default \
+                         server of the first socket ({any_at}){tail}",
+                        k.addr
                     ),
                 );
             }
-        }
-        let wildcards: Vec<String> = emitted
-            .iter()
-            .flatten()
-            .filter(|n| n.starts_with("*."))
-            .cloned()
-            .collect();
-
-        let mut routes = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            let names = emitted.get(i).cloned().unwrap_or_default();
-            if any_server == Some(i) {
-                // Its routes answer unknown hosts. Its own names must still
-                // win over other servers' wildcards that would cover them.
-                let needs_named = names.iter().any(|n| {
-                    n.starts_with("*.")
-                        || wildcards
-                            .iter()
-                            .any(|w| w.get(1..).is_some_and(|suffix| n.ends_with(suffix)))
-                });
-                routes.extend(s.routes.iter().cloned());
-                if needs_named {
-                    for r in &s.routes {
-                        let mut r = r.clone();
-                        r.name = format!("{}|named", r.name);
-                        r.hosts = names.clone();
-                        routes.push(r);
-                    }
-                }
-            } else if names.is_empty() {
-                let is_default = defaults.contains(&Some(i));
-                if !s.routes.is_empty() && !is_default && s.name_dirs.is_empty() {
+            let all_addrs: Vec<String> = sockets.iter().map(|k| k.addr.clone()).collect();
+            for s in &servers {
+                let mine: Vec<&String> = s.listens.iter().map(|l| &l.addr).collect();
+                let others: Vec<String> = all_addrs
+                    .iter()
+                    .filter(|a| !mine.contains(a))
+                    .cloned()
+                    .collect();
+                if !others.is_empty() && !s.routes.is_empty() {
                     let dir = s.directive();
                     self.note(
                         &dir,
-                        Impact::Ignored,
-                        "a server with no name that is not the default server of any of its \
-                         sockets: nginx reaches it only for requests without a Host header \
-                         (HTTP/1.0); its routes are left out",
+                        Impact::Differs,
+                        format!(
+                            "Aegis serves every route on every listener; this server's routes are \
+                             also reachable on {}",
+                            others.join(", ")
+                        ),
                     );
                 }
-            } else {
-                for r in &s.routes {
-                    let mut r = r.clone();
-                    r.hosts = names.clone();
-                    routes.push(r);
+            }
+            let wildcards: Vec<String> = emitted
+                .iter()
+                .flatten()
+                .filter(|n| n.starts_with("*."))
+                .cloned()
+                .collect();
+
+            for (i, s) in servers.iter().enumerate() {
+                let names = emitted.get(i).cloned().unwrap_or_default();
+                if any_server == Some(i) {
+                    // Its routes answer unknown hosts. Its own names must still
+                    // win over other servers' wildcards that would cover them.
+                    let needs_named = names.iter().any(|n| {
+                        n.starts_with("*.")
+                            || wildcards
+                                .iter()
+                                .any(|w| w.get(1..).is_some_and(|suffix| n.ends_with(suffix)))
+                    });
+                    routes.extend(s.routes.iter().cloned());
+                    if needs_named {
+                        for r in &s.routes {
+                            let mut r = r.clone();
+                            r.name = format!("{}|named", r.name);
+                            r.hosts = names.clone();
+                            routes.push(r);
+                        }
+                    }
+                } else if names.is_empty() {
+                    let is_default = defaults.contains(&Some(i));
+                    if !s.routes.is_empty() && !is_default && s.name_dirs.is_empty() {
+                        let dir = s.directive();
+                        self.note(
+                            &dir,
+                            Impact::Ignored,
+                            "a server with no name that is not the default server of any of its \
+                             sockets: nginx reaches it only for requests without a Host header \
+                             (HTTP/1.0); its routes are left out",
+                        );
+                    }
+                } else {
+                    for r in &s.routes {
+                        let mut r = r.clone();
+                        r.hosts = names.clone();
+                        routes.push(r);
+                    }
                 }
             }
         }
@@ -3078,6 +3215,7 @@ impl<'o> Cx<'o> {
                     tls_default_certificate: tls_default,
                     admin: self.opts.admin.clone(),
                     workers: self.workers,
+                    compression: std::mem::take(&mut self.compression),
                 },
                 upstreams,
                 routes,
@@ -3157,6 +3295,101 @@ fn walk_report(
 /// A connect timeout a location asks of an upstream: milliseconds, and
 /// where (with the directive's text) when it was written out.
 type TimeoutAsk = (u64, Option<(Loc, String)>);
+
+/// An `expires` value the engine takes: a duration (`30d`, `1h30m`, `-1`),
+/// `max`, `epoch` or `off`.
+fn expires_value(v: &str) -> bool {
+    matches!(v, "max" | "epoch" | "off")
+        || parse_nginx_duration(v.strip_prefix('-').unwrap_or(v)).is_some()
+}
+
+/// The routes of every server, socket by socket, as nginx picks them: on
+/// each socket a server's routes serve the names it claims there (`hosts`)
+/// and, on the sockets where it is the default server, unknown hosts (no
+/// `hosts`), each bound to the sockets' ports (`ports`). Sockets where a
+/// server plays the same part share one copy of its routes. A default
+/// server's own names are written as well when a wildcard of another server
+/// of the socket could otherwise take them.
+fn per_port_routes(
+    servers: &[Server],
+    sockets: &[Socket],
+    claims: &[HashMap<String, usize>],
+    defaults: &[Option<usize>],
+) -> Vec<RouteOut> {
+    let mut routes = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        // (hosts, ports) in order of first socket.
+        let mut groups: Vec<(Vec<String>, Vec<u16>)> = Vec::new();
+        let mut add =
+            |hosts: Vec<String>, port: u16| match groups.iter_mut().find(|(h, _)| *h == hosts) {
+                Some((_, ports)) => {
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                None => groups.push((hosts, vec![port])),
+            };
+        for (si, k) in sockets.iter().enumerate() {
+            if !k.members.contains(&i) {
+                continue;
+            }
+            let Some(port) = k
+                .addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let mut names: Vec<String> = Vec::new();
+            if let Some(claim) = claims.get(si) {
+                for (n, _) in &s.name_dirs {
+                    if claim.get(n) == Some(&i) && !names.contains(n) {
+                        names.push(n.clone());
+                    }
+                }
+            }
+            let is_default = defaults.get(si).copied().flatten() == Some(i);
+            if is_default {
+                let wildcards: Vec<&String> = claims
+                    .get(si)
+                    .map(|c| {
+                        c.iter()
+                            .filter(|(n, m)| **m != i && n.starts_with("*."))
+                            .map(|(n, _)| n)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let needs_named = names.iter().any(|n| {
+                    n.starts_with("*.")
+                        || wildcards
+                            .iter()
+                            .any(|w| w.get(1..).is_some_and(|suffix| n.ends_with(suffix)))
+                });
+                add(Vec::new(), port);
+                if needs_named {
+                    add(names, port);
+                }
+            } else if !names.is_empty() {
+                add(names, port);
+            }
+        }
+        for (g, (hosts, mut ports)) in groups.into_iter().enumerate() {
+            ports.sort_unstable();
+            for r in &s.routes {
+                let mut r = r.clone();
+                if g > 0 {
+                    let ps: Vec<String> = ports.iter().map(u16::to_string).collect();
+                    r.name = format!("{}|:{}", r.name, ps.join(","));
+                }
+                r.hosts = hosts.clone();
+                r.ports = ports.clone();
+                routes.push(r);
+            }
+        }
+    }
+    routes
+}
 
 #[derive(Debug, Clone)]
 struct Socket {
@@ -3266,7 +3499,6 @@ fn ignored_reason(n: &str) -> &'static str {
         _ if n.contains("hash_") => "nginx's table sizing",
         "resolver" | "resolver_timeout" => "DNS: Aegis resolves upstream names itself",
         "server_tokens" => "the Server header: each proxy sends its own",
-        _ if n.starts_with("gzip") => "compression tuning; Aegis does not compress yet",
         _ if n.starts_with("ssl_") || n.starts_with("http2") => {
             "TLS and HTTP/2 tuning: rustls and hyper's own choices"
         }

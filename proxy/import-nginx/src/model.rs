@@ -29,6 +29,21 @@ pub struct SettingsOut {
     pub admin: String,
     /// `None`: `auto`.
     pub workers: Option<u32>,
+    pub compression: CompressionOut,
+}
+
+/// aegis.yaml `compression`, from nginx's `gzip*`/`brotli*`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompressionOut {
+    pub gzip: bool,
+    pub brotli: bool,
+    pub level: Option<u32>,
+    pub min_length: Option<u64>,
+    /// `gzip_types` (nginx always adds text/html).
+    pub types: Vec<String>,
+    pub vary: Option<bool>,
+    /// `gzip_proxied any` (Some(true)) or `off` (Some(false)).
+    pub proxied_any: Option<bool>,
 }
 
 impl Default for SettingsOut {
@@ -39,6 +54,7 @@ impl Default for SettingsOut {
             tls_default_certificate: false,
             admin: "127.0.0.1:9901".to_string(),
             workers: None,
+            compression: CompressionOut::default(),
         }
     }
 }
@@ -103,11 +119,19 @@ pub struct RouteOut {
     pub comment: String,
     /// Empty: the routes of no host (nginx's default server).
     pub hosts: Vec<String>,
+    /// Empty: every listener. Otherwise the local ports whose nginx
+    /// socket chose this route's server (`match.ports`).
+    pub ports: Vec<u16>,
     pub path: PathOut,
     pub action: ActionOut,
     pub request_set: Vec<(String, String)>,
     pub request_remove: Vec<String>,
     pub response_add: Vec<(String, String)>,
+    /// `response_headers.always`: `Some(false)` for nginx's `add_header`
+    /// rule (2xx/3xx only); `None` writes nothing (every status).
+    pub response_always: Option<bool>,
+    /// nginx `expires`, as written (`30d`, `max`, `epoch`, `off`, `-1`).
+    pub expires: Option<String>,
     pub response_remove: Vec<String>,
     pub rate_limit: Option<String>,
     pub max_request_body: Option<u64>,
@@ -233,6 +257,35 @@ impl ConfigSet {
             }
             None => out.push_str("workers: auto\n"),
         }
+        let c = &self.settings.compression;
+        if c.gzip || c.brotli {
+            out.push_str("# nginx gzip/brotli: compressed on the fly, per process.\n");
+            out.push_str("compression:\n");
+            let _ = writeln!(out, "  gzip: {}", c.gzip);
+            let _ = writeln!(out, "  brotli: {}", c.brotli);
+            // nginx's defaults where the config is silent: level 1, 20 bytes,
+            // text/html only, no Vary, not for requests with `Via`.
+            let _ = writeln!(out, "  level: {}", c.level.unwrap_or(1).clamp(1, 9));
+            let _ = writeln!(out, "  min_length: {}", c.min_length.unwrap_or(20));
+            let mut types = vec!["text/html".to_string()];
+            for t in &c.types {
+                if !types.contains(t) {
+                    types.push(t.clone());
+                }
+            }
+            let ts: Vec<String> = types.iter().map(|s| q(s)).collect();
+            let _ = writeln!(out, "  types: [{}]", ts.join(", "));
+            let _ = writeln!(
+                out,
+                "  proxied: {}",
+                if c.proxied_any == Some(true) {
+                    "any"
+                } else {
+                    "off"
+                }
+            );
+            let _ = writeln!(out, "  vary: {}", c.vary.unwrap_or(false));
+        }
         out
     }
 
@@ -339,6 +392,10 @@ impl ConfigSet {
                     let _ = writeln!(out, "      hosts: [{}]", hs.join(", "));
                 }
             }
+            if !r.ports.is_empty() {
+                let ps: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+                let _ = writeln!(out, "      ports: [{}]", ps.join(", "));
+            }
             match &r.path {
                 PathOut::Exact(p) => {
                     let _ = writeln!(out, "      path: {}", q(p));
@@ -407,6 +464,12 @@ impl ConfigSet {
             if !r.response_add.is_empty() || !r.response_remove.is_empty() {
                 out.push_str("    response_headers:\n");
                 edits(&mut out, "add", &r.response_add, &r.response_remove);
+                if let Some(a) = r.response_always {
+                    let _ = writeln!(out, "      always: {a}");
+                }
+            }
+            if let Some(e) = &r.expires {
+                let _ = writeln!(out, "    expires: {}", q(e));
             }
             if let Some(rl) = &r.rate_limit {
                 let _ = writeln!(out, "    rate_limit: {}", q(rl));

@@ -152,6 +152,7 @@ pub fn synthesize(config: &CompiledConfig, max: usize) -> Vec<SampledRequest> {
             out.push(SampledRequest {
                 method: ex.method.to_string(),
                 scheme: "http".to_string(),
+                port: ex.port,
                 host: ex.host.clone(),
                 path: ex.path.clone(),
                 query: None,
@@ -262,6 +263,7 @@ fn to_request(s: &SampledRequest, clock: Option<Clock>) -> Request<Empty<Bytes>>
     req.extensions_mut().insert(ClientInfo {
         addr: SocketAddr::new(s.client_ip, 0),
         tls: s.scheme.eq_ignore_ascii_case("https"),
+        local_port: s.port.unwrap_or(0),
     });
     if let Some(at) = clock.and_then(|c| c.at(s.at_ms)) {
         req.extensions_mut().insert(at);

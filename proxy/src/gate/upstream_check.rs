@@ -178,6 +178,7 @@ fn to_request(s: &SampledRequest) -> Request<Empty<Bytes>> {
     req.extensions_mut().insert(ClientInfo {
         addr: SocketAddr::new(s.client_ip, 0),
         tls: s.scheme.eq_ignore_ascii_case("https"),
+        local_port: s.port.unwrap_or(0),
     });
     req
 }

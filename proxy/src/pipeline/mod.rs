@@ -11,9 +11,11 @@
 //! upgrades, the access log line and the metrics.
 
 pub mod body;
+pub mod compress;
 pub mod headers;
 pub mod ratelimit;
 pub mod reservoir;
+pub mod static_files;
 pub mod traffic;
 
 use std::convert::Infallible;
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use aegis_engine::compiled::{RouteAction, UpstreamId};
+use aegis_engine::compiled::{CompiledRoute, Expires, RouteAction, UpstreamId};
 use aegis_engine::config::Settings;
 use aegis_engine::config::settings::FailMode;
 use aegis_engine::decide::Scored;
@@ -97,6 +99,9 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// True on a TLS listener (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// The local port of the listener (0: unknown): routes may be bound to
+    /// ports (`match.ports`), as nginx servers are to `listen` sockets.
+    pub local_port: u16,
 }
 
 impl Default for ClientInfo {
@@ -104,6 +109,7 @@ impl Default for ClientInfo {
         Self {
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             tls: false,
+            local_port: 0,
         }
     }
 }
@@ -233,6 +239,8 @@ pub struct PipelineSettings {
     pub fail_closed: bool,
     /// `limits.client_body_timeout`: longest wait for request body bytes.
     pub client_body_timeout: Duration,
+    /// `compression`: gzip and brotli on the way to the client.
+    pub compression: compress::Compression,
 }
 
 impl PipelineSettings {
@@ -242,6 +250,7 @@ impl PipelineSettings {
             max_header_bytes: s.limits.max_header_bytes.0,
             fail_closed: s.features_module.on_error == FailMode::Closed,
             client_body_timeout: s.limits.client_body_timeout.0,
+            compression: compress::Compression::from_settings(&s.compression),
         }
     }
 }
@@ -412,6 +421,7 @@ where
                 if client.tls {
                     head.scheme = "https".to_string();
                 }
+                head.port = (client.local_port != 0).then_some(client.local_port);
                 r.fill(slot, head);
             }
             Ok(resp)
@@ -433,6 +443,8 @@ struct LogCtx {
     endpoint: Option<Arc<str>>,
     score: Option<f64>,
     bytes_in: Arc<AtomicU64>,
+    /// What the request said about compression (`Accept-Encoding`, …).
+    encoding: compress::ClientEncoding,
 }
 
 /// The request side of an access log line.
@@ -475,6 +487,56 @@ fn reject_summary(status: StatusCode, action: &str) -> DecisionSummary {
     }
 }
 
+/// A route's response edits: `expires` first, then `response_headers`
+/// (so a `Cache-Control` set there wins), each on nginx's statuses where
+/// nginx would apply it.
+fn edit_response(route: &CompiledRoute, resp: &mut Response<ProxyBody>) {
+    let status = resp.status();
+    if let Some(e) = route.expires
+        && aegis_engine::compiled::add_header_status(status)
+    {
+        let (expires, cache_control) = match e {
+            Expires::Seconds(n) => {
+                let now = SystemTime::now();
+                let d = Duration::from_secs(n.unsigned_abs());
+                let at = if n >= 0 {
+                    now.checked_add(d)
+                } else {
+                    now.checked_sub(d)
+                };
+                (
+                    at.map(httpdate::fmt_http_date),
+                    if n > 0 {
+                        format!("max-age={n}")
+                    } else if n == 0 {
+                        "max-age=0".to_string()
+                    } else {
+                        "no-cache".to_string()
+                    },
+                )
+            }
+            Expires::Epoch => (
+                Some("Thu, 01 Jan 1970 00:00:01 GMT".to_string()),
+                "no-cache".to_string(),
+            ),
+            Expires::Max => (
+                Some("Thu, 31 Dec 2037 23:55:55 GMT".to_string()),
+                "max-age=315360000".to_string(),
+            ),
+        };
+        let h = resp.headers_mut();
+        if let Some(v) = expires.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            h.insert(header::EXPIRES, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&cache_control) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+    }
+    route
+        .response_edits
+        .apply_response(status, resp.headers_mut());
+}
+
 /// Methods whose request may be sent twice (RFC 9110 §9.2.2).
 pub fn is_idempotent(m: &Method) -> bool {
     matches!(
@@ -511,6 +573,7 @@ impl<C: Connector> Pipeline<C> {
             endpoint: None,
             score: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
+            encoding: compress::ClientEncoding::of(&req),
         };
 
         // Framing and size checks hyper does not make for us.
@@ -561,7 +624,7 @@ impl<C: Connector> Pipeline<C> {
         let scheme = if client.tls { "https" } else { "http" };
         let path_owned = req.uri().path().to_string();
         let query_owned = req.uri().query().map(str::to_string);
-        let (summary, route_id, score, redirect, upstream_path) = {
+        let (summary, route_id, score, redirect, mut upstream_path, early, static_path) = {
             let head = RequestHead {
                 method: req.method(),
                 scheme,
@@ -570,6 +633,7 @@ impl<C: Connector> Pipeline<C> {
                 query: query_owned.as_deref(),
                 headers: req.headers(),
                 client_ip: client.addr.ip(),
+                port: client.local_port,
             };
             let d = aegis_engine::decide(&config, &head, opts);
             if let Scored::Failed(e) = &d.scored {
@@ -584,27 +648,32 @@ impl<C: Connector> Pipeline<C> {
                 Outcome::Forward { .. } => Some(d.upstream_path().into_owned()),
                 _ => None,
             };
-            (d.summary(), d.route_id, d.score(), redirect, up_path)
+            // Answered here, before any route option applies.
+            let early = match &d.outcome {
+                Outcome::BadPath => Some(StatusCode::BAD_REQUEST),
+                Outcome::Blocked => Some(StatusCode::FORBIDDEN),
+                Outcome::NoRoute => Some(StatusCode::NOT_FOUND),
+                _ => None,
+            };
+            let static_path = matches!(d.outcome, Outcome::Static).then(|| d.path.to_string());
+            (
+                d.summary(),
+                d.route_id,
+                d.score(),
+                redirect,
+                up_path,
+                early,
+                static_path,
+            )
         };
         log.score = score;
         let route = route_id.and_then(|id| config.routes.get(id));
 
-        match summary.action.as_str() {
-            "bad_path" => {
-                let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
-                return self.finish(resp, log, summary, None);
-            }
-            "block" => {
-                let resp = plain(StatusCode::FORBIDDEN, "403 Forbidden");
-                return self.finish(resp, log, summary, None);
-            }
-            "no_route" => {
-                let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
-                return self.finish(resp, log, summary, None);
-            }
-            _ => {}
+        if let Some(status) = early {
+            let resp = plain(status, &status_text(status));
+            return self.finish(resp, log, summary, None);
         }
-        let Some(route) = route else {
+        let Some(mut route) = route else {
             let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
             return self.finish(resp, log, summary, None);
         };
@@ -647,8 +716,56 @@ impl<C: Connector> Pipeline<C> {
             return self.finish(resp, log, summary, Some("body_limit"));
         }
 
+        // Answer locally from files; `try_files ... @name` hands the
+        // request to the named route, which answers below as its own.
+        let mut summary = summary;
+        if let (RouteAction::Static(st), Some(path)) = (&route.action, &static_path) {
+            let sreq = static_files::StaticRequest {
+                method: req.method(),
+                headers: req.headers(),
+                path,
+                query: query_owned.as_deref(),
+            };
+            match static_files::serve(st, &sreq).await {
+                static_files::Served::Response(mut resp) => {
+                    edit_response(route, &mut resp);
+                    return self.finish(resp, log, summary, None);
+                }
+                static_files::Served::Route(id) => {
+                    let Some(target) = config.routes.get(id) else {
+                        let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
+                        return self.finish(resp, log, summary, None);
+                    };
+                    route = target;
+                    summary.route = Some(target.name.clone());
+                    match &target.action {
+                        RouteAction::Forward(f) => {
+                            summary.action = "forward".to_string();
+                            summary.upstream =
+                                config.upstreams.get(f.upstream).map(|u| u.name.clone());
+                            // As nginx passes a named location the URI
+                            // unchanged.
+                            upstream_path = Some(path.clone());
+                            summary.upstream_path = upstream_path.clone();
+                        }
+                        RouteAction::Respond { status, .. } => {
+                            summary.action = "respond".to_string();
+                            summary.status = Some(status.as_u16());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+
         let fwd = match &route.action {
             RouteAction::Forward(f) => f,
+            RouteAction::Static(_) => {
+                // Only a static route's own phase above serves files; the
+                // compile refuses a fallback to one.
+                let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
+                return self.finish(resp, log, summary, None);
+            }
             RouteAction::Redirect { .. } => {
                 let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
                 let mut resp = Response::new(empty());
@@ -658,7 +775,7 @@ impl<C: Connector> Pipeline<C> {
                 }
                 resp.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                route.response_edits.apply(resp.headers_mut());
+                edit_response(route, &mut resp);
                 return self.finish(resp, log, summary, None);
             }
             RouteAction::Respond {
@@ -671,7 +788,7 @@ impl<C: Connector> Pipeline<C> {
                 for (n, v) in headers {
                     resp.headers_mut().append(n.clone(), v.clone());
                 }
-                route.response_edits.apply(resp.headers_mut());
+                edit_response(route, &mut resp);
                 return self.finish(resp, log, summary, None);
             }
         };
@@ -842,7 +959,7 @@ impl<C: Connector> Pipeline<C> {
         }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded, false);
         headers::append_via(resp.headers_mut(), Version::HTTP_11);
-        route.response_edits.apply(resp.headers_mut());
+        edit_response(route, &mut resp);
         if upgraded {
             match (client_upgrade, upstream_upgrade) {
                 (Some(c), Some(u)) => {
@@ -882,6 +999,8 @@ impl<C: Connector> Pipeline<C> {
         summary: DecisionSummary,
         rejected: Option<&'static str>,
     ) -> Response<ProxyBody> {
+        // Before the counting body: the bytes logged are the bytes sent.
+        let resp = compress::compress(self.shared.settings.load().compression, &log.encoding, resp);
         let status = resp.status().as_u16();
         let route = summary.route.as_deref();
         // The version's handles, resolved at activation; a request that

@@ -77,6 +77,7 @@ fn req(path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
     r.extensions_mut().insert(ClientInfo {
         addr: "192.0.2.7:5555".parse().unwrap(),
         tls: true,
+        local_port: 443,
     });
     r
 }

@@ -353,6 +353,7 @@ pub fn serve_plain<C: Connector>(
             let info = ClientInfo {
                 addr: peer,
                 tls: false,
+                local_port: local_addr.port(),
             };
             serve_conn(
                 stream,
@@ -411,6 +412,7 @@ pub fn serve_tls<C: Connector>(
                 let info = ClientInfo {
                     addr: peer,
                     tls: true,
+                    local_port: local_addr.port(),
                 };
                 let alpn = match tls.get_ref().1.alpn_protocol() {
                     Some(b"h2") => Alpn::H2,

@@ -19,8 +19,8 @@ use super::source::{
 };
 use crate::compiled::{
     Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction,
-    HeaderCondition, HeaderEditList, HealthCheckSpec, LocationPart, LocationTemplate,
-    RateLimitSpec, RouteAction, Scoring, UpstreamPool,
+    HeaderCondition, HeaderEditList, HealthCheckSpec, ListenPorts, LocationPart, LocationTemplate,
+    RateLimitSpec, RouteAction, Scoring, StaticAction, StaticFallback, UpstreamPool,
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
@@ -79,6 +79,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         dir: &source.dir,
         roots: FileRoots::of(source),
         hasher: ContentHasher::default(),
+        fallbacks: Vec::new(),
     };
     let mut parsed: Vec<(&SourceFile, HotFile)> = Vec::new();
     for file in &source.files {
@@ -170,6 +171,16 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
     }
 
     // Routes.
+    // The ports the settings listen on, to check `match.ports` against
+    // (None when the settings do not parse: that is reported elsewhere).
+    let port_of = |a: &String| a.rsplit(':').next()?.parse::<u16>().ok();
+    let listeners = parse_settings(source).ok().map(|s| ListenPorts {
+        plain: s.listen.iter().filter_map(port_of).collect(),
+        tls: s.listen_tls.iter().filter_map(port_of).collect(),
+    });
+    let listen_ports: Option<Vec<u16>> = listeners
+        .as_ref()
+        .map(|l| l.plain.iter().chain(l.tls.iter()).copied().collect());
     let mut routes = Vec::new();
     let mut table = RouteTableBuilder::default();
     let mut route_origin: HashMap<String, String> = HashMap::new();
@@ -203,18 +214,62 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
                     cx.route(file, &path, r, &upstream_index, &rate_index)
                 {
                     let id = routes.len();
+                    let ports = &route.ports;
+                    if let Some(listening) = &listen_ports
+                        && let Some(p) = ports.iter().find(|p| !listening.contains(p))
+                    {
+                        cx.err(
+                            file,
+                            r.referenced,
+                            &format!("{path}.match.ports"),
+                            format!("no listener on port {p} (settings listen, listen_tls)"),
+                        );
+                        continue;
+                    }
                     if hosts.is_empty() {
-                        table.add(HostKey::Any, &key, id);
+                        table.add(ports, HostKey::Any, &key, id);
                     }
                     for h in &hosts {
                         match h.strip_prefix('*') {
-                            Some(suffix) => table.add(HostKey::Wildcard(suffix), &key, id),
-                            None => table.add(HostKey::Exact(h), &key, id),
+                            Some(suffix) => table.add(ports, HostKey::Wildcard(suffix), &key, id),
+                            None => table.add(ports, HostKey::Exact(h), &key, id),
                         }
                     }
                     routes.push(route);
                 }
             }
+        }
+    }
+
+    // `try_files` fallbacks to named routes.
+    let route_ids: HashMap<String, usize> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r): (usize, &CompiledRoute)| (r.name.clone(), i))
+        .collect();
+    let fallbacks = std::mem::take(&mut cx.fallbacks);
+    for (from, to, diag) in fallbacks {
+        let target = route_ids.get(&to).copied().filter(|id| {
+            // A named route answers on its own: forwarding or responding
+            // (a static target could fall back again).
+            routes.get(*id).is_some_and(|r| {
+                matches!(
+                    r.action,
+                    RouteAction::Forward(_) | RouteAction::Respond { .. }
+                )
+            })
+        });
+        match target {
+            Some(id) => {
+                if let Some(RouteAction::Static(st)) = route_ids
+                    .get(&from)
+                    .and_then(|i| routes.get_mut(*i))
+                    .map(|r| &mut r.action)
+                {
+                    st.fallback = Some(StaticFallback::Route(id));
+                }
+            }
+            None => cx.diags.push(diag),
         }
     }
 
@@ -338,6 +393,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         sha256,
         routes,
         table: table.build(regex_set_limit),
+        listen_ports: listeners.unwrap_or_default(),
         upstreams,
         upstream_index,
         certificates,
@@ -411,6 +467,10 @@ struct Cx<'a> {
     dir: &'a Path,
     roots: FileRoots,
     hasher: ContentHasher,
+    /// `try_files` fallbacks naming a route (`@name`), resolved once every
+    /// route is compiled: (the static route, the route named, the error to
+    /// report when it does not exist).
+    fallbacks: Vec<(String, String, Diagnostic)>,
 }
 
 /// Where the files a config set names (certificates, keys) may be read
@@ -736,6 +796,7 @@ impl Cx<'_> {
             raw.upstream.is_some(),
             raw.redirect.is_some(),
             raw.respond.is_some(),
+            raw.static_files.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -745,7 +806,7 @@ impl Cx<'_> {
                 file,
                 at,
                 path,
-                "a route needs exactly one action: upstream, redirect or respond",
+                "a route needs exactly one action: upstream, redirect, respond or static",
             );
         }
         let upstream_only = raw.strip_prefix.is_some()
@@ -857,9 +918,30 @@ impl Cx<'_> {
                 body: Arc::from(rs.body.as_str()),
                 headers: hs,
             }
+        } else if let Some(st) = &raw.static_files {
+            match self.static_action(file, at, path, &raw.name, st, m.path_prefix.as_deref()) {
+                Some(a) => RouteAction::Static(a),
+                None => return None,
+            }
         } else {
             return None;
         };
+        let expires = match raw.expires.as_deref().map(parse_expires) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(e))) => Some(e),
+            Some(Err(why)) => {
+                self.err(file, at, &format!("{path}.expires"), why);
+                None
+            }
+        };
+        if raw.request_headers.always.is_some() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.request_headers.always"),
+                "applies to response_headers only",
+            );
+        }
 
         let request_edits = self.edits(
             file,
@@ -893,15 +975,20 @@ impl Cx<'_> {
         if self.diags.len() != before {
             return None;
         }
-        let examples = example_requests(&hosts, &key, methods.as_deref(), &headers);
+        let mut ports = m.ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        let examples = example_requests(&hosts, &key, methods.as_deref(), &headers, &ports);
         let route = CompiledRoute {
             name: raw.name.clone(),
             origin: origin(file, at),
             methods,
             headers,
+            ports,
             action,
             request_edits,
             response_edits,
+            expires,
             rate_limit,
             max_request_body: raw.max_request_body.map(|s| s.0),
             websocket: raw.websocket,
@@ -918,7 +1005,10 @@ impl Cx<'_> {
         raw: &raw::HeaderEdits,
         allow_vars: bool,
     ) -> HeaderEditList {
-        let mut out = HeaderEditList::default();
+        let mut out = HeaderEditList {
+            only_add_header_statuses: raw.always == Some(false),
+            ..HeaderEditList::default()
+        };
         for (list, field, append) in [(&raw.set, "set", false), (&raw.add, "add", true)] {
             for (k, v) in list {
                 let at_key = format!("{path}.{field}.{k}");
@@ -962,6 +1052,156 @@ impl Cx<'_> {
             }
         }
         out
+    }
+
+    /// Compiles a `static` action; the root must be a directory now (a
+    /// root that moved is the change the gate exists to stop).
+    fn static_action(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        route: &str,
+        st: &raw::Static,
+        path_prefix: Option<&str>,
+    ) -> Option<StaticAction> {
+        let (written, field, alias_prefix) = match (&st.root, &st.alias) {
+            (Some(r), None) => (r, "root", None),
+            (None, Some(a)) => {
+                let Some(prefix) = path_prefix else {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.static.alias"),
+                        "needs match.path_prefix (the part of the path it replaces)",
+                    );
+                    return None;
+                };
+                (a, "alias", Some(prefix.to_string()))
+            }
+            _ => {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.static"),
+                    "give exactly one of root and alias",
+                );
+                return None;
+            }
+        };
+        let at_field = format!("{path}.static.{field}");
+        let given = Path::new(written);
+        // Absolute roots are usual (files live outside the config); a
+        // relative one is relative to the config directory.
+        let joined = if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            self.dir.join(given)
+        };
+        let root = match std::fs::canonicalize(&joined) {
+            Ok(p) if p.is_dir() => p,
+            Ok(_) => {
+                self.err(file, at, &at_field, format!("{written} is not a directory"));
+                return None;
+            }
+            Err(e) => {
+                let why = if e.kind() == std::io::ErrorKind::NotFound {
+                    "does not exist".to_string()
+                } else {
+                    format!("cannot be read: {e}")
+                };
+                self.err(file, at, &at_field, format!("{written} {why}"));
+                return None;
+            }
+        };
+        let index = st
+            .index
+            .clone()
+            .unwrap_or_else(|| vec!["index.html".to_string()]);
+        for name in &index {
+            if name.is_empty() || name.split('/').any(|s| s == "..") {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.static.index"),
+                    format!("`{name}` is not a file name"),
+                );
+            }
+        }
+        let mut try_files = st.try_files.clone();
+        let fallback = match try_files.pop() {
+            None => None,
+            Some(_) if try_files.is_empty() => {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.static.try_files"),
+                    "needs at least one entry before the fallback",
+                );
+                None
+            }
+            Some(last) => {
+                if let Some(code) = last.strip_prefix('=') {
+                    match code
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                    {
+                        Some(s) => Some(StaticFallback::Status(s)),
+                        None => {
+                            self.err(
+                                file,
+                                at,
+                                &format!("{path}.static.try_files"),
+                                format!("`{last}` is not =<status>"),
+                            );
+                            None
+                        }
+                    }
+                } else if let Some(name) = last.strip_prefix('@') {
+                    self.fallbacks.push((
+                        route.to_string(),
+                        name.to_string(),
+                        Diagnostic::new(
+                            &file.name,
+                            at,
+                            format!("{path}.static.try_files"),
+                            format!("`{last}`: no upstream or respond route named `{name}`"),
+                        ),
+                    ));
+                    // Set once every route is known.
+                    Some(StaticFallback::Status(StatusCode::NOT_FOUND))
+                } else if last.starts_with('/') || last.starts_with("$uri") {
+                    Some(StaticFallback::Uri(last))
+                } else {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.static.try_files"),
+                        format!("`{last}`: the fallback is =<status>, @route or a URI"),
+                    );
+                    None
+                }
+            }
+        };
+        for e in &try_files {
+            if !(e.starts_with('/') || e.starts_with("$uri")) {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.static.try_files"),
+                    format!("`{e}` must start with / or $uri"),
+                );
+            }
+        }
+        Some(StaticAction {
+            root,
+            alias_prefix,
+            index,
+            try_files,
+            fallback,
+            follow_symlinks: st.symlinks == raw::Symlinks::Follow,
+        })
     }
 
     fn certificate(
@@ -1161,6 +1401,7 @@ fn example_requests(
     key: &PathKey,
     methods: Option<&[Method]>,
     conditions: &[HeaderCondition],
+    ports: &[u16],
 ) -> Vec<ExampleRequest> {
     let path = match key {
         PathKey::Exact(p) => p.clone(),
@@ -1196,11 +1437,70 @@ fn example_requests(
         .into_iter()
         .map(|host| ExampleRequest {
             method: method.clone(),
+            port: ports.first().copied(),
             host,
             path: path.clone(),
             headers: headers.clone(),
         })
         .collect()
+}
+
+/// nginx `expires`: `off` (None), `epoch`, `max`, or a time (`30d`,
+/// `1h30m`, `-1`, `3600`) in seconds; units y M w d h m s, as nginx.
+fn parse_expires(text: &str) -> Result<Option<crate::compiled::Expires>, String> {
+    use crate::compiled::Expires;
+    let t = text.trim();
+    match t {
+        "off" => return Ok(None),
+        "epoch" => return Ok(Some(Expires::Epoch)),
+        "max" => return Ok(Some(Expires::Max)),
+        _ => {}
+    }
+    let bad = || format!("`{text}`: expected off, epoch, max or a time such as 30d, 1h, -1");
+    let (negative, rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: i64 = 0;
+    let mut num: Option<i64> = None;
+    for c in rest.chars() {
+        if let Some(d) = c.to_digit(10) {
+            let n = num
+                .unwrap_or(0)
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(i64::from(d)))
+                .ok_or_else(bad)?;
+            num = Some(n);
+            continue;
+        }
+        let unit: i64 = match c {
+            'y' => 365 * 86400,
+            'M' => 30 * 86400,
+            'w' => 7 * 86400,
+            'd' => 86400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            ' ' => continue,
+            _ => return Err(bad()),
+        };
+        let n = num.take().ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if let Some(n) = num {
+        total = total.checked_add(n).ok_or_else(bad)?;
+    }
+    Ok(Some(Expires::Seconds(if negative {
+        -total
+    } else {
+        total
+    })))
 }
 
 fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {

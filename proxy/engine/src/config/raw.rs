@@ -148,6 +148,14 @@ pub struct Route {
     pub redirect: Option<Redirect>,
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Serve files from a directory (nginx `root`/`alias`, `index`,
+    /// `try_files`).
+    #[serde(rename = "static", default)]
+    pub static_files: Option<Static>,
+    /// nginx `expires`: `30d`, `1h30m`, `-1` (no-cache), `epoch`, `max`,
+    /// `off`. On any route kind; only on nginx's `add_header` statuses.
+    #[serde(default)]
+    pub expires: Option<String>,
     // -- upstream options --
     /// Remove this prefix from the path sent upstream.
     #[serde(default)]
@@ -191,6 +199,12 @@ pub struct Match {
     /// Several hosts (nginx `server_name a b c`).
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
+    /// The local ports the route serves (nginx's `listen` of the route's
+    /// `server`): a request is matched only against the routes of the port
+    /// it arrived on and the routes that name no port. Each must be the
+    /// port of a `listen` or `listen_tls` address. Empty: every port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
     /// Exact path (nginx `location = /x`).
     #[serde(default)]
     pub path: Option<String>,
@@ -230,6 +244,45 @@ pub struct HeaderEdits {
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Response edits only: `false` applies them only to the statuses
+    /// nginx's `add_header` adds to (200, 201, 204, 206, 301, 302, 303,
+    /// 304, 307, 308), as `add_header` without `always`. Absent: every
+    /// status (what Aegis has always done).
+    #[serde(default)]
+    pub always: Option<bool>,
+}
+
+/// The `static` action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Static {
+    /// nginx `root`: the file is `root` + the normalized request path.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// nginx `alias`: the file is `alias` + the path with the route's
+    /// `path_prefix` removed.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// nginx `index`; default `[index.html]`.
+    #[serde(default)]
+    pub index: Option<Vec<String>>,
+    /// nginx `try_files`: the last entry is the fallback (`=404`,
+    /// `@route`, or a URI).
+    #[serde(default)]
+    pub try_files: Vec<String>,
+    #[serde(default)]
+    pub symlinks: Symlinks,
+}
+
+/// Which symlinks a `static` route follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Symlinks {
+    /// Only those whose target stays under the root.
+    #[default]
+    WithinRoot,
+    /// Any (nginx's default, `disable_symlinks off`).
+    Follow,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,6 +47,8 @@ pub struct Settings {
     pub health: Health,
     pub gate: Gate,
     pub sample: SampleSettings,
+    /// Response compression (nginx `gzip`). Default off. Live.
+    pub compression: Compression,
     /// How long SIGTERM waits for requests in flight. Default 10s.
     pub drain_timeout: Dur,
 }
@@ -69,6 +71,7 @@ impl Default for Settings {
             health: Health::default(),
             gate: Gate::default(),
             sample: SampleSettings::default(),
+            compression: Compression::default(),
             drain_timeout: Dur::secs(10),
         }
     }
@@ -603,5 +606,181 @@ impl Default for SampleSettings {
             max_head_bytes: Size(16 << 10),
             max_bytes: Size(32 << 20),
         }
+    }
+}
+
+/// `compression`: responses compressed on the way to the client, as nginx's
+/// `gzip` module does (docs/CONFIG.md, "compression"). Only 200, 403 and 404
+/// answers to GET and POST-like requests are compressed (nginx's rule), never
+/// a HEAD, a body that already has a `Content-Encoding`, a
+/// `Cache-Control: no-transform` one or one of an unlisted type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Compression {
+    /// Compress with gzip for clients that accept it. Default false, as
+    /// nginx's `gzip`.
+    pub gzip: bool,
+    /// Compress with brotli for clients that accept it (preferred over gzip
+    /// when both are). Default false (nginx has no brotli without a module).
+    pub brotli: bool,
+    /// gzip level 1 (fastest) to 9 (smallest); brotli uses quality
+    /// `level - 1` (at least 1), which costs about what gzip's `level` does
+    /// and compresses better. Default 1, nginx's `gzip_comp_level`: a config
+    /// imported without that directive costs what nginx did, and at an edge
+    /// the CPU per request matters more than the last 10% of bytes.
+    #[serde(deserialize_with = "compression_level")]
+    pub level: u32,
+    /// Responses whose `Content-Length` is below this are sent as they are
+    /// (a response of unknown length is compressed). Default 20, nginx's
+    /// `gzip_min_length`.
+    pub min_length: Size,
+    /// Media types compressed (`text/html`, `application/*`, or `*` for any;
+    /// parameters such as `charset` are ignored when matching). Default
+    /// `[text/html]`, nginx's `gzip_types` (which always includes it).
+    #[serde(deserialize_with = "media_types")]
+    pub types: Vec<String>,
+    /// Requests that came through another proxy (they carry `Via`): `off`
+    /// sends them uncompressed, `any` compresses them too (nginx
+    /// `gzip_proxied`, where the request's `Via` is what makes a request
+    /// "proxied"). Default `off`, nginx's default.
+    pub proxied: Proxied,
+    /// Add `Vary: Accept-Encoding` to every response that could have been
+    /// compressed (compressed or not), so a cache in front never serves a
+    /// gzip body to a client that did not ask for one. Default true (nginx's
+    /// `gzip_vary` defaults to off, which is how caches come to serve gzip
+    /// to clients that cannot read it; the importer writes nginx's value).
+    pub vary: bool,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            gzip: false,
+            brotli: false,
+            level: 1,
+            min_length: Size(20),
+            types: vec!["text/html".to_string()],
+            proxied: Proxied::Off,
+            vary: true,
+        }
+    }
+}
+
+impl Compression {
+    /// True when some encoding is on.
+    pub fn enabled(&self) -> bool {
+        self.gzip || self.brotli
+    }
+}
+
+/// `compression.proxied` (nginx `gzip_proxied`, its `off` and `any`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proxied {
+    /// A request carrying `Via` gets an uncompressed response.
+    Off,
+    /// Requests with `Via` are compressed like any other.
+    Any,
+}
+
+/// `compression.level`: 1 to 9.
+fn compression_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u32::try_from(n) {
+        Ok(n @ 1..=9) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "level: {n} is not a compression level (1 to 9)"
+        ))),
+    }
+}
+
+/// `compression.types`: `type/subtype`, `type/*` or `*`, kept lowercase.
+fn media_types<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let types = Vec::<String>::deserialize(d)?;
+    let mut out = Vec::with_capacity(types.len());
+    for t in types {
+        let lower = t.trim().to_ascii_lowercase();
+        if !valid_media_type(&lower) {
+            return Err(serde::de::Error::custom(format!(
+                "types: `{t}` is not a media type (`text/html`, `application/*` or `*`; no parameters)"
+            )));
+        }
+        out.push(lower);
+    }
+    Ok(out)
+}
+
+fn valid_media_type(t: &str) -> bool {
+    // RFC 9110 token characters.
+    fn token(s: &str) -> bool {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    }
+    if t == "*" {
+        return true;
+    }
+    match t.split_once('/') {
+        Some((ty, sub)) => {
+            token(ty) && ty != "*" && (sub == "*" || (token(sub) && !sub.contains('*')))
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Settings, String> {
+        serde_saphyr::from_str::<Settings>(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_nginx_s_except_vary() {
+        let c = Settings::default().compression;
+        assert!(!c.enabled());
+        assert_eq!(c.level, 1);
+        assert_eq!(c.min_length, Size(20));
+        assert_eq!(c.types, vec!["text/html".to_string()]);
+        assert_eq!(c.proxied, Proxied::Off);
+        assert!(c.vary);
+    }
+
+    #[test]
+    fn a_full_block_parses() {
+        let s = parse(
+            "compression:\n  gzip: true\n  brotli: true\n  level: 5\n  min_length: 1KiB\n  types: [Text/HTML, application/json, 'image/*']\n  proxied: any\n  vary: false\n",
+        )
+        .unwrap();
+        let c = s.compression;
+        assert!(c.gzip && c.brotli && !c.vary);
+        assert_eq!(c.level, 5);
+        assert_eq!(c.min_length, Size(1024));
+        assert_eq!(c.types, vec!["text/html", "application/json", "image/*"]);
+        assert_eq!(c.proxied, Proxied::Any);
+    }
+
+    #[test]
+    fn bad_levels_and_types_are_errors() {
+        for level in ["0", "10", "-1"] {
+            let e = parse(&format!("compression:\n  level: {level}\n")).unwrap_err();
+            assert!(e.contains("is not a compression level"), "{e}");
+        }
+        for t in [
+            "text",
+            "text/html; charset=utf-8",
+            "*/html",
+            "te xt/html",
+            "text/ht*",
+        ] {
+            let e = parse(&format!("compression:\n  types: ['{t}']\n")).unwrap_err();
+            assert!(e.contains("is not a media type"), "{t}: {e}");
+        }
+        assert!(parse("compression:\n  types: ['*']\n").is_ok());
+        let e = parse("compression:\n  proxied: expired\n").unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let e = parse("compression:\n  gzip_level: 1\n").unwrap_err();
+        assert!(e.contains("gzip_level"), "{e}");
     }
 }

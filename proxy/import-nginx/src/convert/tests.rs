@@ -55,6 +55,11 @@ struct Got {
 }
 
 fn get(cfg: &CompiledConfig, host: &str, path: &str) -> Got {
+    get_on(cfg, 0, "http", host, path)
+}
+
+/// [`get`] on a local port (`match.ports`) and scheme.
+fn get_on(cfg: &CompiledConfig, port: u16, scheme: &str, host: &str, path: &str) -> Got {
     let headers = HeaderMap::new();
     let (p, q) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -62,12 +67,13 @@ fn get(cfg: &CompiledConfig, host: &str, path: &str) -> Got {
     };
     let head = RequestHead {
         method: &Method::GET,
-        scheme: "http",
+        scheme,
         host: Some(host),
         path: p,
         query: q,
         headers: &headers,
         client_ip: "127.0.0.1".parse().unwrap(),
+        port,
     };
     let s = decide(cfg, &head, DecideOptions::default()).summary();
     Got {
@@ -367,18 +373,83 @@ fn conflicting_server_names_keep_the_first() {
 }
 
 #[test]
-fn servers_on_different_ports_are_listed() {
+fn servers_on_different_ports_are_served_per_port() {
     let c = conv(&http(
         "server { listen 8080; server_name a.test; location / { return 200 'a'; } }
          server { listen 8081; server_name b.test; location / { return 200 'b'; } }",
     ));
     assert_eq!(c.set.settings.listen, vec!["0.0.0.0:8080", "0.0.0.0:8081"]);
+    let cfg = compiled(&c);
+    let on = |port, host| get_on(&cfg, port, "http", host, "/").route.unwrap();
+    // Each port answers with its own servers only; an unknown or foreign
+    // name gets the port's default server, as nginx does.
+    assert!(on(8080, "a.test").starts_with("a.test"));
+    assert!(on(8080, "b.test").starts_with("a.test"));
+    assert!(on(8081, "b.test").starts_with("b.test"));
+    assert!(on(8081, "a.test").starts_with("b.test"));
     assert!(
-        c.findings
+        !c.findings
             .iter()
-            .any(|f| f.reason.contains("also reachable on 0.0.0.0:8081"))
+            .any(|f| f.reason.contains("also reachable"))
     );
     assert!(c.findings.iter().all(|f| f.impact != Impact::Dropped));
+}
+
+/// The most common nginx layout: one name, a redirect on :80 and the site
+/// on :443. Before per-port routes the import had to pick one server for
+/// the name; now each port keeps its own.
+#[test]
+fn redirect_on_80_and_site_on_443_keep_their_own_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("site.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("site.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        http(&format!(
+            "{UP}
+            server {{ listen 80; server_name shop.test; location /.well-known/ {{ return 200 'acme'; }} location / {{ return 301 https://$host$request_uri; }} }}
+            server {{
+                listen 443 ssl; server_name shop.test;
+                ssl_certificate site.crt; ssl_certificate_key site.key;
+                location / {{ proxy_pass http://app; }}
+                location /.well-known/ {{ return 200 'site'; }}
+            }}"
+        )),
+    )
+    .unwrap();
+    let c = crate::import(&conf, "off").unwrap();
+    let out = dir.path().join("out");
+    crate::write_set(&c, &conf, &out).unwrap();
+    let src = ConfigSource::read_dir(&out, 1 << 20).unwrap();
+    let settings = parse_settings(&src).unwrap();
+    let cfg = compile(&src, &settings.limits).unwrap_or_else(|e| panic!("{e}\n{}", yaml(&c)));
+    let http80 = get_on(&cfg, 80, "http", "shop.test", "/cart");
+    assert_eq!(http80.status, Some(301), "{}", yaml(&c));
+    assert_eq!(http80.location.as_deref(), Some("https://shop.test/cart"));
+    assert_eq!(
+        get_on(&cfg, 80, "http", "shop.test", "/.well-known/x")
+            .route
+            .unwrap()
+            .split('|')
+            .nth(1),
+        Some("/.well-known/")
+    );
+    let https = get_on(&cfg, 443, "https", "shop.test", "/cart");
+    assert_eq!(https.upstream.as_deref(), Some("app"), "{}", yaml(&c));
+    // The certificate is carried for the name, and nothing is dropped for
+    // the pair.
+    assert_eq!(c.set.tls.len(), 1);
+    assert!(
+        !c.findings.iter().any(|f| f.reason.contains("per-listener")),
+        "{:#?}",
+        c.findings
+    );
 }
 
 #[test]
@@ -727,10 +798,9 @@ fn add_header_and_proxy_hide_header() {
         own.response_add,
         vec![("cache-control".into(), "no-store".into())]
     );
-    assert_eq!(
-        finding(&c, "add_header Cache-Control").impact,
-        Impact::Differs
-    );
+    // Without `always`: nginx's statuses only, which the engine has.
+    assert_eq!(own.response_always, Some(false));
+    no_finding(&c, "add_header Cache-Control");
     assert_eq!(finding(&c, "add_header X-Id").impact, Impact::Dropped);
     no_finding(&c, "add_header X-Frame-Options");
     assert!(cfg.routes.iter().any(|r| !r.response_edits.is_empty()));
@@ -1011,10 +1081,8 @@ fn findings_name_file_line_and_why() {
     )));
     let lines: Vec<String> = c.findings.iter().map(|f| f.to_string()).collect();
     let has = |s: &str| lines.iter().any(|l| l.contains(s));
-    assert!(
-        has("nginx.conf:4: differs: `gzip on`: Aegis does not compress"),
-        "{lines:#?}"
-    );
+    // `gzip on` at http level is carried (aegis.yaml `compression`).
+    assert!(!has("`gzip on`"), "{lines:#?}");
     assert!(
         has("nginx.conf:8: dropped: `proxy_cache my_cache`: response caching"),
         "{lines:#?}"
@@ -1178,4 +1246,64 @@ fn error_page_to_named_location_with_return_is_the_named_action() {
         }}"
     )));
     assert_eq!(get(&compiled(&c), "h", "/x").status, Some(418));
+}
+
+// --------------------------------------------------------------- compression
+
+#[test]
+fn gzip_directives_become_the_compression_setting() {
+    let c = conv(&http(&format!(
+        "{UP}
+        gzip on;
+        gzip_comp_level 6;
+        gzip_min_length 256;
+        gzip_types text/css application/json;
+        gzip_proxied any;
+        gzip_vary on;
+        gzip_buffers 16 8k;
+        server {{ listen 80; server_name a.test; location / {{ proxy_pass http://app; }} }}"
+    )));
+    let out = &c.set.settings.compression;
+    assert!(out.gzip && !out.brotli);
+    assert_eq!(out.level, Some(6));
+    assert_eq!(out.min_length, Some(256));
+    assert_eq!(out.types, vec!["text/css", "application/json"]);
+    assert_eq!((out.proxied_any, out.vary), (Some(true), Some(true)));
+    assert_eq!(finding_or_carried(&c, "gzip on"), Impact::Carried);
+    assert_eq!(finding(&c, "gzip_buffers").impact, Impact::Ignored);
+    // The written settings load, with nginx's text/html first.
+    let settings = c
+        .set
+        .files("test")
+        .into_iter()
+        .find(|(n, _)| n == "aegis.yaml")
+        .unwrap()
+        .1;
+    assert!(
+        settings.contains("types: [\"text/html\", \"text/css\", \"application/json\"]")
+            || settings.contains("types: [text/html, text/css, application/json]"),
+        "{settings}"
+    );
+    let src = ConfigSource::from_files(Path::new("."), files(&c.set));
+    let parsed = parse_settings(&src).unwrap_or_else(|e| panic!("{e}\n{settings}"));
+    assert!(format!("{:?}", parsed).contains("gzip: true"), "{parsed:?}");
+}
+
+#[test]
+fn gzip_in_a_server_applies_to_every_server_and_says_so() {
+    let c = conv(&http(
+        "server { listen 80; server_name a.test; gzip on; location / { return 200 'a'; } }",
+    ));
+    assert!(c.set.settings.compression.gzip);
+    let f = finding(&c, "gzip on");
+    assert_eq!(f.impact, Impact::Differs);
+    assert!(f.reason.contains("every server"), "{}", f.reason);
+}
+
+/// The report entry of a directive, `Carried` when it has none.
+fn finding_or_carried(c: &Conversion, directive_part: &str) -> Impact {
+    c.report
+        .iter()
+        .find(|f| f.directive.contains(directive_part))
+        .map_or(Impact::Carried, |f| f.impact)
 }
