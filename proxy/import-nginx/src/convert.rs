@@ -107,6 +107,9 @@ struct Scope {
     redirects: Option<Vec<Directive>>,
     /// `expires`, inherited like any scalar directive.
     expires: Option<Directive>,
+    /// `root` and `index`, inherited (the static-file action).
+    root: Option<String>,
+    index: Option<Vec<String>>,
 }
 
 /// Directives that the scope handles (at http, server and location level).
@@ -443,6 +446,8 @@ impl<'o> Cx<'o> {
                 },
                 "ssl_certificate" => s.ssl_certificate = Some(d.clone()),
                 "expires" => s.expires = Some(d.clone()),
+                "root" => s.root = d.arg(0).map(str::to_string),
+                "index" => s.index = Some(d.args.clone()),
                 "ssl_certificate_key" => s.ssl_certificate_key = Some(d.clone()),
                 _ => {}
             }
@@ -1403,6 +1408,8 @@ impl<'o> Cx<'o> {
             && self.depth < 4
         {
             return self.named_fallback(sctx, loc, t, &named, &scope, &statics, out, nested);
+        } else if let Some(a) = static_action(&loc.kind, &scope, &statics, try_files) {
+            (a, false)
         } else {
             let why = match statics.first().copied().or(try_files) {
                 Some(s) => format!(
@@ -3295,6 +3302,69 @@ fn walk_report(
 /// A connect timeout a location asks of an upstream: milliseconds, and
 /// where (with the directive's text) when it was written out.
 type TimeoutAsk = (u64, Option<(Loc, String)>);
+
+/// The `static` action for a location that serves files, when the engine
+/// can serve them as nginx would: an absolute `root` (or `alias` on a
+/// prefix location) that exists here (the engine refuses a missing root, so
+/// a set imported on another machine than the one with the files is
+/// listed instead), no `autoindex`, and `try_files` entries of the forms
+/// `$uri`, `$uri/`, `/path` and a last `=code` (a named location as the
+/// fallback is not written yet).
+fn static_action(
+    kind: &LocKind,
+    scope: &Scope,
+    statics: &[&Directive],
+    try_files: Option<&Directive>,
+) -> Option<ActionOut> {
+    if statics
+        .iter()
+        .any(|d| d.name == "autoindex" && d.arg(0) == Some("on"))
+    {
+        return None;
+    }
+    let alias = statics
+        .iter()
+        .find(|d| d.name == "alias")
+        .and_then(|d| d.arg(0))
+        .map(str::to_string);
+    let root = match &alias {
+        Some(_) => None,
+        None => Some(scope.root.clone()?),
+    };
+    if alias.is_some() && !matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_)) {
+        return None;
+    }
+    let dir = alias.as_deref().or(root.as_deref())?;
+    if !dir.starts_with('/') || dir.contains('$') || !Path::new(dir).is_dir() {
+        return None;
+    }
+    let mut tries = Vec::new();
+    if let Some(t) = try_files {
+        let n = t.args.len();
+        for (i, a) in t.args.iter().enumerate() {
+            let last = i.saturating_add(1) == n;
+            let ok = a == "$uri"
+                || a == "$uri/"
+                || (a.starts_with('/') && !a.contains('$'))
+                || (last
+                    && a.strip_prefix('=')
+                        .is_some_and(|c| c.parse::<u16>().is_ok()));
+            if !ok {
+                return None;
+            }
+            tries.push(a.clone());
+        }
+    }
+    Some(ActionOut::Static {
+        root,
+        alias,
+        index: scope
+            .index
+            .clone()
+            .unwrap_or_else(|| vec!["index.html".to_string()]),
+        try_files: tries,
+    })
+}
 
 /// An `expires` value the engine takes: a duration (`30d`, `1h30m`, `-1`),
 /// `max`, `epoch` or `off`.

@@ -111,6 +111,14 @@ pub enum ActionOut {
         body: String,
         headers: Vec<(String, String)>,
     },
+    /// The engine's `static` action (nginx `root`/`alias`, `index`,
+    /// `try_files`).
+    Static {
+        root: Option<String>,
+        alias: Option<String>,
+        index: Vec<String>,
+        try_files: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,6 +462,25 @@ impl ConfigSet {
                     }
                     if !body.is_empty() {
                         let _ = writeln!(out, "      body: {}", q(body));
+                    }
+                }
+                ActionOut::Static {
+                    root,
+                    alias,
+                    index,
+                    try_files,
+                } => {
+                    out.push_str("    static:\n");
+                    if let Some(r) = root {
+                        let _ = writeln!(out, "      root: {}", q(r));
+                    }
+                    if let Some(a) = alias {
+                        let _ = writeln!(out, "      alias: {}", q(a));
+                    }
+                    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+                    let _ = writeln!(out, "      index: [{}]", list(index));
+                    if !try_files.is_empty() {
+                        let _ = writeln!(out, "      try_files: [{}]", list(try_files));
                     }
                 }
             }

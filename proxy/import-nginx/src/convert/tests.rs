@@ -563,11 +563,12 @@ fn unsupported_regex_is_listed() {
 fn nested_and_named_locations_and_static_files_are_listed() {
     let c = conv(&http(&format!(
         "{UP} server {{ listen 80;
-            location /app/ {{ proxy_pass http://app; location ~ \\.js$ {{ root /srv; }} }}
+            location /app/ {{ proxy_pass http://app; location ~ \\.js$ {{ root /nonexistent/srv; }} }}
             location @fallback {{ proxy_pass http://app; }}
-            location /static/ {{ root /var/www; }}
+            location /static/ {{ root /nonexistent/www; }}
         }}"
     )));
+    // (Roots that do not exist here: the files stay listed, not served.)
     let cfg = compiled(&c);
     // The nested regex is a route of its own, tried for every request
     // (said in its entry; it serves files, so it is dropped).
@@ -1306,4 +1307,56 @@ fn finding_or_carried(c: &Conversion, directive_part: &str) -> Impact {
         .iter()
         .find(|f| f.directive.contains(directive_part))
         .map_or(Impact::Carried, |f| f.impact)
+}
+
+// -------------------------------------------------------------- static files
+
+#[test]
+fn file_locations_become_static_routes_when_the_root_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("app")).unwrap();
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; server_name s.test; root {root}; index index.htm;
+            location / {{ try_files $uri $uri/ /index.htm; }}
+            location /assets/ {{ alias {root}/app/; expires 7d; }}
+            location /api/ {{ proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let root_route = route(&c, "|/|");
+    assert_eq!(
+        root_route.action,
+        ActionOut::Static {
+            root: Some(root.clone()),
+            alias: None,
+            index: vec!["index.htm".into()],
+            try_files: vec!["$uri".into(), "$uri/".into(), "/index.htm".into()],
+        }
+    );
+    let assets = route(&c, "|/assets/|");
+    assert!(
+        matches!(&assets.action, ActionOut::Static { alias: Some(a), root: None, .. } if *a == format!("{root}/app/")),
+        "{:?}",
+        assets.action
+    );
+    assert_eq!(assets.expires.as_deref(), Some("7d"));
+    assert!(get(&cfg, "s.test", "/api/x").upstream.is_some());
+    assert!(
+        get(&cfg, "s.test", "/x.css").route.unwrap().contains("|/|"),
+        "{}",
+        yaml(&c)
+    );
+    no_finding(&c, "try_files");
+    no_finding(&c, "alias");
+}
+
+#[test]
+fn file_locations_with_a_missing_root_are_still_listed() {
+    let c = conv(&http(
+        "server { listen 80; server_name s.test; root /nonexistent/aegis-test;
+            location / { try_files $uri =404; } }",
+    ));
+    compiled(&c);
+    assert_eq!(finding(&c, "try_files").impact, Impact::Dropped);
 }
