@@ -395,19 +395,26 @@ fn servers_on_different_ports_are_served_per_port() {
     assert!(c.findings.iter().all(|f| f.impact != Impact::Dropped));
 }
 
-/// The most common nginx layout: one name, a redirect on :80 and the site
-/// on :443. Before per-port routes the import had to pick one server for
-/// the name; now each port keeps its own.
-#[test]
-fn redirect_on_80_and_site_on_443_keep_their_own_ports() {
+/// A temporary directory holding `site.crt` and `site.key`, a self-signed
+/// certificate for `name`.
+fn dir_with_certificate(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
     std::fs::write(dir.path().join("site.crt"), cert.cert.pem()).unwrap();
     std::fs::write(
         dir.path().join("site.key"),
         cert.signing_key.serialize_pem(),
     )
     .unwrap();
+    dir
+}
+
+/// The most common nginx layout: one name, a redirect on :80 and the site
+/// on :443. Before per-port routes the import had to pick one server for
+/// the name; now each port keeps its own.
+#[test]
+fn redirect_on_80_and_site_on_443_keep_their_own_ports() {
+    let dir = dir_with_certificate("shop.test");
     let conf = dir.path().join("nginx.conf");
     std::fs::write(
         &conf,
@@ -454,14 +461,7 @@ fn redirect_on_80_and_site_on_443_keep_their_own_ports() {
 
 #[test]
 fn ssl_listen_and_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["secure.test".to_string()]).unwrap();
-    std::fs::write(dir.path().join("site.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("site.key"),
-        cert.signing_key.serialize_pem(),
-    )
-    .unwrap();
+    let dir = dir_with_certificate("secure.test");
     let conf = dir.path().join("nginx.conf");
     std::fs::write(
         &conf,
