@@ -156,6 +156,31 @@ fn upstream_ports(text: &str) -> Vec<u16> {
     ports
 }
 
+/// The `upstream` group of each backend label (`b<port>`): a pair is the
+/// same when both proxies reached a member of one group, since where a
+/// round robin starts is not behaviour.
+fn upstream_groups(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut group: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("upstream ") {
+            group = rest.split_whitespace().next().map(str::to_string);
+            continue;
+        }
+        if t.starts_with('}') {
+            group = None;
+            continue;
+        }
+        if let Some(g) = &group {
+            for p in upstream_ports(t) {
+                out.insert(format!("b{p}"), g.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Lays out one side: wrapper nginx.conf (unless the config is a whole
 /// nginx.conf), the site, stand-in includes, certificate.
 fn lay_out(dir: &Path, name: &str, rendered: &str, cert: &(String, String)) -> PathBuf {
@@ -565,6 +590,16 @@ fn normalize_location(loc: &str, case: &Case, remap: &Remap) -> String {
     l
 }
 
+/// What the comparison needs to know of the config: its `add_header`
+/// names, the headers showing the cache, the upstream group of each
+/// backend.
+#[derive(Clone, Copy)]
+struct ConfFacts<'a> {
+    add_headers: &'a [String],
+    cache_headers: &'a [String],
+    groups: &'a BTreeMap<String, String>,
+}
+
 /// Differences of one pair, each tagged with its class.
 fn compare(
     case: &Case,
@@ -572,9 +607,13 @@ fn compare(
     a: &Resp,
     nr: &Remap,
     ar: &Remap,
-    add_headers: &[String],
-    cache_headers: &[String],
+    facts: &ConfFacts<'_>,
 ) -> Vec<(&'static str, String)> {
+    let ConfFacts {
+        add_headers,
+        cache_headers,
+        groups,
+    } = *facts;
     let loc = &case.loc;
     let mut diffs: Vec<(&'static str, String)> = Vec::new();
     let fallback = |default: &'static str| -> &'static str {
@@ -619,7 +658,9 @@ fn compare(
             format!("status nginx {} aegis {}", n.status, a.status),
         ));
     }
-    if nb != ab {
+    let group =
+        |b: Option<&str>| b.map(|b| groups.get(b).cloned().unwrap_or_else(|| b.to_string()));
+    if group(nb) != group(ab) {
         diffs.push((
             fallback("backend"),
             format!("backend nginx {nb:?} aegis {ab:?}"),
@@ -800,6 +841,7 @@ fn run_conf(nginx: &Path, path: &Path, tmp: &Path, rt: &tokio::runtime::Runtime)
             }
         }
     }
+    let groups = upstream_groups(&text);
     let cert = rsa_cert(&hosts, tmp, &name);
     let tls_client = client_tls(&cert.0);
 
@@ -934,7 +976,12 @@ fn run_conf(nginx: &Path, path: &Path, tmp: &Path, rt: &tokio::runtime::Runtime)
         let tls = case.tls.then_some(&tls_client);
         let n = send(nr.listen[&case.port], &case.req, tls);
         let a = send(ar.listen[&case.port], &case.req, tls);
-        let mut diffs = compare(case, &n, &a, &nr, &ar, &add_headers, &cache_headers);
+        let facts = ConfFacts {
+            add_headers: &add_headers,
+            cache_headers: &cache_headers,
+            groups: &groups,
+        };
+        let mut diffs = compare(case, &n, &a, &nr, &ar, &facts);
         // An upgrade nginx did not make (or Aegis did not) is one difference.
         if (n.status == 101) != (a.status == 101) {
             diffs = vec![(

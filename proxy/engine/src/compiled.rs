@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::access::{RealIp, RouteAccess};
 use crate::config::raw::{Balance, HashKey};
 use crate::features::FeatureSet;
 use crate::route_table::RouteTable;
@@ -36,6 +37,11 @@ pub struct CompiledConfig {
     pub files: Vec<String>,
     /// The ports of the settings' listeners, by scheme.
     pub listen_ports: ListenPorts,
+    /// `real_ip`: the client address behind trusted proxies.
+    pub real_ip: Option<RealIp>,
+    /// Some route has `error_pages` (the pipeline keeps a request's head
+    /// for them only then).
+    pub has_error_pages: bool,
 }
 
 /// The local ports Aegis listens on (`listen`, `listen_tls`).
@@ -64,6 +70,15 @@ impl CompiledConfig {
 }
 
 impl CompiledConfig {
+    /// The client address of a request from `peer`: `peer` itself, or the
+    /// address a trusted proxy put in the `real_ip` header.
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        match &self.real_ip {
+            Some(r) => r.client(peer, headers),
+            None => peer,
+        }
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&UpstreamPool> {
         self.upstream_index
             .get(name)
@@ -109,6 +124,12 @@ pub struct CompiledRoute {
     /// upstream. Off by default (nginx relays an upgrade only where the
     /// config sets the Upgrade headers); `Upgrade: h2c` is never relayed.
     pub websocket: bool,
+    /// `access` and `limit_except`: who may use the route (else 403).
+    pub access: RouteAccess,
+    /// nginx `error_page`, in order (the first naming a status wins).
+    pub error_pages: Vec<ErrorPageSpec>,
+    /// nginx `proxy_intercept_errors on`.
+    pub intercept_errors: bool,
     /// Requests that this route matches, one per host it serves (none for a
     /// pure regex route). The gate replays them when the recorded sample is
     /// thin, so a route nobody visited lately is still exercised.
@@ -147,6 +168,42 @@ pub enum RouteAction {
     },
     /// Files from a directory, answered by the data plane.
     Static(StaticAction),
+}
+
+/// One `error_page`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPageSpec {
+    pub statuses: Vec<StatusCode>,
+    pub target: ErrorTarget,
+    pub answer: ErrorAnswer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorTarget {
+    /// Served as a GET (HEAD stays HEAD) of this path-and-query, through
+    /// the routes of the request's host and port.
+    Uri(String),
+    /// Answered with a redirect to this URL (302 unless the status says).
+    Redirect(HeaderValue),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorAnswer {
+    /// The error's own status (nginx's default).
+    Original,
+    /// The page's status (nginx `=`).
+    Target,
+    /// This status (nginx `=CODE`).
+    Code(StatusCode),
+}
+
+impl CompiledRoute {
+    /// The error page for an answer of `status`, if one is set.
+    pub fn error_page(&self, status: StatusCode) -> Option<&ErrorPageSpec> {
+        self.error_pages
+            .iter()
+            .find(|e| e.statuses.contains(&status))
+    }
 }
 
 /// A `static` route: where its files are and how a path maps to one.
@@ -206,6 +263,8 @@ pub struct ForwardAction {
     pub host_rewrite: Option<HeaderValue>,
     pub timeout: Option<Duration>,
     pub retries: u32,
+    /// nginx `proxy_redirect`: (from, to) prefixes of `Location`/`Refresh`.
+    pub location_rewrite: Vec<(String, String)>,
 }
 
 /// `$scheme://$host$request_uri`-style redirect targets, split at compile time.
@@ -225,6 +284,9 @@ pub enum LocationPart {
     IsArgs,
     /// The client's address (nginx `$remote_addr`).
     RemoteAddr,
+    /// nginx `$request_id`: 32 hex digits, one per request (request
+    /// headers only: a redirect target must be the same on every replay).
+    RequestId,
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +315,32 @@ pub struct HeaderVars<'a> {
     pub request_path: &'a str,
     pub query: Option<&'a str>,
     pub client_ip: std::net::IpAddr,
+    /// `$request_id` ([`request_id`]; empty where there is none).
+    pub request_id: &'a str,
+}
+
+/// A fresh `$request_id`: 128 bits as 32 hex digits, as nginx's. From the
+/// standard library's randomly keyed SipHash over a process-wide counter
+/// and the time: unique and unguessable enough to correlate logs, not a
+/// secret.
+pub fn request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let keys = std::collections::hash_map::RandomState::new();
+    let mut out = String::with_capacity(32);
+    for salt in [0u8, 1] {
+        let mut h = keys.build_hasher();
+        h.write_u64(n);
+        h.write_u128(t);
+        h.write_u8(salt);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
 }
 
 impl HeaderEditList {
@@ -329,6 +417,7 @@ impl LocationTemplate {
                     }
                 }
                 LocationPart::RemoteAddr => out.push_str(&v.client_ip.to_string()),
+                LocationPart::RequestId => out.push_str(v.request_id),
             }
         }
         out

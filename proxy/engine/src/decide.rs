@@ -83,6 +83,9 @@ pub enum Outcome<'c> {
     Static,
     /// Blocked by the feature score (403).
     Blocked,
+    /// Refused by the route's `access` or `limit_except` rules (403, as
+    /// nginx's `deny`).
+    Denied,
     /// No route matched (404).
     NoRoute,
     /// The path cannot be normalized (it climbs above the root): 400.
@@ -152,6 +155,7 @@ impl<'c> Decision<'c, '_> {
             Outcome::Respond { status } => ("respond", None, Some(status.as_u16())),
             Outcome::Static => ("static", None, None),
             Outcome::Blocked => ("block", None, Some(403)),
+            Outcome::Denied => ("deny", None, Some(403)),
             Outcome::NoRoute => ("no_route", None, Some(404)),
             Outcome::BadPath => ("bad_path", None, Some(400)),
         };
@@ -178,8 +182,8 @@ impl<'c> Decision<'c, '_> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionSummary {
     pub route: Option<String>,
-    /// `forward`, `redirect`, `respond`, `static`, `block`, `no_route` or
-    /// `bad_path`.
+    /// `forward`, `redirect`, `respond`, `static`, `block`, `deny`,
+    /// `no_route` or `bad_path`.
     pub action: String,
     pub upstream: Option<String>,
     pub upstream_path: Option<String>,
@@ -240,6 +244,8 @@ pub fn decide<'c, 'r>(
     let route = route_id.and_then(|id| config.routes.get(id));
     let outcome = if blocked {
         Outcome::Blocked
+    } else if route.is_some_and(|r| !r.access.allows(req.method, req.client_ip)) {
+        Outcome::Denied
     } else {
         match route.map(|r| &r.action) {
             None => Outcome::NoRoute,
@@ -370,6 +376,7 @@ fn render_location(t: &LocationTemplate, req: &RequestHead<'_>, host: &str, path
         request_path: req.path,
         query: req.query,
         client_ip: req.client_ip,
+        request_id: "",
     })
 }
 

@@ -444,6 +444,7 @@ routes:
     );
     let mut h = HeaderMap::new();
     let vars = HeaderVars {
+        request_id: "",
         scheme: "https",
         host: "example.com",
         path: "/a",

@@ -110,6 +110,15 @@ struct Scope {
     /// `root` and `index`, inherited (the static-file action).
     root: Option<String>,
     index: Option<Vec<String>>,
+    /// `allow`/`deny` lines (array-like: inherited only by a level that
+    /// has none).
+    access: Option<Vec<Directive>>,
+    /// The location's `limit_except` block.
+    limit_except: Option<Directive>,
+    /// `error_page` lines with a path or URL target (array-like).
+    error_pages: Option<Vec<Directive>>,
+    /// `proxy_intercept_errors`.
+    intercept_errors: Option<Directive>,
 }
 
 /// Directives that the scope handles (at http, server and location level).
@@ -127,6 +136,10 @@ const SCOPE_DIRECTIVES: &[&str] = &[
     "ssl_certificate_key",
     "proxy_redirect",
     "expires",
+    "allow",
+    "deny",
+    "limit_except",
+    "proxy_intercept_errors",
 ];
 
 #[derive(Debug, Clone)]
@@ -250,6 +263,9 @@ struct Cx<'o> {
     /// `gzip`/`brotli` and their tuning, collected at every level (Aegis
     /// compresses per process: `compression` in aegis.yaml).
     compression: crate::model::CompressionOut,
+    /// `set_real_ip_from`, `real_ip_header`, `real_ip_recursive`, with the
+    /// context they were in (Aegis has one `real_ip` per set).
+    real_ip_lines: Vec<(Directive, String)>,
 }
 
 fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
@@ -297,6 +313,7 @@ impl<'o> Cx<'o> {
             cur_ports: Vec::new(),
             depth: 0,
             caches: false,
+            real_ip_lines: Vec::new(),
         }
     }
 
@@ -417,8 +434,16 @@ impl<'o> Cx<'o> {
         let mut hides = Vec::new();
         let mut limits = Vec::new();
         let mut redirects = Vec::new();
+        let mut access = Vec::new();
+        let mut error_pages = Vec::new();
         for d in block {
             match d.name.as_str() {
+                "allow" | "deny" => access.push(d.clone()),
+                "error_page" if !d.args.last().is_some_and(|a| a.starts_with('@')) => {
+                    error_pages.push(d.clone());
+                }
+                "proxy_intercept_errors" => s.intercept_errors = Some(d.clone()),
+                "limit_except" => s.limit_except = Some(d.clone()),
                 "proxy_set_header" => sets.push(d.clone()),
                 "add_header" => adds.push(d.clone()),
                 "proxy_hide_header" => hides.push(d.clone()),
@@ -466,6 +491,12 @@ impl<'o> Cx<'o> {
         }
         if !redirects.is_empty() {
             s.redirects = Some(redirects);
+        }
+        if !access.is_empty() {
+            s.access = Some(access);
+        }
+        if !error_pages.is_empty() {
+            s.error_pages = Some(error_pages);
         }
         s
     }
@@ -1595,6 +1626,15 @@ impl<'o> Cx<'o> {
                 loc.text, loc.at, named.at
             );
             r.max_request_body = limit;
+            // nginx checks access in the calling location, before
+            // try_files hands the request on (and again in the named one:
+            // the caller's rules are the ones the engine keeps when both
+            // have some).
+            if scope.access.is_some() || scope.limit_except.is_some() {
+                r.access.clear();
+                r.limit_except = None;
+                self.route_access(&mut r, scope);
+            }
             out.push(r);
         }
         self.nested_routes(sctx, loc, &nested, scope, &mut out);
@@ -1868,7 +1908,7 @@ impl<'o> Cx<'o> {
                 (Some(_), LocKind::Named(_)) => (None, None),
             }
         };
-        self.proxy_redirects(d, scope, &proxy_host, uri.as_deref());
+        let location_rewrite = self.proxy_redirects(scope, url, uri.as_deref(), kind);
         let host_rewrite = self.host_header(scope, &proxy_host);
         let timeout_ms = scope
             .read_timeout
@@ -1879,43 +1919,62 @@ impl<'o> Cx<'o> {
             add_prefix,
             host_rewrite,
             timeout_ms,
+            location_rewrite,
         })
     }
 
-    /// nginx rewrites `Location` and `Refresh` headers from the upstream:
-    /// by default (`proxy_redirect default`, implicit) from the proxied
-    /// address to the location the client asked; Aegis passes them as sent.
+    /// nginx rewrites `Location` and `Refresh` headers from the upstream
+    /// (`proxy_redirect`): by default, implicitly, from the proxied address
+    /// to the location the client asked (`http://app/` to `/`, or the
+    /// `proxy_pass` URL with a URI to the location's prefix); the route's
+    /// `location_rewrite` carries the same pairs.
     fn proxy_redirects(
         &mut self,
-        pass: &Directive,
         scope: &Scope,
-        proxy_host: &str,
+        url: &str,
         uri: Option<&str>,
-    ) {
-        let why_default = format!(
-            "nginx's `proxy_redirect default` rewrites a Location or Refresh header from the \
-             upstream that starts with `http://{proxy_host}{}` to the client's scheme, host and \
-             this location; Aegis passes it unchanged (the data plane has no Location rewrite yet)",
-            uri.unwrap_or("/")
-        );
-        let Some(list) = scope.redirects.clone() else {
-            self.note(
-                pass,
-                Impact::Differs,
-                format!("{why_default} (implicit: no proxy_redirect is set)"),
-            );
-            return;
+        kind: &LocKind,
+    ) -> Vec<(String, String)> {
+        // nginx's default pair (ngx_http_proxy_merge_loc_conf): without a
+        // URI, `URL/` → `/`; with one, the URL → the location's name.
+        let default_pair = match (uri, kind) {
+            (None, _) => Some((format!("{url}/"), "/".to_string())),
+            (Some(_), LocKind::Prefix(p) | LocKind::Stop(p) | LocKind::Exact(p)) => {
+                Some((url.to_string(), p.clone()))
+            }
+            (Some(_), _) => None,
         };
+        let Some(list) = scope.redirects.clone() else {
+            return default_pair.into_iter().collect();
+        };
+        let mut out = Vec::new();
         for r in &list {
             match (r.arg(0), r.arg(1)) {
                 (Some("off"), None) => {}
-                (Some("default"), None) => self.note(r, Impact::Differs, why_default.clone()),
+                (Some("default"), None) => match &default_pair {
+                    Some(p) => {
+                        self.note(r, Impact::Carried, "location_rewrite");
+                        out.push(p.clone());
+                    }
+                    None => self.note(
+                        r,
+                        Impact::Dropped,
+                        "no default replacement for this location; the Location reaches the \
+                         client as sent",
+                    ),
+                },
+                (Some(from), Some(to))
+                    if !from.starts_with('~') && !from.contains('$') && !to.contains('$') =>
+                {
+                    self.note(r, Impact::Carried, "location_rewrite");
+                    out.push((from.to_string(), to.to_string()));
+                }
                 (Some(from), Some(to)) => self.note(
                     r,
                     Impact::Dropped,
                     format!(
-                        "Aegis does not rewrite Location headers from the upstream: a Location \
-                         starting with `{from}` reaches the client as sent instead of with `{to}`"
+                        "a regex or variables in proxy_redirect are not carried: a Location \
+                         matching `{from}` reaches the client as sent instead of with `{to}`"
                     ),
                 ),
                 _ => self.note(
@@ -1925,6 +1984,7 @@ impl<'o> Cx<'o> {
                 ),
             }
         }
+        out
     }
 
     /// The Host nginx sends: `$proxy_host` unless proxy_set_header says otherwise.
@@ -1979,14 +2039,6 @@ impl<'o> Cx<'o> {
                 return None;
             }
         };
-        if code == 444 {
-            self.note(
-                d,
-                Impact::Dropped,
-                "444 (close without an answer) is nginx-only; Aegis would answer 444",
-            );
-            return None;
-        }
         if !(100..=999).contains(&code) {
             self.note(d, Impact::Dropped, "status out of range");
             return None;
@@ -2253,11 +2305,118 @@ impl<'o> Cx<'o> {
             rate_limit: None,
             max_request_body: None,
             websocket: false,
+            access: Vec::new(),
+            limit_except: None,
+            error_pages: Vec::new(),
+            intercept_errors: false,
         }
+    }
+
+    /// `allow`/`deny` and `limit_except` of the scope, on a route that
+    /// serves or proxies. nginx checks access after its rewrite phase, so a
+    /// `return` or `rewrite ... redirect` answers whatever the rules say:
+    /// those routes get none.
+    fn route_access(&mut self, r: &mut RouteOut, scope: &Scope) {
+        let answers_first = matches!(
+            r.action,
+            ActionOut::Redirect { .. } | ActionOut::Respond { .. }
+        );
+        for d in scope.access.clone().iter().flatten() {
+            if answers_first {
+                self.note(
+                    d,
+                    Impact::Ignored,
+                    "no effect on a `return`/`rewrite` answer: nginx answers before it checks access",
+                );
+                continue;
+            }
+            if let Some(rule) = self.access_rule(d) {
+                r.access.push(rule);
+            }
+        }
+        let Some(le) = scope.limit_except.clone() else {
+            return;
+        };
+        if answers_first {
+            self.note(
+                &le,
+                Impact::Ignored,
+                "no effect on a `return`/`rewrite` answer: nginx answers before it checks access",
+            );
+            for c in le.block.iter().flatten() {
+                self.note(c, Impact::Ignored, "inside an ineffective limit_except");
+            }
+            return;
+        }
+        let methods: Vec<String> = le.args.iter().map(|m| m.to_ascii_uppercase()).collect();
+        let mut rules = Vec::new();
+        for c in le.block.iter().flatten() {
+            match c.name.as_str() {
+                "allow" | "deny" => {
+                    if let Some(rule) = self.access_rule(c) {
+                        rules.push(rule);
+                    }
+                }
+                _ => self.note(
+                    c,
+                    Impact::Dropped,
+                    "inside limit_except only allow/deny are carried: the other methods are \
+                     served without it",
+                ),
+            }
+        }
+        self.note(&le, Impact::Carried, "limit_except");
+        r.limit_except = Some((methods, rules));
+    }
+
+    /// `error_page` lines of the scope (path and URL targets), and
+    /// `proxy_intercept_errors` on proxied routes.
+    fn route_error_pages(&mut self, r: &mut RouteOut, scope: &Scope, is_proxy: bool) {
+        if let Some(d) = scope.intercept_errors.clone() {
+            if is_proxy {
+                r.intercept_errors = d.arg(0) == Some("on");
+                self.note(&d, Impact::Carried, "intercept_errors");
+            } else {
+                self.note(&d, Impact::Ignored, "no effect: this route does not proxy");
+            }
+        }
+        for d in scope.error_pages.clone().iter().flatten() {
+            match error_page_out(d) {
+                Ok(e) => {
+                    if !r.error_pages.contains(&e) {
+                        r.error_pages.push(e);
+                    }
+                    self.note(d, Impact::Carried, "error_pages");
+                }
+                Err(why) => self.note(d, Impact::Dropped, why),
+            }
+        }
+    }
+
+    /// One `allow`/`deny` line: (allow, address or CIDR or `all`).
+    fn access_rule(&mut self, d: &Directive) -> Option<(bool, String)> {
+        let arg = d.arg(0).unwrap_or("");
+        let ok = arg == "all"
+            || arg.parse::<std::net::IpAddr>().is_ok()
+            || arg.parse::<ipnet::IpNet>().is_ok();
+        if !ok {
+            self.note(
+                d,
+                Impact::Dropped,
+                format!(
+                    "`{arg}` is not an address, a CIDR or `all` (unix: sockets have no address)"
+                ),
+            );
+            return None;
+        }
+        self.note(d, Impact::Carried, "access");
+        Some((d.name == "allow", arg.to_string()))
     }
 
     /// Applies the scope's header edits, body size and rate limit.
     fn decorate(&mut self, mut r: RouteOut, scope: &Scope, is_proxy: bool) -> RouteOut {
+        self.route_access(&mut r, scope);
+        self.route_error_pages(&mut r, scope, is_proxy);
         if is_proxy {
             for d in scope.set_headers.clone().iter().flatten() {
                 self.request_header(d, &mut r);
@@ -2735,11 +2894,13 @@ impl<'o> Cx<'o> {
             "underscores_in_headers" | "ignore_invalid_headers" => {
                 (Impact::Differs, "Aegis passes headers with underscores on")
             }
+            // A path or URL target: carried by the routes (`decorate`).
+            "error_page" if !d.args.last().is_some_and(|a| a.starts_with('@')) => return,
             "error_page" => (
                 Impact::Dropped,
-                "custom error pages are not supported; Aegis answers errors with its own short bodies",
+                "an error page in a named location is not carried (only GitLab's `return` \
+                 idiom is); Aegis answers that error itself",
             ),
-            "proxy_intercept_errors" if d.arg(0) == Some("off") => return,
             "try_files" | "alias" | "autoindex" => (Impact::Dropped, "Aegis does not serve files"),
             "allow" | "deny" => (
                 Impact::Dropped,
@@ -2753,10 +2914,10 @@ impl<'o> Cx<'o> {
                 Impact::Dropped,
                 "rewrite-module logic and variables are not expressible in Aegis",
             ),
-            "real_ip_header" | "set_real_ip_from" | "real_ip_recursive" => (
-                Impact::Dropped,
-                "Aegis takes the client address from the connection (no trusted proxies list)",
-            ),
+            "real_ip_header" | "set_real_ip_from" | "real_ip_recursive" => {
+                self.real_ip_lines.push((d.clone(), ctx.to_string()));
+                return;
+            }
             "charset" | "source_charset" => {
                 (Impact::Dropped, "charset conversion is not supported")
             }
@@ -3205,6 +3366,7 @@ impl<'o> Cx<'o> {
             }
         }
 
+        let real_ip = self.real_ip();
         let report = self.account(tree);
         let mut findings: Vec<Finding> = report
             .iter()
@@ -3229,10 +3391,69 @@ impl<'o> Cx<'o> {
                 tls,
                 rate_limits: self.rate_limits,
                 copies: self.copies,
+                real_ip,
             },
             findings,
             report,
         }
+    }
+
+    /// The set's `real_ip` from nginx's realip directives. Aegis has one for
+    /// every server and location, nginx one per level: the same lines at
+    /// one level (http, or a single server) are exact; anything else
+    /// differs.
+    fn real_ip(&mut self) -> Option<crate::model::RealIpOut> {
+        let lines = std::mem::take(&mut self.real_ip_lines);
+        if lines.is_empty() {
+            return None;
+        }
+        let mut out = crate::model::RealIpOut {
+            from: Vec::new(),
+            header: "X-Real-IP".to_string(),
+            recursive: false,
+        };
+        let contexts: HashSet<&str> = lines.iter().map(|(_, c)| c.as_str()).collect();
+        let one_level = contexts.len() == 1
+            && (contexts.contains("http")
+                || (contexts.contains("server") && self.servers.len() <= 1));
+        let mut usable = true;
+        for (d, _) in &lines {
+            match (d.name.as_str(), d.arg(0)) {
+                ("set_real_ip_from", Some(a))
+                    if a.parse::<std::net::IpAddr>().is_ok()
+                        || a.parse::<ipnet::IpNet>().is_ok() =>
+                {
+                    out.from.push(a.to_string());
+                }
+                ("real_ip_header", Some(h)) if h != "proxy_protocol" => out.header = h.to_string(),
+                ("real_ip_recursive", Some(v)) => out.recursive = v == "on",
+                _ => usable = false,
+            }
+        }
+        if !usable || out.from.is_empty() {
+            for (d, _) in &lines {
+                self.note(
+                    d,
+                    Impact::Dropped,
+                    "not a realip form Aegis carries (unix: or proxy_protocol); Aegis takes the \
+                     client address from the connection",
+                );
+            }
+            return None;
+        }
+        for (d, _) in &lines {
+            if one_level {
+                self.note(d, Impact::Carried, "real_ip");
+            } else {
+                self.note(
+                    d,
+                    Impact::Differs,
+                    "carried as the set's one `real_ip`: Aegis applies it to every server and \
+                     location, nginx only to the level it is written in",
+                );
+            }
+        }
+        Some(out)
     }
 
     /// One report entry per directive of the input, in input order. The
@@ -3363,6 +3584,50 @@ fn static_action(
             .clone()
             .unwrap_or_else(|| vec!["index.html".to_string()]),
         try_files: tries,
+    })
+}
+
+/// `error_page CODE... [=[STATUS]] URI` as the engine's `error_pages`
+/// entry.
+fn error_page_out(d: &Directive) -> Result<crate::model::ErrorPageOut, String> {
+    let (uri, rest) = d
+        .args
+        .split_last()
+        .ok_or_else(|| "error_page without a target".to_string())?;
+    if uri.contains('$') {
+        return Err("an error page target with variables is not carried".into());
+    }
+    let mut statuses = Vec::new();
+    let mut status = None;
+    for a in rest {
+        if let Some(code) = a.strip_prefix('=') {
+            status = Some(if code.is_empty() {
+                "target".to_string()
+            } else {
+                code.parse::<u16>()
+                    .map_err(|_| format!("`{a}` is not a status"))?
+                    .to_string()
+            });
+        } else {
+            let code = a
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (300..=599).contains(c))
+                .ok_or_else(|| format!("`{a}` is not a status from 300 to 599"))?;
+            statuses.push(code);
+        }
+    }
+    let url = uri.starts_with("http://") || uri.starts_with("https://");
+    if !url && !uri.starts_with('/') {
+        return Err(format!("`{uri}` is not a path or an http(s) URL"));
+    }
+    if url && status.as_deref() == Some("target") {
+        return Err("`=` with a URL has no page status to take".into());
+    }
+    Ok(crate::model::ErrorPageOut {
+        statuses,
+        uri: uri.clone(),
+        status,
     })
 }
 
@@ -3815,7 +4080,8 @@ fn request_value_template(
             (var.get(..n).unwrap_or(""), n)
         };
         let mapped = match name {
-            "remote_addr" | "scheme" | "host" | "request_uri" | "uri" | "args" | "is_args" => name,
+            "remote_addr" | "scheme" | "host" | "request_uri" | "uri" | "args" | "is_args"
+            | "request_id" => name,
             "http_host" => "host",
             "document_uri" => "uri",
             "query_string" => "args",
@@ -3838,17 +4104,10 @@ fn request_value_template(
                     );
                 }
             },
-            "request_id" => {
-                return Err(
-                    "request header with `$request_id`: the engine has no per-request id \
-                     variable yet; the header is not sent"
-                        .into(),
-                );
-            }
             other => {
                 return Err(format!(
                     "request header with `${other}`: Aegis request headers take $remote_addr, \
-                     $scheme, $host, $request_uri, $uri, $args and $is_args"
+                     $scheme, $host, $request_uri, $uri, $args, $is_args and $request_id"
                 ));
             }
         };

@@ -19,6 +19,17 @@ pub struct ConfigSet {
     pub rate_limits: Vec<RateLimitOut>,
     /// Certificate and key files to copy: (source, name in the output dir).
     pub copies: Vec<(PathBuf, String)>,
+    /// nginx's realip directives, as the hot `real_ip` key.
+    pub real_ip: Option<RealIpOut>,
+}
+
+/// The `real_ip` key (nginx `set_real_ip_from`, `real_ip_header`,
+/// `real_ip_recursive`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealIpOut {
+    pub from: Vec<String>,
+    pub header: String,
+    pub recursive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +112,8 @@ pub enum ActionOut {
         add_prefix: Option<String>,
         host_rewrite: Option<String>,
         timeout_ms: Option<u64>,
+        /// nginx `proxy_redirect` (and its implicit default): (from, to).
+        location_rewrite: Vec<(String, String)>,
     },
     Redirect {
         status: u16,
@@ -146,6 +159,27 @@ pub struct RouteOut {
     /// nginx sets `Upgrade $http_upgrade` here: the route upgrades
     /// (WebSocket). Written only when the engine knows the key.
     pub websocket: bool,
+    /// nginx `allow`/`deny`: (allow, address/CIDR/`all`), in order.
+    pub access: Vec<AccessOut>,
+    /// nginx `limit_except`: the methods, and the rules for the others.
+    pub limit_except: Option<(Vec<String>, Vec<AccessOut>)>,
+    /// nginx `error_page` with a path or URL target.
+    pub error_pages: Vec<ErrorPageOut>,
+    /// nginx `proxy_intercept_errors on`.
+    pub intercept_errors: bool,
+}
+
+/// One `allow` (true) or `deny` (false) rule and its address, CIDR or
+/// `all`.
+pub type AccessOut = (bool, String);
+
+/// One `error_pages` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPageOut {
+    pub statuses: Vec<u16>,
+    pub uri: String,
+    /// A code, `target` (nginx `=`), or none (the error's own).
+    pub status: Option<String>,
 }
 
 /// Whether the engine this importer is built with accepts a route's
@@ -381,6 +415,14 @@ impl ConfigSet {
     fn routes_yaml(&self, header: &str) -> String {
         let mut out = String::new();
         comment(&mut out, "", header);
+        if let Some(ri) = &self.real_ip {
+            out.push_str("# nginx realip: the client address behind these proxies.\n");
+            out.push_str("real_ip:\n");
+            let fs: Vec<String> = ri.from.iter().map(|s| q(s)).collect();
+            let _ = writeln!(out, "  from: [{}]", fs.join(", "));
+            let _ = writeln!(out, "  header: {}", q(&ri.header));
+            let _ = writeln!(out, "  recursive: {}", ri.recursive);
+        }
         if self.routes.is_empty() {
             out.push_str("routes: []\n");
             return out;
@@ -425,8 +467,15 @@ impl ConfigSet {
                     add_prefix,
                     host_rewrite,
                     timeout_ms,
+                    location_rewrite,
                 } => {
                     let _ = writeln!(out, "    upstream: {}", q(name));
+                    if !location_rewrite.is_empty() {
+                        out.push_str("    location_rewrite:\n");
+                        for (from, to) in location_rewrite {
+                            let _ = writeln!(out, "      - {{ from: {}, to: {} }}", q(from), q(to));
+                        }
+                    }
                     if let Some(s) = strip_prefix {
                         let _ = writeln!(out, "    strip_prefix: {}", q(s));
                     }
@@ -504,6 +553,36 @@ impl ConfigSet {
             if let Some(n) = r.max_request_body {
                 let _ = writeln!(out, "    max_request_body: {n}");
             }
+            access_yaml(&mut out, "    ", "access", &r.access);
+            if let Some((methods, rules)) = &r.limit_except {
+                out.push_str("    limit_except:\n");
+                let ms: Vec<String> = methods.iter().map(|s| q(s)).collect();
+                let _ = writeln!(out, "      methods: [{}]", ms.join(", "));
+                access_yaml(&mut out, "      ", "access", rules);
+            }
+            if !r.error_pages.is_empty() {
+                out.push_str("    error_pages:\n");
+                for e in &r.error_pages {
+                    let codes: Vec<String> = e.statuses.iter().map(u16::to_string).collect();
+                    let _ = write!(
+                        out,
+                        "      - {{ statuses: [{}], uri: {}",
+                        codes.join(", "),
+                        q(&e.uri)
+                    );
+                    match e.status.as_deref() {
+                        Some("target") => out.push_str(", status: target"),
+                        Some(code) => {
+                            let _ = write!(out, ", status: {code}");
+                        }
+                        None => {}
+                    }
+                    out.push_str(" }\n");
+                }
+            }
+            if r.intercept_errors {
+                out.push_str("    intercept_errors: true\n");
+            }
             if r.websocket {
                 if engine_has_websocket() {
                     out.push_str("    websocket: true\n");
@@ -516,6 +595,23 @@ impl ConfigSet {
         }
         out
     }
+}
+
+fn access_yaml(out: &mut String, indent: &str, key: &str, rules: &[(bool, String)]) {
+    if rules.is_empty() {
+        return;
+    }
+    let items: Vec<String> = rules
+        .iter()
+        .map(|(allow, what)| {
+            format!(
+                "{{ {}: {} }}",
+                if *allow { "allow" } else { "deny" },
+                q(what)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "{indent}{key}: [{}]", items.join(", "));
 }
 
 fn edits(out: &mut String, key: &str, pairs: &[(String, String)], remove: &[String]) {

@@ -416,6 +416,73 @@ pub fn header_bytes(headers: &HeaderMap) -> u64 {
     })
 }
 
+/// Where the client reached us: what a relative `Location` is made
+/// absolute with.
+pub struct ClientOrigin<'a> {
+    pub scheme: &'a str,
+    /// The Host the client sent (port included or not).
+    pub host: Option<&'a str>,
+    /// The local port (0: unknown).
+    pub port: u16,
+}
+
+/// nginx `proxy_redirect`: the first `(from, to)` whose `from` starts the
+/// upstream's `Location` (or the URL of its `Refresh`) replaces that
+/// prefix with `to`. A rewritten `Location` left relative is made absolute
+/// with the client's scheme, host and, when not the scheme's default, the
+/// local port, as nginx's header filter does (`absolute_redirect`,
+/// `port_in_redirect`).
+pub fn rewrite_location(
+    headers: &mut HeaderMap,
+    rules: &[(String, String)],
+    origin: &ClientOrigin<'_>,
+) {
+    if let Some(v) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
+        && let Some(mut new) = rewrite_prefix(v, rules)
+    {
+        if new.starts_with('/') && !new.starts_with("//") {
+            let host = aegis_engine::decide::normalize_host(origin.host.unwrap_or(""));
+            if !host.is_empty() {
+                let default_port = match origin.scheme {
+                    "https" => 443,
+                    _ => 80,
+                };
+                let port = if origin.port == 0 || origin.port == default_port {
+                    String::new()
+                } else {
+                    format!(":{}", origin.port)
+                };
+                new = format!("{}://{host}{port}{new}", origin.scheme);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&new) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+    let refresh = HeaderName::from_static("refresh");
+    if let Some(v) = headers.get(&refresh).and_then(|v| v.to_str().ok()) {
+        let at = v
+            .to_ascii_lowercase()
+            .find("url=")
+            .map(|i| i.saturating_add(4));
+        if let Some(at) = at
+            && let (Some(head), Some(url)) = (v.get(..at), v.get(at..))
+            && let Some(new) = rewrite_prefix(url, rules)
+            && let Ok(v) = HeaderValue::from_str(&format!("{head}{new}"))
+        {
+            headers.insert(refresh, v);
+        }
+    }
+}
+
+fn rewrite_prefix(value: &str, rules: &[(String, String)]) -> Option<String> {
+    rules.iter().find_map(|(from, to)| {
+        value
+            .strip_prefix(from.as_str())
+            .map(|rest| format!("{to}{rest}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +627,45 @@ mod tests {
         join_cookies(&mut h);
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h.get("cookie").unwrap(), "session=abc; csrf=xyz");
+    }
+
+    #[test]
+    fn proxy_redirect_rewrites_location_and_refresh() {
+        let rules = vec![
+            ("http://backend/".to_string(), "/".to_string()),
+            ("http://127.0.0.1:8083".to_string(), "/upload".to_string()),
+        ];
+        let origin = ClientOrigin {
+            scheme: "http",
+            host: Some("Example.com:8080"),
+            port: 8080,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://backend/login?x=1"),
+        );
+        h.insert(
+            "refresh",
+            HeaderValue::from_static("5; url=http://127.0.0.1:8083/done"),
+        );
+        rewrite_location(&mut h, &rules, &origin);
+        assert_eq!(h[header::LOCATION], "http://example.com:8080/login?x=1");
+        assert_eq!(h["refresh"], "5; url=/upload/done");
+        // The default port is left out; a Location no rule matches is kept.
+        let tls = ClientOrigin {
+            scheme: "https",
+            host: Some("example.com"),
+            port: 443,
+        };
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://backend/a"),
+        );
+        rewrite_location(&mut h, &rules, &tls);
+        assert_eq!(h[header::LOCATION], "https://example.com/a");
+        h.insert(header::LOCATION, HeaderValue::from_static("http://other/a"));
+        rewrite_location(&mut h, &rules, &tls);
+        assert_eq!(h[header::LOCATION], "http://other/a");
     }
 }

@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use aegis_engine::compiled::{CompiledRoute, Expires, RouteAction, UpstreamId};
+use aegis_engine::compiled::{
+    CompiledRoute, ErrorAnswer, ErrorTarget, Expires, RouteAction, UpstreamId,
+};
 use aegis_engine::config::Settings;
 use aegis_engine::config::settings::FailMode;
 use aegis_engine::decide::Scored;
@@ -133,6 +135,15 @@ pub struct RequestOutcome {
     /// Set when the pipeline answered before `decide` (framing, header size).
     pub rejected: Option<&'static str>,
 }
+
+/// Response extension: close the connection without sending this answer
+/// (nginx's `return 444`). The server drops the connection; the log and
+/// metrics still count a 444.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseWithoutAnswer;
+
+/// The status nginx uses to close a connection without an answer.
+pub const CLOSE_WITHOUT_ANSWER: u16 = 444;
 
 /// Response extension set by a connector: the endpoint that answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,6 +440,51 @@ where
     }
 }
 
+/// An answer before [`Pipeline::finish`] counts and logs it.
+struct Answered {
+    resp: Response<ProxyBody>,
+    log: LogCtx,
+    summary: DecisionSummary,
+    rejected: Option<&'static str>,
+}
+
+impl Answered {
+    fn new(
+        resp: Response<ProxyBody>,
+        log: LogCtx,
+        summary: DecisionSummary,
+        rejected: Option<&'static str>,
+    ) -> Self {
+        Self {
+            resp,
+            log,
+            summary,
+            rejected,
+        }
+    }
+}
+
+/// What an error page's request is made from: the client request's head.
+struct KeptHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    client: Option<ClientInfo>,
+}
+
+impl KeptHead {
+    fn of(req: &Request<ProxyBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            client: req.extensions().get::<ClientInfo>().copied(),
+        }
+    }
+}
+
 /// What the access log and metrics need, carried to the end of the body.
 /// The route and upstream come from the request's `DecisionSummary` and the
 /// version from its snapshot, so nothing is copied for them per request.
@@ -547,10 +603,104 @@ pub fn is_idempotent(m: &Method) -> bool {
 
 impl<C: Connector> Pipeline<C> {
     /// Serves one request. Never fails: every error is a response.
-    pub async fn handle(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let config = self.shared.config.load();
+        if !config.has_error_pages {
+            let a = self.answer(config, req).await;
+            return self.finish(a.resp, a.log, a.summary, a.rejected);
+        }
+        let kept = KeptHead::of(&req);
+        let mut a = self.answer(config.clone(), req).await;
+        if a.rejected.is_none() {
+            let status = a.resp.status();
+            let from_upstream = a.resp.extensions().get::<UpstreamEndpoint>().is_some();
+            let route = a.summary.route.clone();
+            if let Some(resp) = self
+                .error_page(&config, route.as_deref(), status, from_upstream, kept)
+                .await
+            {
+                a.resp = resp;
+            }
+        }
+        self.finish(a.resp, a.log, a.summary, a.rejected)
+    }
+
+    /// nginx `error_page`: an error answer of the request's route replaced
+    /// by its page, one level deep (nginx's `recursive_error_pages off`).
+    /// The page is answered as a GET of its path through the same config,
+    /// with its own log context dropped: the client's request is logged
+    /// and counted once, with the status it finally got.
+    async fn error_page(
+        &self,
+        config: &Arc<CompiledConfig>,
+        route: Option<&str>,
+        status: StatusCode,
+        from_upstream: bool,
+        kept: KeptHead,
+    ) -> Option<Response<ProxyBody>> {
+        if status.as_u16() < 300 {
+            return None;
+        }
+        let name = route?;
+        let route = config.routes.iter().find(|r| r.name == name)?;
+        if from_upstream && !route.intercept_errors {
+            return None;
+        }
+        let page = route.error_page(status)?;
+        let uri = match &page.target {
+            ErrorTarget::Redirect(location) => {
+                let code = match page.answer {
+                    ErrorAnswer::Code(c) => c,
+                    _ => StatusCode::FOUND,
+                };
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = code;
+                resp.headers_mut()
+                    .insert(header::LOCATION, location.clone());
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return Some(resp);
+            }
+            ErrorTarget::Uri(u) => u,
+        };
+        let mut b = Uri::builder().path_and_query(uri.as_str());
+        if let (Some(scheme), Some(auth)) = (kept.uri.scheme(), kept.uri.authority()) {
+            b = b.scheme(scheme.clone()).authority(auth.clone());
+        }
+        let mut req = Request::new(empty());
+        *req.uri_mut() = b.build().ok()?;
+        *req.method_mut() = if kept.method == Method::HEAD {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        *req.version_mut() = kept.version;
+        *req.headers_mut() = kept.headers;
+        for h in [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::EXPECT,
+        ] {
+            req.headers_mut().remove(h);
+        }
+        if let Some(c) = kept.client {
+            req.extensions_mut().insert(c);
+        }
+        let inner = Box::pin(self.answer(config.clone(), req)).await;
+        let mut resp = inner.resp;
+        match page.answer {
+            ErrorAnswer::Original => *resp.status_mut() = status,
+            ErrorAnswer::Code(c) => *resp.status_mut() = c,
+            ErrorAnswer::Target => {}
+        }
+        Some(resp)
+    }
+
+    /// Answers one request under `config`, up to what [`Self::finish`]
+    /// does with the answer. Never fails: every error is a response.
+    async fn answer(&self, config: Arc<CompiledConfig>, mut req: Request<ProxyBody>) -> Answered {
         let start = Instant::now();
         let wall = SystemTime::now();
-        let config = self.shared.config.load();
         let client = req
             .extensions()
             .get::<ClientInfo>()
@@ -558,12 +708,15 @@ impl<C: Connector> Pipeline<C> {
             .unwrap_or_default();
         // The request target's authority wins over Host (absolute form,
         // `:authority`); a bad or missing one is answered 400 below.
+        // The client behind trusted proxies (`real_ip`), or the peer: what
+        // access rules, rate limits, forwarding headers and the log see.
+        let client_ip = config.client_ip(client.addr.ip(), req.headers());
         let authority = headers::request_authority(req.version(), req.uri(), req.headers());
         let host: Option<String> = authority.clone().unwrap_or(None);
         let mut log = LogCtx {
             start,
             wall,
-            client: client.addr.ip(),
+            client: client_ip,
             config: config.clone(),
             line: self.shared.access_log.is_enabled().then(|| LogLine {
                 method: req.method().clone(),
@@ -593,14 +746,14 @@ impl<C: Connector> Pipeline<C> {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             let summary = reject_summary(status, "bad_framing");
-            return self.finish(resp, log, summary, Some("framing"));
+            return Answered::new(resp, log, summary, Some("framing"));
         }
         if let Err(e) = authority {
             let mut resp = plain(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {e}"));
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             let summary = reject_summary(StatusCode::BAD_REQUEST, "bad_host");
-            return self.finish(resp, log, summary, Some("host"));
+            return Answered::new(resp, log, summary, Some("host"));
         }
         // Copied once: the request sees one version's settings, and no
         // guard is held across the awaits below.
@@ -608,7 +761,7 @@ impl<C: Connector> Pipeline<C> {
         if headers::header_bytes(req.headers()) > settings.max_header_bytes {
             let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
             let resp = plain(status, &status_text(status));
-            return self.finish(
+            return Answered::new(
                 resp,
                 log,
                 reject_summary(status, "header_too_large"),
@@ -632,7 +785,7 @@ impl<C: Connector> Pipeline<C> {
                 path: &path_owned,
                 query: query_owned.as_deref(),
                 headers: req.headers(),
-                client_ip: client.addr.ip(),
+                client_ip,
                 port: client.local_port,
             };
             let d = aegis_engine::decide(&config, &head, opts);
@@ -652,6 +805,7 @@ impl<C: Connector> Pipeline<C> {
             let early = match &d.outcome {
                 Outcome::BadPath => Some(StatusCode::BAD_REQUEST),
                 Outcome::Blocked => Some(StatusCode::FORBIDDEN),
+                Outcome::Denied => Some(StatusCode::FORBIDDEN),
                 Outcome::NoRoute => Some(StatusCode::NOT_FOUND),
                 _ => None,
             };
@@ -671,18 +825,18 @@ impl<C: Connector> Pipeline<C> {
 
         if let Some(status) = early {
             let resp = plain(status, &status_text(status));
-            return self.finish(resp, log, summary, None);
+            return Answered::new(resp, log, summary, None);
         }
         let Some(mut route) = route else {
             let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
-            return self.finish(resp, log, summary, None);
+            return Answered::new(resp, log, summary, None);
         };
 
         // Per-client rate limit.
         if let Some(spec) = route.rate_limit.and_then(|i| config.rate_limits.get(i))
             && let Err(wait) = self.shared.limiter.check_arrived(
                 spec,
-                client.addr.ip(),
+                client_ip,
                 req.extensions().get::<ratelimit::ArrivedAt>().copied(),
             )
         {
@@ -696,7 +850,7 @@ impl<C: Connector> Pipeline<C> {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             let mut summary = summary;
             summary.status = Some(429);
-            return self.finish(resp, log, summary, Some("rate_limit"));
+            return Answered::new(resp, log, summary, Some("rate_limit"));
         }
 
         // Body limit, from the declared length first.
@@ -713,7 +867,7 @@ impl<C: Connector> Pipeline<C> {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             let mut summary = summary;
             summary.status = Some(413);
-            return self.finish(resp, log, summary, Some("body_limit"));
+            return Answered::new(resp, log, summary, Some("body_limit"));
         }
 
         // Answer locally from files; `try_files ... @name` hands the
@@ -729,12 +883,12 @@ impl<C: Connector> Pipeline<C> {
             match static_files::serve(st, &sreq).await {
                 static_files::Served::Response(mut resp) => {
                     edit_response(route, &mut resp);
-                    return self.finish(resp, log, summary, None);
+                    return Answered::new(resp, log, summary, None);
                 }
                 static_files::Served::Route(id) => {
                     let Some(target) = config.routes.get(id) else {
                         let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
-                        return self.finish(resp, log, summary, None);
+                        return Answered::new(resp, log, summary, None);
                     };
                     route = target;
                     summary.route = Some(target.name.clone());
@@ -764,7 +918,7 @@ impl<C: Connector> Pipeline<C> {
                 // Only a static route's own phase above serves files; the
                 // compile refuses a fallback to one.
                 let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
-                return self.finish(resp, log, summary, None);
+                return Answered::new(resp, log, summary, None);
             }
             RouteAction::Redirect { .. } => {
                 let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
@@ -776,7 +930,7 @@ impl<C: Connector> Pipeline<C> {
                 resp.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 edit_response(route, &mut resp);
-                return self.finish(resp, log, summary, None);
+                return Answered::new(resp, log, summary, None);
             }
             RouteAction::Respond {
                 status,
@@ -788,8 +942,11 @@ impl<C: Connector> Pipeline<C> {
                 for (n, v) in headers {
                     resp.headers_mut().append(n.clone(), v.clone());
                 }
+                if status.as_u16() == CLOSE_WITHOUT_ANSWER {
+                    resp.extensions_mut().insert(CloseWithoutAnswer);
+                }
                 edit_response(route, &mut resp);
-                return self.finish(resp, log, summary, None);
+                return Answered::new(resp, log, summary, None);
             }
         };
 
@@ -823,7 +980,7 @@ impl<C: Connector> Pipeline<C> {
                     Ok(u) => u,
                     Err(_) => {
                         let resp = plain(StatusCode::BAD_REQUEST, "400 Bad Request");
-                        return self.finish(resp, log, summary, None);
+                        return Answered::new(resp, log, summary, None);
                     }
                 }
             }
@@ -852,7 +1009,7 @@ impl<C: Connector> Pipeline<C> {
         if version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
-        headers::set_forwarded(h, client.addr.ip(), client.tls, host.as_deref());
+        headers::set_forwarded(h, client_ip, client.tls, host.as_deref());
         headers::append_via(h, version);
         match (&fwd.host_rewrite, &host) {
             (Some(v), _) => {
@@ -876,13 +1033,15 @@ impl<C: Connector> Pipeline<C> {
             // Variables (`X-Real-IP: $remote_addr`) see what `decide` saw.
             let norm_host = aegis_engine::decide::normalize_host(host.as_deref().unwrap_or(""));
             let norm_path = aegis_engine::decide::normalize_path(&path_owned);
+            let request_id = aegis_engine::compiled::request_id();
             let vars = aegis_engine::compiled::HeaderVars {
+                request_id: &request_id,
                 scheme,
                 host: &norm_host,
                 path: norm_path.as_deref().unwrap_or(&path_owned),
                 request_path: &path_owned,
                 query: query_owned.as_deref(),
-                client_ip: client.addr.ip(),
+                client_ip,
             };
             route.request_edits.apply_request(h, &vars);
         }
@@ -903,7 +1062,7 @@ impl<C: Connector> Pipeline<C> {
             // Non-idempotent methods are retried only when the request never
             // left (connect failures); the connector knows which is which.
             retries: fwd.retries,
-            client_ip: client.addr.ip(),
+            client_ip,
         };
         let result = self.connector.forward(ctx, upstream_req).await;
         let mut resp = match result {
@@ -914,7 +1073,7 @@ impl<C: Connector> Pipeline<C> {
                     let mut resp = plain(status, &status_text(status));
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return self.finish(resp, log, summary, Some("body_limit"));
+                    return Answered::new(resp, log, summary, Some("body_limit"));
                 }
                 if body_timed_out.load(Ordering::Relaxed) {
                     // The rest of the body may never come: answer and close.
@@ -922,7 +1081,7 @@ impl<C: Connector> Pipeline<C> {
                     let mut resp = plain(status, &status_text(status));
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return self.finish(resp, log, summary, Some("body_timeout"));
+                    return Answered::new(resp, log, summary, Some("body_timeout"));
                 }
                 let status = e.status();
                 log.endpoint = e.endpoint().map(Arc::from);
@@ -936,7 +1095,7 @@ impl<C: Connector> Pipeline<C> {
                 );
                 metrics::counter!("aegis_upstream_errors_total", "route" => route.name.clone(), "status" => status.as_str().to_string()).increment(1);
                 let resp = plain(status, &status_text(status));
-                return self.finish(resp, log, summary, None);
+                return Answered::new(resp, log, summary, None);
             }
         };
         log.endpoint = resp
@@ -958,6 +1117,14 @@ impl<C: Connector> Pipeline<C> {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded, false);
+        if !fwd.location_rewrite.is_empty() {
+            let origin = headers::ClientOrigin {
+                scheme,
+                host: host.as_deref(),
+                port: client.local_port,
+            };
+            headers::rewrite_location(resp.headers_mut(), &fwd.location_rewrite, &origin);
+        }
         headers::append_via(resp.headers_mut(), Version::HTTP_11);
         edit_response(route, &mut resp);
         if upgraded {
@@ -983,11 +1150,11 @@ impl<C: Connector> Pipeline<C> {
                 _ => {
                     // A 101 we cannot tunnel is a broken upstream answer.
                     let status = StatusCode::BAD_GATEWAY;
-                    return self.finish(plain(status, &status_text(status)), log, summary, None);
+                    return Answered::new(plain(status, &status_text(status)), log, summary, None);
                 }
             }
         }
-        self.finish(resp, log, summary, None)
+        Answered::new(resp, log, summary, None)
     }
 
     /// Attaches the outcome extension, counts the request, and wraps the body

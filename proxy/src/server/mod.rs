@@ -278,14 +278,23 @@ async fn serve_conn<C, I>(
         let answer = pipeline.clone().oneshot(req);
         let closing = closing.clone();
         async move {
-            let mut resp = answer.await?;
+            let Ok(mut resp) = answer.await;
+            // `respond: {status: 444}`: an error makes hyper drop the
+            // connection (HTTP/1) or reset the stream (HTTP/2) unanswered.
+            if resp
+                .extensions()
+                .get::<crate::pipeline::CloseWithoutAnswer>()
+                .is_some()
+            {
+                return Err(CloseWithoutAnswer);
+            }
             if http1 && closing.is_set() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, std::convert::Infallible>(resp)
+            Ok::<_, CloseWithoutAnswer>(resp)
         }
     });
     let builder = builder(opts);
@@ -561,3 +570,15 @@ async fn drain(graceful: GracefulShutdown, closing: &Closing, timeout: Duration)
         );
     }
 }
+
+/// The service error that closes a connection without an answer.
+#[derive(Debug)]
+struct CloseWithoutAnswer;
+
+impl std::fmt::Display for CloseWithoutAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed without an answer (respond 444)")
+    }
+}
+
+impl std::error::Error for CloseWithoutAnswer {}

@@ -17,10 +17,12 @@ use super::settings::{Limits, Settings};
 use super::source::{
     ConfigSource, ConfinedError, ContentHasher, SourceFile, climbs_out, lexical, read_confined,
 };
+use crate::access::{AccessRules, LimitExcept, RealIp, RouteAccess, Rule};
 use crate::compiled::{
-    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ExampleRequest, ForwardAction,
-    HeaderCondition, HeaderEditList, HealthCheckSpec, ListenPorts, LocationPart, LocationTemplate,
-    RateLimitSpec, RouteAction, Scoring, StaticAction, StaticFallback, UpstreamPool,
+    Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ErrorAnswer, ErrorPageSpec,
+    ErrorTarget, ExampleRequest, ForwardAction, HeaderCondition, HeaderEditList, HealthCheckSpec,
+    ListenPorts, LocationPart, LocationTemplate, RateLimitSpec, RouteAction, Scoring, StaticAction,
+    StaticFallback, UpstreamPool,
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
@@ -369,6 +371,61 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         }
     }
 
+    let has_error_pages = routes.iter().any(|r| !r.error_pages.is_empty());
+
+    // The client address behind trusted proxies.
+    let mut real_ip: Option<RealIp> = None;
+    let mut real_ip_origin: Option<String> = None;
+    for (file, hot) in &parsed {
+        let Some(r) = &hot.real_ip else { continue };
+        if let Some(first) = &real_ip_origin {
+            cx.err(
+                file,
+                r.referenced,
+                "real_ip",
+                format!("real_ip is already defined at {first}"),
+            );
+            continue;
+        }
+        real_ip_origin = Some(origin(file, r.referenced));
+        let mut from = Vec::new();
+        for (i, c) in r.value.from.iter().enumerate() {
+            match parse_cidr(c.trim()) {
+                Some(n) => from.push(n),
+                None => cx.err(
+                    file,
+                    r.referenced,
+                    &format!("real_ip.from[{i}]"),
+                    format!("`{c}` is not an address or CIDR"),
+                ),
+            }
+        }
+        if from.is_empty() {
+            cx.err(
+                file,
+                r.referenced,
+                "real_ip.from",
+                "name the proxies whose header is believed",
+            );
+        }
+        let header = r.value.header.as_deref().unwrap_or("x-real-ip");
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(header) => {
+                real_ip = Some(RealIp {
+                    from,
+                    header,
+                    recursive: r.value.recursive,
+                });
+            }
+            Err(_) => cx.err(
+                file,
+                r.referenced,
+                "real_ip.header",
+                format!("`{header}` is not a valid header name"),
+            ),
+        }
+    }
+
     if !cx.diags.is_empty() {
         return Err(cx.diags);
     }
@@ -401,6 +458,8 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         features,
         scoring,
         files: source.files.iter().map(|f| f.name.clone()).collect(),
+        real_ip,
+        has_error_pages,
     })
 }
 
@@ -852,6 +911,7 @@ impl Cx<'_> {
                         host_rewrite,
                         timeout: raw.timeout.map(|d| d.0),
                         retries: raw.retries.unwrap_or(1),
+                        location_rewrite: self.location_rewrites(file, at, path, raw),
                     })
                 }
                 None => {
@@ -878,6 +938,15 @@ impl Cx<'_> {
                 }
             };
             let location = match parse_location(&rd.location) {
+                Ok(t) if t.0.contains(&LocationPart::RequestId) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{path}.redirect.location"),
+                        "`$request_id` is for request headers: a redirect target must not change from one request to the next",
+                    );
+                    LocationTemplate(Vec::new())
+                }
                 Ok(t) => t,
                 Err(why) => {
                     self.err(file, at, &format!("{path}.redirect.location"), why);
@@ -972,6 +1041,16 @@ impl Cx<'_> {
                 }
             },
         };
+        let access = self.access(file, at, path, raw);
+        let error_pages = self.error_pages(file, at, path, raw);
+        if !raw.location_rewrite.is_empty() && raw.upstream.is_none() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.location_rewrite"),
+                "applies only to upstream routes",
+            );
+        }
         if self.diags.len() != before {
             return None;
         }
@@ -992,9 +1071,220 @@ impl Cx<'_> {
             rate_limit,
             max_request_body: raw.max_request_body.map(|s| s.0),
             websocket: raw.websocket,
+            access,
+            error_pages,
+            intercept_errors: raw.intercept_errors,
             examples,
         };
         Some((route, hosts, key))
+    }
+
+    /// `error_pages`.
+    fn error_pages(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &raw::Route,
+    ) -> Vec<ErrorPageSpec> {
+        let mut out = Vec::new();
+        for (i, e) in raw.error_pages.iter().enumerate() {
+            let epath = format!("{path}.error_pages[{i}]");
+            let mut statuses = Vec::new();
+            for code in &e.statuses {
+                match StatusCode::from_u16(*code) {
+                    Ok(s) if (300..=599).contains(code) => statuses.push(s),
+                    _ => self.err(
+                        file,
+                        at,
+                        &format!("{epath}.statuses"),
+                        format!("{code} is not a status from 300 to 599"),
+                    ),
+                }
+            }
+            if statuses.is_empty() {
+                self.err(
+                    file,
+                    at,
+                    &format!("{epath}.statuses"),
+                    "name at least one status",
+                );
+            }
+            let redirect = e.uri.starts_with("http://") || e.uri.starts_with("https://");
+            let target = if redirect {
+                match HeaderValue::from_str(&e.uri) {
+                    Ok(v) => ErrorTarget::Redirect(v),
+                    Err(_) => {
+                        self.err(file, at, &format!("{epath}.uri"), "not a valid Location");
+                        continue;
+                    }
+                }
+            } else if e.uri.starts_with('/')
+                && http::uri::PathAndQuery::from_maybe_shared(e.uri.clone()).is_ok()
+            {
+                ErrorTarget::Uri(e.uri.clone())
+            } else {
+                self.err(
+                    file,
+                    at,
+                    &format!("{epath}.uri"),
+                    "give a path (`/50x.html`) or an http(s):// URL",
+                );
+                continue;
+            };
+            let answer = match &e.status {
+                None if redirect => ErrorAnswer::Code(StatusCode::FOUND),
+                None => ErrorAnswer::Original,
+                Some(raw::ErrorPageStatus::Word(w)) if w == "target" && !redirect => {
+                    ErrorAnswer::Target
+                }
+                Some(raw::ErrorPageStatus::Code(c)) => match StatusCode::from_u16(*c) {
+                    Ok(s) if !redirect || matches!(*c, 301 | 302 | 303 | 307 | 308) => {
+                        ErrorAnswer::Code(s)
+                    }
+                    _ => {
+                        self.err(
+                            file,
+                            at,
+                            &format!("{epath}.status"),
+                            format!("{c} is not a status for this page (a URL takes 301, 302, 303, 307 or 308)"),
+                        );
+                        continue;
+                    }
+                },
+                Some(_) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{epath}.status"),
+                        "give a status code, or `target` for the page's own (paths only)",
+                    );
+                    continue;
+                }
+            };
+            out.push(ErrorPageSpec {
+                statuses,
+                target,
+                answer,
+            });
+        }
+        out
+    }
+
+    /// `access` and `limit_except`.
+    fn access(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &raw::Route,
+    ) -> RouteAccess {
+        let rules = self.access_rules(file, at, &format!("{path}.access"), &raw.access);
+        let limit_except = raw.limit_except.as_ref().map(|le| {
+            let mut methods = Vec::new();
+            for m in &le.methods {
+                match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(x) => methods.push(x),
+                    Err(_) => self.err(
+                        file,
+                        at,
+                        &format!("{path}.limit_except.methods"),
+                        format!("`{m}` is not a method"),
+                    ),
+                }
+            }
+            if methods.is_empty() {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.limit_except.methods"),
+                    "name at least one method",
+                );
+            }
+            LimitExcept {
+                methods,
+                rules: self.access_rules(
+                    file,
+                    at,
+                    &format!("{path}.limit_except.access"),
+                    &le.access,
+                ),
+            }
+        });
+        RouteAccess {
+            rules,
+            limit_except,
+        }
+    }
+
+    fn access_rules(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &[raw::AccessRule],
+    ) -> AccessRules {
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let (text, allow) = match r {
+                raw::AccessRule::Allow(t) => (t, true),
+                raw::AccessRule::Deny(t) => (t, false),
+            };
+            let net = if text.trim() == "all" {
+                None
+            } else {
+                match parse_cidr(text.trim()) {
+                    Some(n) => Some(n),
+                    None => {
+                        self.err(
+                            file,
+                            at,
+                            &format!("{path}[{i}]"),
+                            format!("`{text}` is not an address, a CIDR or `all`"),
+                        );
+                        continue;
+                    }
+                }
+            };
+            out.push(if allow {
+                Rule::Allow(net)
+            } else {
+                Rule::Deny(net)
+            });
+        }
+        AccessRules(out)
+    }
+
+    fn location_rewrites(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &raw::Route,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, r) in raw.location_rewrite.iter().enumerate() {
+            if r.from.is_empty() {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.location_rewrite[{i}].from"),
+                    "must not be empty",
+                );
+                continue;
+            }
+            if HeaderValue::from_str(&r.to).is_err() {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.location_rewrite[{i}].to"),
+                    "not a valid header value",
+                );
+                continue;
+            }
+            out.push((r.from.clone(), r.to.clone()));
+        }
+        out
     }
 
     fn edits(
@@ -1592,9 +1882,10 @@ fn parse_location(text: &str) -> Result<LocationTemplate, String> {
             "args" | "query_string" => LocationPart::Args,
             "is_args" => LocationPart::IsArgs,
             "remote_addr" => LocationPart::RemoteAddr,
+            "request_id" => LocationPart::RequestId,
             other => {
                 return Err(format!(
-                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr)"
+                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr, $request_id)"
                 ));
             }
         });

@@ -29,6 +29,52 @@ pub struct HotFile {
     pub features: Vec<Spanned<Feature>>,
     #[serde(default)]
     pub scoring: Option<Spanned<Scoring>>,
+    /// The client address behind trusted proxies (nginx's realip module).
+    /// One per set.
+    #[serde(default)]
+    pub real_ip: Option<Spanned<RealIp>>,
+}
+
+/// nginx `set_real_ip_from` / `real_ip_header` / `real_ip_recursive`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealIp {
+    /// Addresses or CIDRs of the proxies whose header is believed.
+    pub from: Vec<String>,
+    /// Default `X-Real-IP`, as nginx.
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// One access rule: `{allow: CIDR}` or `{deny: CIDR}`; `all` for every
+/// address.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccessRule {
+    Allow(String),
+    Deny(String),
+}
+
+/// nginx `limit_except`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitExcept {
+    /// The methods that pass under the route's own rules (GET brings HEAD).
+    pub methods: Vec<String>,
+    /// The rules for every other method (empty: the route's own).
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+}
+
+/// nginx `proxy_redirect FROM TO`: a `Location` or `Refresh` from the
+/// upstream that starts with `from` gets `to` in its place.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationRewrite {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +234,46 @@ pub struct Route {
     /// served as plain HTTP. `Upgrade: h2c` is never relayed.
     #[serde(default)]
     pub websocket: bool,
+    /// nginx `allow`/`deny`, in order: the first rule that matches the
+    /// client decides; none matching allows. Denied: 403.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+    /// nginx `limit_except`.
+    #[serde(default)]
+    pub limit_except: Option<LimitExcept>,
+    /// Upstream routes: nginx `proxy_redirect`, tried in order.
+    #[serde(default)]
+    pub location_rewrite: Vec<LocationRewrite>,
+    /// nginx `error_page`: what answers in place of an error.
+    #[serde(default)]
+    pub error_pages: Vec<ErrorPage>,
+    /// nginx `proxy_intercept_errors on`: `error_pages` also replace the
+    /// upstream's own error answers (default: only Aegis's).
+    #[serde(default)]
+    pub intercept_errors: bool,
+}
+
+/// nginx `error_page CODES [=[STATUS]] URI`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPage {
+    /// The statuses replaced (300-599).
+    pub statuses: Vec<u16>,
+    /// A path (served as a GET of it, through the routes) or an
+    /// `http(s)://` URL (redirected to).
+    pub uri: String,
+    /// The status the client gets: absent keeps the error's (nginx
+    /// `error_page 404 /x`), a code sets it (`=200`), `target` takes the
+    /// page's own (`=`).
+    #[serde(default)]
+    pub status: Option<ErrorPageStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ErrorPageStatus {
+    Code(u16),
+    Word(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -762,11 +762,24 @@ fn proxy_set_header_host_and_static_values() {
 #[test]
 fn request_header_with_unknown_variable_is_dropped() {
     let c = conv(&http(&format!(
-        "{UP} server {{ listen 80; location / {{ proxy_set_header X-Id $request_id; proxy_pass http://app; }} }}"
+        "{UP} server {{ listen 80; location / {{ proxy_set_header X-Id $connection; proxy_pass http://app; }} }}"
     )));
     let f = finding(&c, "X-Id");
     assert_eq!(f.impact, Impact::Dropped);
-    assert!(f.reason.contains("$request_id"), "{}", f.reason);
+    assert!(f.reason.contains("$connection"), "{}", f.reason);
+}
+
+#[test]
+fn request_id_is_carried_into_request_headers() {
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; location / {{ proxy_set_header X-Request-Id $request_id; proxy_pass http://app; }} }}"
+    )));
+    compiled(&c);
+    no_finding(&c, "X-Request-Id");
+    assert_eq!(
+        route(&c, "|/|").request_set,
+        vec![("x-request-id".into(), "$request_id".into())]
+    );
 }
 
 #[test]
@@ -969,7 +982,9 @@ fn return_redirects_and_fixed_answers() {
         get(&cfg, "r.test", "/args?a=1").location.as_deref(),
         Some("/x?a=1")
     );
-    assert!(finding(&c, "return 444").reason.contains("444"));
+    // 444: the engine closes the connection unanswered, as nginx.
+    no_finding(&c, "return 444");
+    assert_eq!(get(&cfg, "localhost", "/close").status, Some(444));
 }
 
 #[test]
@@ -1073,7 +1088,7 @@ fn findings_name_file_line_and_why() {
                 proxy_pass http://app;
                 proxy_cache my_cache;
                 try_files $uri @app;
-                deny 10.0.0.0/8;
+                satisfy any;
                 frobnicate yes;
                 proxy_buffering off;
                 if ($http_x) {{ return 403; }}
@@ -1092,10 +1107,7 @@ fn findings_name_file_line_and_why() {
         has("nginx.conf:9: dropped: `try_files $uri @app`"),
         "{lines:#?}"
     );
-    assert!(
-        has("nginx.conf:10: dropped: `deny 10.0.0.0/8`"),
-        "{lines:#?}"
-    );
+    assert!(has("nginx.conf:10: dropped: `satisfy any`"), "{lines:#?}");
     assert!(
         has("nginx.conf:11: dropped: `frobnicate yes`: not understood by the importer"),
         "{lines:#?}"
@@ -1359,4 +1371,148 @@ fn file_locations_with_a_missing_root_are_still_listed() {
     ));
     compiled(&c);
     assert_eq!(finding(&c, "try_files").impact, Impact::Dropped);
+}
+
+/// `decide` for `method path` from `client` (the status 403 of a denial).
+fn from_client(cfg: &CompiledConfig, method: Method, path: &str, client: &str) -> Option<u16> {
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &method,
+        scheme: "http",
+        host: Some("localhost"),
+        path,
+        query: None,
+        headers: &headers,
+        client_ip: client.parse().unwrap(),
+        port: 0,
+    };
+    decide(cfg, &head, DecideOptions::default())
+        .summary()
+        .status
+}
+
+#[test]
+fn allow_deny_and_limit_except_become_route_access() {
+    let c = conv(&http(
+        "upstream app { server 127.0.0.1:3000; }
+        server { listen 80;
+            allow 10.0.0.0/8;
+            deny all;
+            location / { proxy_pass http://app; }
+            location /open/ { allow all; proxy_pass http://app; }
+            location /upload { limit_except GET { deny all; } proxy_pass http://app; }
+            location = /moved { return 301 /new; }
+        }",
+    ));
+    let cfg = compiled(&c);
+    // Inherited from the server: 10/8 only.
+    assert_eq!(from_client(&cfg, Method::GET, "/", "10.1.2.3"), None);
+    assert_eq!(from_client(&cfg, Method::GET, "/", "192.0.2.1"), Some(403));
+    // A level with its own rules replaces the server's (array inheritance).
+    assert_eq!(from_client(&cfg, Method::GET, "/open/x", "192.0.2.1"), None);
+    // limit_except GET: GET and HEAD pass under the server's rules, POST is
+    // judged by the block's `deny all` (even from 10/8).
+    assert_eq!(from_client(&cfg, Method::GET, "/upload", "10.1.2.3"), None);
+    assert_eq!(from_client(&cfg, Method::HEAD, "/upload", "10.1.2.3"), None);
+    assert_eq!(
+        from_client(&cfg, Method::POST, "/upload", "10.1.2.3"),
+        Some(403)
+    );
+    // `return` answers before nginx checks access.
+    assert_eq!(
+        from_client(&cfg, Method::GET, "/moved", "192.0.2.1"),
+        Some(301)
+    );
+    assert_eq!(finding(&c, "deny all").impact, Impact::Ignored);
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+}
+
+#[test]
+fn realip_directives_become_the_sets_real_ip() {
+    let c = conv(&http(
+        "set_real_ip_from 10.0.0.0/8;
+        set_real_ip_from 192.168.1.1;
+        real_ip_header X-Forwarded-For;
+        real_ip_recursive on;
+        upstream app { server 127.0.0.1:3000; }
+        server { listen 80; location / { proxy_pass http://app; } }",
+    ));
+    let cfg = compiled(&c);
+    let real = cfg.real_ip.as_ref().expect("real_ip carried");
+    assert!(real.recursive);
+    assert_eq!(real.header.as_str(), "x-forwarded-for");
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", "203.0.113.5, 10.9.9.9".parse().unwrap());
+    assert_eq!(
+        cfg.client_ip("192.168.1.1".parse().unwrap(), &h),
+        "203.0.113.5".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert!(
+        c.findings.iter().all(|f| f.impact == Impact::Ignored),
+        "{:#?}",
+        c.findings
+    );
+}
+
+#[test]
+fn proxy_redirect_default_and_pairs_become_location_rewrites() {
+    let c = conv(&http(
+        "upstream app { server 127.0.0.1:3000; }
+        server { listen 80;
+            location / { proxy_pass http://app; }
+            location /one/ { proxy_pass http://127.0.0.1:3001/two/; }
+            location /up { proxy_pass http://127.0.0.1:3002/; proxy_redirect http://127.0.0.1:3002 /up; }
+            location /off { proxy_pass http://app; proxy_redirect off; }
+        }",
+    ));
+    compiled(&c);
+    let rw = |name: &str| match &route(&c, name).action {
+        ActionOut::Upstream {
+            location_rewrite, ..
+        } => location_rewrite.clone(),
+        a => panic!("{a:?}"),
+    };
+    let pair = |a: &str, b: &str| vec![(a.to_string(), b.to_string())];
+    // nginx's implicit default: the proxied URL (with `/` when it has no
+    // URI) becomes the location.
+    assert_eq!(rw("|/|"), pair("http://app/", "/"));
+    assert_eq!(rw("|/one/|"), pair("http://127.0.0.1:3001/two/", "/one/"));
+    assert_eq!(rw("|/up|"), pair("http://127.0.0.1:3002", "/up"));
+    assert!(rw("|/off|").is_empty());
+    no_finding(&c, "proxy_redirect");
+    assert!(c.report.iter().any(|f| {
+        f.directive
+            .starts_with("proxy_redirect http://127.0.0.1:3002")
+            && f.impact == Impact::Carried
+    }));
+}
+
+#[test]
+fn error_page_lines_become_route_error_pages() {
+    let c = conv(&http(
+        "upstream app { server 127.0.0.1:3000; }
+        server { listen 80;
+            error_page 500 502 503 504 /50x.html;
+            location / { proxy_pass http://app; proxy_intercept_errors on; }
+            location /own/ { error_page 404 =200 /empty.html; error_page 502 https://status.example/; proxy_pass http://app; }
+            location = /50x.html { return 200 sorry; }
+        }",
+    ));
+    compiled(&c);
+    let root = route(&c, "|/|");
+    assert!(root.intercept_errors);
+    assert_eq!(
+        root.error_pages,
+        vec![crate::model::ErrorPageOut {
+            statuses: vec![500, 502, 503, 504],
+            uri: "/50x.html".into(),
+            status: None,
+        }]
+    );
+    // A level with error_page lines of its own does not inherit.
+    let own = route(&c, "/own/|");
+    assert_eq!(own.error_pages.len(), 2);
+    assert_eq!(own.error_pages[0].status.as_deref(), Some("200"));
+    assert_eq!(own.error_pages[1].uri, "https://status.example/");
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
 }
