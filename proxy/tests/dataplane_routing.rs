@@ -614,3 +614,73 @@ routes:
     assert_eq!(r.backend().as_deref(), Some("a"));
     assert!(b.hits() > 0);
 }
+
+/// nginx's `proxy_pass $var` from a `map`: the upstream is chosen per
+/// request from the request's method and headers, through a chain of maps;
+/// a value naming no upstream answers 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_choose_the_upstream_per_request() {
+    let api = Backend::start("api").await;
+    let ui = Backend::start("ui").await;
+    let routes = format!(
+        r#"
+maps:
+  - name: by_accept
+    source: "$http_accept"
+    exact: {{ "application/activity+json": "http://api" }}
+    regex: [{{ regex: "(?i)^text/json", value: api }}]
+    default: "http://ui"
+  - name: pass
+    source: "$request_method"
+    exact: {{ POST: api }}
+    default: "$by_accept"
+  - name: raw_host
+    source: "$uri"
+    default: "$host"
+upstreams:
+  - name: api
+    endpoints: ["{api}"]
+  - name: ui
+    endpoints: ["{ui}"]
+routes:
+  - name: by_host
+    match: {{ path_prefix: /host/ }}
+    upstream: "$raw_host"
+  - name: site
+    match: {{ path_prefix: / }}
+    upstream: "$pass"
+"#,
+        api = api.addr,
+        ui = ui.addr,
+    );
+    let p = Proxy::start("", &routes);
+    let c = client();
+    let send_to = |method: &str, path: &str, host: &str, accept: Option<&str>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(p.url(path))
+            .header("host", host);
+        if let Some(a) = accept {
+            b = b.header("accept", a);
+        }
+        b.body(full("")).unwrap()
+    };
+    let got = send(&c, send_to("GET", "/", "a.test", None)).await;
+    assert_eq!(got.backend().as_deref(), Some("ui"));
+    let got = send(&c, send_to("POST", "/", "a.test", None)).await;
+    assert_eq!(got.backend().as_deref(), Some("api"));
+    let got = send(
+        &c,
+        send_to("GET", "/", "a.test", Some("Application/Activity+JSON")),
+    )
+    .await;
+    assert_eq!(got.backend().as_deref(), Some("api"));
+    let got = send(&c, send_to("GET", "/", "a.test", Some("text/json"))).await;
+    assert_eq!(got.backend().as_deref(), Some("api"));
+    // A variable's value is checked per request: `ui` names an upstream,
+    // `nowhere.test` none (502, as nginx without a resolver).
+    let got = send(&c, send_to("GET", "/host/", "ui", None)).await;
+    assert_eq!(got.backend().as_deref(), Some("ui"));
+    let got = send(&c, send_to("GET", "/host/", "nowhere.test", None)).await;
+    assert_eq!(got.status, 502);
+}

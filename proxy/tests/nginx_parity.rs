@@ -525,7 +525,7 @@ fn import_exit_codes_and_error_listing() {
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(
         &conf,
-        "events {}\nhttp {\n  gzip on;\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n      proxy_set_header X-Request-Id $request_id;\n      proxy_pass http://127.0.0.1:9001;\n    }\n  }\n}\n",
+        "events {}\nhttp {\n  gzip on;\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n      proxy_set_header X-Conn $connection;\n      proxy_pass http://127.0.0.1:9001;\n    }\n  }\n}\n",
     )
     .unwrap();
     let run = |extra: &[&str], out: &Path| {
@@ -546,7 +546,7 @@ fn import_exit_codes_and_error_listing() {
     // import (issue 17).
     assert!(!err.contains("`gzip on`"), "{err}");
     assert!(
-        err.contains("nginx.conf:7: dropped: `proxy_set_header X-Request-Id $request_id`"),
+        err.contains("nginx.conf:7: dropped: `proxy_set_header X-Conn $connection`"),
         "{err}"
     );
     assert!(err.contains("--allow-partial"), "{err}");

@@ -42,6 +42,8 @@ pub struct CompiledConfig {
     /// Some route has `error_pages` (the pipeline keeps a request's head
     /// for them only then).
     pub has_error_pages: bool,
+    /// `maps`, in dependency order.
+    pub maps: Vec<crate::map::CompiledMap>,
 }
 
 /// The local ports Aegis listens on (`listen`, `listen_tls`).
@@ -257,7 +259,12 @@ pub fn add_header_status(status: StatusCode) -> bool {
 
 #[derive(Debug)]
 pub struct ForwardAction {
+    /// The upstream; with `upstream_map`, the first one the map can name
+    /// (what reports show; each request gets the map's choice).
     pub upstream: UpstreamId,
+    /// `upstream: "$name"`: the map whose value names the upstream per
+    /// request (nginx `proxy_pass $name`).
+    pub upstream_map: Option<crate::map::MapId>,
     pub strip_prefix: Option<String>,
     pub add_prefix: Option<String>,
     pub host_rewrite: Option<HeaderValue>,

@@ -70,7 +70,12 @@ pub enum Outcome<'c> {
     /// Forward to this upstream pool.
     Forward {
         upstream: &'c UpstreamPool,
+        /// Its index in [`CompiledConfig::upstreams`].
+        id: crate::compiled::UpstreamId,
     },
+    /// The route's map named no upstream of the config (502, as nginx
+    /// when `proxy_pass $var` names an unknown host and no resolver).
+    BadUpstream,
     Redirect {
         status: StatusCode,
         location: String,
@@ -150,7 +155,8 @@ impl<'c> Decision<'c, '_> {
     /// An owned, comparable summary for the sandbox report.
     pub fn summary(&self) -> DecisionSummary {
         let (action, upstream, status) = match &self.outcome {
-            Outcome::Forward { upstream } => ("forward", Some(upstream.name.clone()), None),
+            Outcome::Forward { upstream, .. } => ("forward", Some(upstream.name.clone()), None),
+            Outcome::BadUpstream => ("bad_upstream", None, Some(502)),
             Outcome::Redirect { status, .. } => ("redirect", None, Some(status.as_u16())),
             Outcome::Respond { status } => ("respond", None, Some(status.as_u16())),
             Outcome::Static => ("static", None, None),
@@ -183,7 +189,7 @@ impl<'c> Decision<'c, '_> {
 pub struct DecisionSummary {
     pub route: Option<String>,
     /// `forward`, `redirect`, `respond`, `static`, `block`, `deny`,
-    /// `no_route` or `bad_path`.
+    /// `no_route`, `bad_path` or `bad_upstream`.
     pub action: String,
     pub upstream: Option<String>,
     pub upstream_path: Option<String>,
@@ -249,10 +255,28 @@ pub fn decide<'c, 'r>(
     } else {
         match route.map(|r| &r.action) {
             None => Outcome::NoRoute,
-            Some(RouteAction::Forward(f)) => match config.upstreams.get(f.upstream) {
-                Some(upstream) => Outcome::Forward { upstream },
-                None => Outcome::NoRoute,
-            },
+            Some(RouteAction::Forward(f)) => {
+                let id = match f.upstream_map {
+                    None => Some(f.upstream),
+                    Some(m) => {
+                        let input = crate::map::MapInput {
+                            method: req.method,
+                            scheme: req.scheme,
+                            host: &host,
+                            path: &path,
+                            query: req.query,
+                            headers: req.headers,
+                        };
+                        let value = crate::map::eval(&config.maps, m, &input);
+                        config.upstream_index.get(upstream_name(&value)).copied()
+                    }
+                };
+                match id.and_then(|id| config.upstreams.get(id).map(|u| (id, u))) {
+                    Some((id, upstream)) => Outcome::Forward { upstream, id },
+                    None if f.upstream_map.is_some() => Outcome::BadUpstream,
+                    None => Outcome::NoRoute,
+                }
+            }
             Some(RouteAction::Redirect { status, location }) => Outcome::Redirect {
                 status: *status,
                 location: render_location(location, req, &host, &path),
@@ -268,6 +292,13 @@ pub fn decide<'c, 'r>(
         scored,
         path,
     }
+}
+
+/// The upstream a `proxy_pass` URL from a map names: `http://lemmy` and
+/// `http://lemmy/` are `lemmy`.
+pub fn upstream_name(value: &str) -> &str {
+    let v = value.strip_prefix("http://").unwrap_or(value);
+    v.strip_suffix('/').unwrap_or(v)
 }
 
 fn conditions_hold(route: &CompiledRoute, req: &RequestHead<'_>) -> bool {

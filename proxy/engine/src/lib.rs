@@ -17,6 +17,7 @@ pub mod compiled;
 pub mod config;
 pub mod decide;
 pub mod features;
+pub mod map;
 pub mod route_table;
 pub mod sample;
 pub mod tls;

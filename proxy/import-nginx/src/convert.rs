@@ -266,6 +266,10 @@ struct Cx<'o> {
     /// `set_real_ip_from`, `real_ip_header`, `real_ip_recursive`, with the
     /// context they were in (Aegis has one `real_ip` per set).
     real_ip_lines: Vec<(Directive, String)>,
+    /// `map`s carried (choosing upstreams), in definition order.
+    maps: Vec<crate::model::MapOut>,
+    /// Their variable names, for `proxy_pass $name`.
+    upstream_maps: HashSet<String>,
 }
 
 fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
@@ -314,6 +318,8 @@ impl<'o> Cx<'o> {
             depth: 0,
             caches: false,
             real_ip_lines: Vec::new(),
+            maps: Vec::new(),
+            upstream_maps: HashSet::new(),
         }
     }
 
@@ -510,7 +516,15 @@ impl<'o> Cx<'o> {
         };
         let mut uses = Vec::new();
         uses_of(http, var, &mut uses);
-        if uses.is_empty() {
+        let mut in_maps = false;
+        for_each_map(http, &mut |m| {
+            in_maps |= m
+                .block
+                .iter()
+                .flatten()
+                .any(|e| e.args.iter().any(|a| a == var));
+        });
+        if uses.is_empty() && !in_maps {
             self.note(
                 d,
                 Impact::Ignored,
@@ -529,17 +543,102 @@ impl<'o> Cx<'o> {
                 "the WebSocket idiom: routes whose Connection header uses it upgrade \
                  (`websocket: true`)",
             );
+        } else if let Some(m) = self.upstream_choice_map(d, http, src, var) {
+            self.note(
+                d,
+                Impact::Carried,
+                "maps: chooses the upstream of the routes that proxy_pass to it",
+            );
+            self.maps.push(m);
         } else {
             self.note(
                 d,
                 Impact::Dropped,
                 format!(
-                    "variables from `map` are not expressible in Aegis yet (no map in the \
-                     engine); the {} directive(s) using `{var}` are listed where they are",
+                    "variables from `map` are carried only where they choose an upstream \
+                     (`proxy_pass ${{name}}`); the {} directive(s) using `{var}` are listed \
+                     where they are",
                     uses.len()
                 ),
             );
         }
+    }
+
+    /// A map whose variable is used only by `proxy_pass $var` and by maps
+    /// that are themselves carried, with exact and regex keys, and values
+    /// that are `http://UPSTREAM` of an upstream block or a carried map.
+    fn upstream_choice_map(
+        &mut self,
+        d: &Directive,
+        http: &[Directive],
+        src: &str,
+        var: &str,
+    ) -> Option<crate::model::MapOut> {
+        let name = var.strip_prefix('$')?;
+        aegis_engine::map::MapSource::parse(src.strip_prefix('$')?)?;
+        // Every use: `proxy_pass $var`, or a map's value (that map is
+        // judged after this one, in order, and carried or not by itself).
+        let mut uses = Vec::new();
+        uses_of(http, var, &mut uses);
+        let mut in_maps = false;
+        for_each_map(http, &mut |m| {
+            if m.block
+                .iter()
+                .flatten()
+                .any(|e| e.args.iter().any(|a| a == var))
+            {
+                in_maps = true;
+            }
+        });
+        if uses.is_empty() && !in_maps {
+            return None;
+        }
+        if !uses
+            .iter()
+            .all(|u| u.name == "proxy_pass" && u.args.len() == 1 && u.arg(0) == Some(var))
+        {
+            return None;
+        }
+        let known = |v: &str| -> bool {
+            if let Some(m) = v.strip_prefix('$') {
+                return self.maps.iter().any(|x| x.name == m);
+            }
+            let host = aegis_engine::decide::upstream_name(v);
+            v.starts_with("http://") && self.upstreams.iter().any(|u| u.out.name == host)
+        };
+        let mut out = crate::model::MapOut {
+            name: name.to_string(),
+            source: src.to_string(),
+            exact: Vec::new(),
+            regex: Vec::new(),
+            default: String::new(),
+        };
+        for e in d.block.iter().flatten() {
+            let (key, value) = match (e.args.as_slice(), e.name.as_str()) {
+                ([v], k) => (k.to_string(), v.clone()),
+                _ => return None,
+            };
+            if !known(&value) {
+                return None;
+            }
+            if key == "default" {
+                out.default = value;
+            } else if let Some(re) = key.strip_prefix("~*") {
+                out.regex.push((format!("(?i){re}"), value));
+            } else if let Some(re) = key.strip_prefix('~') {
+                out.regex.push((re.to_string(), value));
+            } else if matches!(key.as_str(), "hostnames" | "volatile" | "include") {
+                return None;
+            } else {
+                out.exact
+                    .push((key.trim_start_matches('\\').to_string(), value));
+            }
+        }
+        if !known(&out.default) && !out.default.is_empty() {
+            return None;
+        }
+        self.upstream_maps.insert(name.to_string());
+        Some(out)
     }
 
     fn duration_arg(&mut self, d: &Directive) -> Option<u64> {
@@ -1781,6 +1880,21 @@ impl<'o> Cx<'o> {
             self.note(d, Impact::Dropped, "proxy_pass without a URL");
             return None;
         };
+        if let Some(var) = url.strip_prefix('$')
+            && self.upstream_maps.contains(var)
+        {
+            self.note(d, Impact::Carried, "upstream chosen by the map");
+            return Some(ActionOut::Upstream {
+                name: url.to_string(),
+                strip_prefix: None,
+                add_prefix: None,
+                host_rewrite: self.host_header(scope, "$proxy_host"),
+                timeout_ms: scope
+                    .read_timeout
+                    .filter(|t| *t != NGINX_DEFAULT_TIMEOUT_MS),
+                location_rewrite: Vec::new(),
+            });
+        }
         if url.contains('$') {
             self.note(
                 d,
@@ -3392,6 +3506,7 @@ impl<'o> Cx<'o> {
                 rate_limits: self.rate_limits,
                 copies: self.copies,
                 real_ip,
+                maps: std::mem::take(&mut self.maps),
             },
             findings,
             report,
@@ -3841,6 +3956,17 @@ fn ignored_reason(n: &str) -> &'static str {
             "used only where files are served (listed there); Aegis serves no files yet"
         }
         _ => "no difference a client sees",
+    }
+}
+
+/// Calls `f` with every `map` block of `ds`.
+fn for_each_map<'a>(ds: &'a [Directive], f: &mut dyn FnMut(&'a Directive)) {
+    for d in ds {
+        if d.name == "map" {
+            f(d);
+        } else if let Some(b) = &d.block {
+            for_each_map(b, f);
+        }
     }
 }
 

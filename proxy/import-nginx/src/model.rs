@@ -21,6 +21,18 @@ pub struct ConfigSet {
     pub copies: Vec<(PathBuf, String)>,
     /// nginx's realip directives, as the hot `real_ip` key.
     pub real_ip: Option<RealIpOut>,
+    /// nginx `map`s that choose upstreams, in definition order.
+    pub maps: Vec<MapOut>,
+}
+
+/// One `maps` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOut {
+    pub name: String,
+    pub source: String,
+    pub exact: Vec<(String, String)>,
+    pub regex: Vec<(String, String)>,
+    pub default: String,
 }
 
 /// The `real_ip` key (nginx `set_real_ip_from`, `real_ip_header`,
@@ -422,6 +434,27 @@ impl ConfigSet {
             let _ = writeln!(out, "  from: [{}]", fs.join(", "));
             let _ = writeln!(out, "  header: {}", q(&ri.header));
             let _ = writeln!(out, "  recursive: {}", ri.recursive);
+        }
+        if !self.maps.is_empty() {
+            out.push_str("# nginx map: a value chosen per request (here: the upstream).\n");
+            out.push_str("maps:\n");
+            for m in &self.maps {
+                let _ = writeln!(out, "  - name: {}", q(&m.name));
+                let _ = writeln!(out, "    source: {}", q(&m.source));
+                if !m.exact.is_empty() {
+                    out.push_str("    exact:\n");
+                    for (k, v) in &m.exact {
+                        let _ = writeln!(out, "      {}: {}", q(k), q(v));
+                    }
+                }
+                if !m.regex.is_empty() {
+                    out.push_str("    regex:\n");
+                    for (k, v) in &m.regex {
+                        let _ = writeln!(out, "      - {{ regex: {}, value: {} }}", q(k), q(v));
+                    }
+                }
+                let _ = writeln!(out, "    default: {}", q(&m.default));
+            }
         }
         if self.routes.is_empty() {
             out.push_str("routes: []\n");

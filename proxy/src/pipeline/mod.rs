@@ -777,7 +777,7 @@ impl<C: Connector> Pipeline<C> {
         let scheme = if client.tls { "https" } else { "http" };
         let path_owned = req.uri().path().to_string();
         let query_owned = req.uri().query().map(str::to_string);
-        let (summary, route_id, score, redirect, mut upstream_path, early, static_path) = {
+        let (summary, route_id, score, redirect, mut upstream_path, early, static_path, chosen) = {
             let head = RequestHead {
                 method: req.method(),
                 scheme,
@@ -801,11 +801,18 @@ impl<C: Connector> Pipeline<C> {
                 Outcome::Forward { .. } => Some(d.upstream_path().into_owned()),
                 _ => None,
             };
+            // The upstream `decide` chose (a route's map picks it per
+            // request).
+            let chosen = match &d.outcome {
+                Outcome::Forward { id, .. } => Some(*id),
+                _ => None,
+            };
             // Answered here, before any route option applies.
             let early = match &d.outcome {
                 Outcome::BadPath => Some(StatusCode::BAD_REQUEST),
                 Outcome::Blocked => Some(StatusCode::FORBIDDEN),
                 Outcome::Denied => Some(StatusCode::FORBIDDEN),
+                Outcome::BadUpstream => Some(StatusCode::BAD_GATEWAY),
                 Outcome::NoRoute => Some(StatusCode::NOT_FOUND),
                 _ => None,
             };
@@ -818,6 +825,7 @@ impl<C: Connector> Pipeline<C> {
                 up_path,
                 early,
                 static_path,
+                chosen,
             )
         };
         log.score = score;
@@ -1056,7 +1064,7 @@ impl<C: Connector> Pipeline<C> {
 
         let ctx = ForwardCtx {
             config: config.clone(),
-            upstream: fwd.upstream,
+            upstream: chosen.unwrap_or(fwd.upstream),
             route: Arc::from(route.name.as_str()),
             timeout: fwd.timeout,
             // Non-idempotent methods are retried only when the request never

@@ -3,14 +3,18 @@
 //! per endpoint, timeouts and retries. [`PooledConnector`] is the real
 //! [`Connector`]; the sandbox plugs in its own.
 //!
-//! Connections are HTTP/1.1 (hyper's `client::conn::http1`), one request at a
-//! time, returned to the endpoint's idle list when the response body ends and
-//! dropped when it does not. A request is retried on another endpoint when it
+//! Connections are HTTP/1.1, one request at a time, returned to the
+//! endpoint's idle list when the response body ends and dropped when it does
+//! not. Requests go through the lean client of [`h1`], driven in the
+//! request's own task; a request asking for an upgrade goes through hyper's
+//! `client::conn::http1` (the pipeline tunnels with hyper's `OnUpgrade`), and
+//! the connection it leaves behind after a non-101 answer is pooled as such. A request is retried on another endpoint when it
 //! never left (connect failure, or a pooled connection found closed before
 //! the request was written), for any method, as nginx does; after it left,
 //! only idempotent requests without a body are retried.
 
 pub mod balance;
+mod h1;
 pub mod health;
 
 use std::collections::HashMap;
@@ -49,8 +53,25 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Sender = http1::SendRequest<ProxyBody>;
 
+/// A connection in the idle list.
+enum PoolConn {
+    /// The lean client's connection (every request but upgrades).
+    Lean(h1::Conn),
+    /// Hyper's client, left by an upgrade request answered without 101.
+    Hyper(Sender),
+}
+
+impl PoolConn {
+    fn is_usable(&mut self) -> bool {
+        match self {
+            PoolConn::Lean(c) => c.is_usable(),
+            PoolConn::Hyper(s) => !s.is_closed(),
+        }
+    }
+}
+
 struct IdleConn {
-    sender: Sender,
+    conn: PoolConn,
     since: Instant,
 }
 
@@ -219,25 +240,25 @@ impl Endpoint {
             .clamp(MIN_IDLE_PER_ENDPOINT, MAX_IDLE_PER_ENDPOINT)
     }
 
-    fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+    fn checkout(&self) -> Option<PoolConn> {
+        loop {
+            // The check reads the socket: not under the lock.
+            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if c.since.elapsed() < IDLE_TIMEOUT && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
-        None
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_closed() || !self.is_healthy() {
+    fn checkin(&self, conn: PoolConn) {
+        if matches!(&conn, PoolConn::Hyper(s) if s.is_closed()) || !self.is_healthy() {
             return;
         }
         let cap = self.idle_cap();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < cap {
             idle.push(IdleConn {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -376,15 +397,17 @@ impl PooledConnector {
         response_timeout: Duration,
         active: ActiveGuard,
     ) -> Result<Response<ProxyBody>, Failure> {
+        let upgrade = req.headers().contains_key(http::header::UPGRADE)
+            || req.method() == http::Method::CONNECT;
         // A pooled connection first; if it turns out closed before the request
         // was written, a fresh one (the request comes back to us).
         let mut pooled = ep.checkout();
         loop {
             let reused = pooled.is_some();
-            let mut sender = match pooled.take() {
-                Some(s) => s,
+            let conn = match pooled.take() {
+                Some(c) => c,
                 None => match connect(ep, pool.connect_timeout).await {
-                    Ok(s) => s,
+                    Ok(s) => PoolConn::Lean(h1::Conn::new(s)),
                     Err(error) => {
                         return Err(Failure {
                             error,
@@ -394,67 +417,171 @@ impl PooledConnector {
                     }
                 },
             };
-            if reused && sender.ready().await.is_err() {
-                continue;
-            }
-            let fut = sender.try_send_request(req);
-            match tokio::time::timeout(response_timeout, fut).await {
-                Ok(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    let guard = ConnGuard {
-                        ep: ep.clone(),
-                        sender: Some(sender),
-                    };
-                    let body = PooledBody {
-                        inner: body,
-                        guard: Some(guard),
-                        _active: active,
-                        idle: response_timeout,
-                        timer: Box::pin(tokio::time::sleep(response_timeout)),
-                        waiting: false,
-                    };
-                    let mut resp = Response::from_parts(parts, boxed(body));
-                    resp.extensions_mut()
-                        .insert(UpstreamEndpoint(ep.address.clone()));
-                    return Ok(resp);
+            let conn = match conn {
+                PoolConn::Lean(c) if upgrade => {
+                    let Some(io) = c.into_io() else { continue };
+                    match handshake(ep, io).await {
+                        Ok(s) => PoolConn::Hyper(s),
+                        Err(error) => {
+                            return Err(Failure {
+                                error,
+                                request: Some(req),
+                                sent: false,
+                            });
+                        }
+                    }
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) if reused => {
-                        req = back;
-                        continue;
+                other => other,
+            };
+            let again = match conn {
+                PoolConn::Lean(c) => {
+                    match lean_attempt(ep, c, req, reused, response_timeout).await {
+                        Attempt::Ok(parts, body) => {
+                            return Ok(respond(ep, parts, body, active, response_timeout));
+                        }
+                        Attempt::Retry(r) => r,
+                        Attempt::Failed(f) => return Err(f),
                     }
-                    None if e.error().is_user() => {
-                        return Err(Failure {
-                            error: UpstreamError::ClientBody {
-                                source: Box::new(e.into_error()),
-                            },
-                            request: None,
-                            sent: true,
-                        });
-                    }
-                    back => {
-                        return Err(Failure {
-                            error: UpstreamError::Protocol {
-                                endpoint: ep.address.to_string(),
-                                source: Box::new(e.into_error()),
-                            },
-                            sent: back.is_none(),
-                            request: back,
-                        });
-                    }
-                },
-                Err(_) => {
-                    return Err(Failure {
-                        error: UpstreamError::Timeout {
-                            endpoint: ep.address.to_string(),
-                            timeout: response_timeout,
-                        },
-                        request: None,
-                        sent: true,
-                    });
                 }
-            }
+                PoolConn::Hyper(s) => {
+                    match hyper_attempt(ep, s, req, reused, response_timeout).await {
+                        Attempt::Ok(parts, body) => {
+                            return Ok(respond(ep, parts, body, active, response_timeout));
+                        }
+                        Attempt::Retry(r) => r,
+                        Attempt::Failed(f) => return Err(f),
+                    }
+                }
+            };
+            req = again;
         }
+    }
+}
+
+/// One try of a request on one connection.
+enum Attempt<B> {
+    /// The response head, and its body still on the connection.
+    Ok(http::response::Parts, B),
+    /// The pooled connection failed before any of the request left: try
+    /// a fresh one with it.
+    Retry(Request<ProxyBody>),
+    Failed(Failure),
+}
+
+/// The response as the pipeline takes it: the body hands the connection
+/// back when it ends and carries the in-flight guard.
+fn respond<B: PoolBody>(
+    ep: &Arc<Endpoint>,
+    parts: http::response::Parts,
+    inner: B,
+    active: ActiveGuard,
+    idle: Duration,
+) -> Response<ProxyBody> {
+    let body = PooledBody {
+        inner,
+        ep: ep.clone(),
+        _active: active,
+        idle,
+        timer: None,
+        waiting: false,
+    };
+    let mut resp = Response::from_parts(parts, boxed(body));
+    resp.extensions_mut()
+        .insert(UpstreamEndpoint(ep.address.clone()));
+    resp
+}
+
+async fn lean_attempt(
+    ep: &Endpoint,
+    conn: h1::Conn,
+    req: Request<ProxyBody>,
+    reused: bool,
+    response_timeout: Duration,
+) -> Attempt<h1::ResponseBody> {
+    let protocol = |source: BoxError| UpstreamError::Protocol {
+        endpoint: ep.address.to_string(),
+        source,
+    };
+    match tokio::time::timeout(response_timeout, h1::send(conn, req)).await {
+        Ok(Ok((head, body))) => {
+            let (parts, ()) = head.into_parts();
+            Attempt::Ok(parts, body)
+        }
+        Ok(Err(h1::SendError::NotSent { request, .. })) if reused => Attempt::Retry(*request),
+        Ok(Err(h1::SendError::NotSent { request, source })) => Attempt::Failed(Failure {
+            error: protocol(Box::new(source)),
+            request: Some(*request),
+            sent: false,
+        }),
+        Ok(Err(h1::SendError::ClientBody(source))) => Attempt::Failed(Failure {
+            error: UpstreamError::ClientBody { source },
+            request: None,
+            sent: true,
+        }),
+        Ok(Err(h1::SendError::Upstream(source))) => Attempt::Failed(Failure {
+            error: protocol(source),
+            request: None,
+            sent: true,
+        }),
+        Err(_) => Attempt::Failed(Failure {
+            error: UpstreamError::Timeout {
+                endpoint: ep.address.to_string(),
+                timeout: response_timeout,
+            },
+            request: None,
+            sent: true,
+        }),
+    }
+}
+
+async fn hyper_attempt(
+    ep: &Endpoint,
+    mut sender: Sender,
+    req: Request<ProxyBody>,
+    reused: bool,
+    response_timeout: Duration,
+) -> Attempt<HyperBody> {
+    if reused && sender.ready().await.is_err() {
+        return Attempt::Retry(req);
+    }
+    let fut = sender.try_send_request(req);
+    match tokio::time::timeout(response_timeout, fut).await {
+        Ok(Ok(resp)) => {
+            let (parts, body) = resp.into_parts();
+            Attempt::Ok(
+                parts,
+                HyperBody {
+                    body,
+                    sender: Some(sender),
+                },
+            )
+        }
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(back) if reused => Attempt::Retry(back),
+            None if e.error().is_user() => Attempt::Failed(Failure {
+                error: UpstreamError::ClientBody {
+                    source: Box::new(e.into_error()),
+                },
+                request: None,
+                sent: true,
+            }),
+            back => Attempt::Failed(Failure {
+                error: UpstreamError::Protocol {
+                    endpoint: ep.address.to_string(),
+                    source: Box::new(e.into_error()),
+                },
+                sent: back.is_none(),
+                request: back,
+            }),
+        },
+        Err(_) => Attempt::Failed(Failure {
+            error: UpstreamError::Timeout {
+                endpoint: ep.address.to_string(),
+                timeout: response_timeout,
+            },
+            request: None,
+            sent: true,
+        }),
     }
 }
 
@@ -476,7 +603,7 @@ async fn resolve(address: &str) -> Result<SocketAddr, std::io::Error> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
-async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamError> {
+async fn connect(ep: &Endpoint, timeout: Duration) -> Result<tokio::net::TcpStream, UpstreamError> {
     let endpoint = ep.address.to_string();
     let attempt = async {
         let addr = resolve(&ep.address).await?;
@@ -494,6 +621,13 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamErr
         }
         Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint, timeout }),
     };
+    metrics::counter!("aegis_upstream_connections_total").increment(1);
+    Ok(stream)
+}
+
+/// Hyper's client on a connected socket, for an upgrade request: its
+/// connection task runs on its own, with upgrades.
+async fn handshake(ep: &Endpoint, stream: tokio::net::TcpStream) -> Result<Sender, UpstreamError> {
     let (sender, conn) = http1::Builder::new()
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
@@ -506,7 +640,6 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamErr
             tracing::debug!(error = %e, "upstream connection closed");
         }
     });
-    metrics::counter!("aegis_upstream_connections_total").increment(1);
     Ok(sender)
 }
 
@@ -640,23 +773,73 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Returns the connection to the idle list when the body ended cleanly.
-struct ConnGuard {
-    ep: Arc<Endpoint>,
+/// A response body whose connection can go back to the idle list.
+trait PoolBody: Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static {
+    /// The connection, once the body ended cleanly and it can carry
+    /// another request; called at most once that yields one.
+    fn take_conn(&mut self) -> Option<PoolConn>;
+    /// Closes the connection (the body failed or timed out).
+    fn discard(&mut self);
+}
+
+/// Hyper's response body and the client it came on.
+struct HyperBody {
+    body: hyper::body::Incoming,
     sender: Option<Sender>,
+}
+
+impl Body for HyperBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.sender = None;
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl PoolBody for HyperBody {
+    fn take_conn(&mut self) -> Option<PoolConn> {
+        self.sender.take().map(PoolConn::Hyper)
+    }
+    fn discard(&mut self) {
+        self.sender = None;
+    }
+}
+
+impl PoolBody for h1::ResponseBody {
+    fn take_conn(&mut self) -> Option<PoolConn> {
+        h1::ResponseBody::take_conn(self).map(PoolConn::Lean)
+    }
+    fn discard(&mut self) {
+        h1::ResponseBody::discard(self);
+    }
 }
 
 /// The upstream response body: hands the connection back when it ends, and
 /// fails when the upstream sends nothing for `idle` while we wait on it
 /// (nginx's `proxy_read_timeout`; time the client takes to read does not
 /// count).
-struct PooledBody {
-    inner: hyper::body::Incoming,
-    guard: Option<ConnGuard>,
+struct PooledBody<B: PoolBody> {
+    inner: B,
+    ep: Arc<Endpoint>,
     /// Counts the request in flight on the endpoint until the body is gone.
     _active: ActiveGuard,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Made on the first wait: a body already read with its head (most
+    /// small responses) never arms a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
 }
 
@@ -665,17 +848,15 @@ struct PooledBody {
 #[error("upstream sent no body bytes for {0:?}")]
 pub struct BodyIdleTimeout(pub Duration);
 
-impl PooledBody {
+impl<B: PoolBody> PooledBody<B> {
     fn release(&mut self) {
-        if let Some(mut g) = self.guard.take()
-            && let Some(s) = g.sender.take()
-        {
-            g.ep.checkin(s);
+        if let Some(c) = self.inner.take_conn() {
+            self.ep.checkin(c);
         }
     }
 }
 
-impl Body for PooledBody {
+impl<B: PoolBody> Body for PooledBody<B> {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
@@ -683,25 +864,19 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if !this.waiting {
-            this.waiting = true;
-            let deadline = tokio::time::Instant::now() + this.idle;
-            this.timer.as_mut().reset(deadline);
-        }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_ready() {
-            this.waiting = false;
-        }
-        match polled {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
+                this.waiting = false;
                 this.release();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                this.guard = None;
-                Poll::Ready(Some(Err(Box::new(e))))
+                this.waiting = false;
+                this.inner.discard();
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(f))) => {
+                this.waiting = false;
                 // Trailers end an HTTP/1 body, and a length-delimited body
                 // may be complete with its last data frame: the reader need
                 // not poll again, so hand the connection back now.
@@ -710,14 +885,27 @@ impl Body for PooledBody {
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.guard = None;
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    match this.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let fired = this
+                    .timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                if fired {
+                    this.inner.discard();
                     this.waiting = false;
                     Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle)))))
+                } else {
+                    Poll::Pending
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -728,7 +916,7 @@ impl Body for PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl<B: PoolBody> Drop for PooledBody<B> {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
             self.release();

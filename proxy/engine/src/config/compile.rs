@@ -25,6 +25,7 @@ use crate::compiled::{
     StaticFallback, UpstreamPool,
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
+use crate::map::{CompiledMap, MapId, MapSource, MapValue};
 use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
 
 /// Parses `aegis.yaml` (defaults when absent).
@@ -82,6 +83,8 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         roots: FileRoots::of(source),
         hasher: ContentHasher::default(),
         fallbacks: Vec::new(),
+        maps: Vec::new(),
+        map_index: HashMap::new(),
     };
     let mut parsed: Vec<(&SourceFile, HotFile)> = Vec::new();
     for file in &source.files {
@@ -183,6 +186,12 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
     let listen_ports: Option<Vec<u16>> = listeners
         .as_ref()
         .map(|l| l.plain.iter().chain(l.tls.iter()).copied().collect());
+    // Maps, before the routes that choose upstreams with them.
+    for (file, hot) in &parsed {
+        for (i, m) in hot.maps.iter().enumerate() {
+            cx.map(file, &format!("maps[{i}]"), m);
+        }
+    }
     let mut routes = Vec::new();
     let mut table = RouteTableBuilder::default();
     let mut route_origin: HashMap<String, String> = HashMap::new();
@@ -460,6 +469,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
         files: source.files.iter().map(|f| f.name.clone()).collect(),
         real_ip,
         has_error_pages,
+        maps: std::mem::take(&mut cx.maps),
     })
 }
 
@@ -530,6 +540,9 @@ struct Cx<'a> {
     /// route is compiled: (the static route, the route named, the error to
     /// report when it does not exist).
     fallbacks: Vec<(String, String, Diagnostic)>,
+    /// `maps`, compiled before the routes that use them.
+    maps: Vec<CompiledMap>,
+    map_index: HashMap<String, MapId>,
 }
 
 /// Where the files a config set names (certificates, keys) may be read
@@ -876,8 +889,18 @@ impl Cx<'_> {
         if upstream_only && raw.upstream.is_none() {
             self.err(file, at, path, "strip_prefix, add_prefix, host_rewrite, timeout and retries apply only to upstream routes");
         }
+        let by_map = raw
+            .upstream
+            .as_ref()
+            .and_then(|u| u.value.strip_prefix('$'))
+            .map(|name| self.upstream_map(file, at, path, name, upstreams));
         let action = if let Some(u) = &raw.upstream {
-            match upstreams.get(&u.value) {
+            let named = match &by_map {
+                Some(Some((_, first))) => Some(first),
+                Some(None) => return None,
+                None => upstreams.get(&u.value),
+            };
+            match named {
                 Some(id) => {
                     let host_rewrite =
                         raw.host_rewrite
@@ -906,6 +929,7 @@ impl Cx<'_> {
                     }
                     RouteAction::Forward(ForwardAction {
                         upstream: *id,
+                        upstream_map: by_map.flatten().map(|(m, _)| m),
                         strip_prefix: raw.strip_prefix.clone(),
                         add_prefix: raw.add_prefix.clone(),
                         host_rewrite,
@@ -1077,6 +1101,168 @@ impl Cx<'_> {
             examples,
         };
         Some((route, hosts, key))
+    }
+
+    /// One `maps` entry. A value is text, a request variable (`$host`…) or
+    /// a map defined before this one.
+    fn map(&mut self, file: &SourceFile, path: &str, m: &Spanned<raw::MapDef>) {
+        let at = m.referenced;
+        let raw = &m.value;
+        if self.map_index.contains_key(&raw.name) {
+            self.err(
+                file,
+                at,
+                &format!("{path}.name"),
+                format!("map `{}` is already defined", raw.name),
+            );
+            return;
+        }
+        let source = match raw.source.strip_prefix('$').and_then(MapSource::parse) {
+            Some(s) => s,
+            None => {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.source"),
+                    format!(
+                        "`{}` is not a variable a map can read ($http_NAME, $request_method, $host, $uri, $args, $arg_NAME, $scheme)",
+                        raw.source
+                    ),
+                );
+                return;
+            }
+        };
+        let before = self.diags.len();
+        let mut exact = HashMap::new();
+        for (k, v) in &raw.exact {
+            let v = self.map_value(file, at, &format!("{path}.exact.{k}"), v);
+            exact.insert(k.to_ascii_lowercase(), v);
+        }
+        let mut regex = Vec::new();
+        for (i, r) in raw.regex.iter().enumerate() {
+            let rpath = format!("{path}.regex[{i}]");
+            let v = self.map_value(file, at, &rpath, &r.value);
+            if let Some(re) = self.regex(file, at, &rpath, &r.regex) {
+                regex.push((re, v));
+            }
+        }
+        let default = self.map_value(file, at, &format!("{path}.default"), &raw.default);
+        if self.diags.len() != before {
+            return;
+        }
+        self.map_index.insert(raw.name.clone(), self.maps.len());
+        self.maps.push(CompiledMap {
+            name: raw.name.clone(),
+            source,
+            exact,
+            regex,
+            default,
+        });
+    }
+
+    fn map_value(&mut self, file: &SourceFile, at: Location, path: &str, v: &str) -> MapValue {
+        let Some(var) = v.strip_prefix('$') else {
+            return MapValue::Text(v.to_string());
+        };
+        if let Some(id) = self.map_index.get(var) {
+            return MapValue::Map(*id);
+        }
+        match MapSource::parse(var) {
+            Some(s) => MapValue::Var(s),
+            None => {
+                self.err(
+                    file,
+                    at,
+                    path,
+                    format!("`{v}` is neither a map defined above nor a variable a map can read"),
+                );
+                MapValue::Text(String::new())
+            }
+        }
+    }
+
+    /// `upstream: "$name"`: the map, and the first upstream it can name.
+    /// Every text the map (and the maps it leads to) can answer must name
+    /// an upstream (`http://` and a trailing `/` allowed, as nginx's
+    /// `proxy_pass` URL); a variable's value is checked per request (502
+    /// when it names none).
+    fn upstream_map(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        name: &str,
+        upstreams: &HashMap<String, usize>,
+    ) -> Option<(MapId, usize)> {
+        let Some(&id) = self.map_index.get(name) else {
+            self.err(
+                file,
+                at,
+                &format!("{path}.upstream"),
+                format!("no map named `{name}` (define it under `maps`)"),
+            );
+            return None;
+        };
+        let mut texts = Vec::new();
+        let mut stack = vec![id];
+        let mut seen = Vec::new();
+        while let Some(m) = stack.pop() {
+            if seen.contains(&m) {
+                continue;
+            }
+            seen.push(m);
+            let Some(map) = self.maps.get(m) else {
+                continue;
+            };
+            for v in map
+                .exact
+                .values()
+                .chain(map.regex.iter().map(|(_, v)| v))
+                .chain(std::iter::once(&map.default))
+            {
+                match v {
+                    MapValue::Text(t) => texts.push(t.clone()),
+                    MapValue::Map(n) => stack.push(*n),
+                    MapValue::Var(_) => {}
+                }
+            }
+        }
+        texts.sort();
+        texts.dedup();
+        let mut first = None;
+        for t in &texts {
+            match upstreams.get(crate::decide::upstream_name(t)) {
+                Some(u) => {
+                    first = first.or(Some(*u));
+                }
+                None => self.err(
+                    file,
+                    at,
+                    &format!("{path}.upstream"),
+                    format!("map `{name}` can answer `{t}`, which names no upstream"),
+                ),
+            }
+        }
+        // Only variables: every request is checked as it comes; the first
+        // upstream stands for the route in reports.
+        let first = first.or_else(|| {
+            texts
+                .is_empty()
+                .then(|| upstreams.values().min().copied())
+                .flatten()
+        });
+        match first {
+            Some(u) => Some((id, u)),
+            None => {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.upstream"),
+                    format!("map `{name}` names no upstream"),
+                );
+                None
+            }
+        }
     }
 
     /// `error_pages`.

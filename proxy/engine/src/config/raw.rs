@@ -33,6 +33,36 @@ pub struct HotFile {
     /// One per set.
     #[serde(default)]
     pub real_ip: Option<Spanned<RealIp>>,
+    /// nginx `map` blocks: a value chosen per request (for `upstream:
+    /// "$name"`).
+    #[serde(default)]
+    pub maps: Vec<Spanned<MapDef>>,
+}
+
+/// nginx `map $source $name { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapDef {
+    pub name: String,
+    /// The variable looked at: `$http_NAME`, `$request_method`, `$host`,
+    /// `$uri`, `$args`, `$arg_NAME`, `$scheme`.
+    pub source: String,
+    /// Exact keys (compared case-insensitively, as nginx) and values.
+    #[serde(default)]
+    pub exact: BTreeMap<String, String>,
+    /// Regexes tried in order after the exact keys (`(?i)` for nginx `~*`).
+    #[serde(default)]
+    pub regex: Vec<MapRegex>,
+    /// Default "" as nginx.
+    #[serde(default)]
+    pub default: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapRegex {
+    pub regex: String,
+    pub value: String,
 }
 
 /// nginx `set_real_ip_from` / `real_ip_header` / `real_ip_recursive`.

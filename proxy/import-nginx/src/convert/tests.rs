@@ -1516,3 +1516,49 @@ fn error_page_lines_become_route_error_pages() {
     assert_eq!(own.error_pages[1].uri, "https://status.example/");
     assert!(!c.dropped_anything(), "{:#?}", c.findings);
 }
+
+#[test]
+fn maps_that_choose_upstreams_are_carried() {
+    let c = conv(&http(
+        "upstream api { server 127.0.0.1:3000; }
+        upstream ui { server 127.0.0.1:3001; }
+        map $http_accept $by_accept {
+            default \"http://ui\";
+            \"application/activity+json\" \"http://api\";
+            ~*^text/json \"http://api\";
+        }
+        map $request_method $pass {
+            default $by_accept;
+            POST \"http://api\";
+        }
+        server { listen 80; location / { proxy_pass $pass; } }",
+    ));
+    let cfg = compiled(&c);
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+    let pick = |method: Method, accept: &str| {
+        let mut headers = HeaderMap::new();
+        if !accept.is_empty() {
+            headers.insert("accept", accept.parse().unwrap());
+        }
+        let head = RequestHead {
+            method: &method,
+            scheme: "http",
+            host: Some("localhost"),
+            path: "/",
+            query: None,
+            headers: &headers,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            port: 0,
+        };
+        decide(&cfg, &head, DecideOptions::default())
+            .summary()
+            .upstream
+    };
+    assert_eq!(pick(Method::GET, "").as_deref(), Some("ui"));
+    assert_eq!(pick(Method::POST, "").as_deref(), Some("api"));
+    assert_eq!(
+        pick(Method::GET, "Application/Activity+JSON").as_deref(),
+        Some("api")
+    );
+    assert_eq!(pick(Method::GET, "TEXT/json; x").as_deref(), Some("api"));
+}
