@@ -684,3 +684,50 @@ routes:
     let got = send(&c, send_to("GET", "/host/", "nowhere.test", None)).await;
     assert_eq!(got.status, 502);
 }
+
+/// nginx's `rewrite` over real sockets: a redirect with captures and the
+/// query string, `break` changing the path sent upstream, `last` searching
+/// the routes again, and a loop answered 500 after nginx's 10 cycles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_redirect_rewrite_and_search_again() {
+    let app = Backend::start("app").await;
+    let routes = format!(
+        r#"
+upstreams:
+  - name: app
+    endpoints: ["{app}"]
+routes:
+  - name: loop
+    match: {{ path_prefix: /loop }}
+    upstream: app
+    rewrites: [{{ regex: "^/loop(.*)$", to: "/loop/$1", flag: last }}]
+  - name: new
+    match: {{ path_prefix: /new/ }}
+    respond: {{ status: 200, body: "new" }}
+  - name: site
+    match: {{ path_prefix: / }}
+    upstream: app
+    rewrites:
+      - {{ regex: "^(.+)/+$", to: "$1", flag: permanent }}
+      - {{ regex: "^/old/(.*)$", to: "/new/$1", flag: last }}
+      - {{ regex: "^/v1/(.*)$", to: "/api/$1", flag: break }}
+"#,
+        app = app.addr,
+    );
+    let p = Proxy::start("", &routes);
+    let c = client();
+    let got = get(&c, &p.url("/docs/?page=2"), Some("a.test")).await;
+    assert_eq!(got.status, 301);
+    assert_eq!(got.header("location").as_deref(), Some("/docs?page=2"));
+    let got = get(&c, &p.url("/old/x"), Some("a.test")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "new"));
+    let got = get(&c, &p.url("/v1/users?id=7"), Some("a.test")).await;
+    assert_eq!(got.status, 200);
+    let echo = got.json();
+    assert_eq!(echo["path"], "/api/users", "{echo}");
+    assert_eq!(echo["query"], "id=7", "{echo}");
+    let got = get(&c, &p.url("/plain"), Some("a.test")).await;
+    assert_eq!(got.json()["path"], "/plain");
+    let got = get(&c, &p.url("/loop"), Some("a.test")).await;
+    assert_eq!(got.status, 500);
+}

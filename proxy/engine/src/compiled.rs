@@ -132,6 +132,8 @@ pub struct CompiledRoute {
     pub error_pages: Vec<ErrorPageSpec>,
     /// nginx `proxy_intercept_errors on`.
     pub intercept_errors: bool,
+    /// nginx `rewrite`, in order.
+    pub rewrites: Vec<crate::rewrite::RewriteRule>,
     /// Requests that this route matches, one per host it serves (none for a
     /// pure regex route). The gate replays them when the recorded sample is
     /// thin, so a route nobody visited lately is still exercised.
@@ -397,6 +399,23 @@ impl HeaderEditList {
                 }
             }
         }
+    }
+}
+
+impl LocationPart {
+    /// The part an nginx variable name (without `$`) stands for.
+    pub fn of_variable(name: &str) -> Option<Self> {
+        Some(match name {
+            "scheme" => Self::Scheme,
+            "host" => Self::Host,
+            "request_uri" => Self::RequestUri,
+            "uri" => Self::Uri,
+            "args" | "query_string" => Self::Args,
+            "is_args" => Self::IsArgs,
+            "remote_addr" => Self::RemoteAddr,
+            "request_id" => Self::RequestId,
+            _ => return None,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ use crate::compiled::{
     RouteId, UpstreamPool,
 };
 use crate::features::{FeatureInput, Score, ScoreError};
+use crate::rewrite::Rewritten;
 
 /// The parts of a request the engine looks at.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +77,8 @@ pub enum Outcome<'c> {
     /// The route's map named no upstream of the config (502, as nginx
     /// when `proxy_pass $var` names an unknown host and no resolver).
     BadUpstream,
+    /// `rewrite`s sent the request round more than nginx's 10 cycles (500).
+    RewriteLoop,
     Redirect {
         status: StatusCode,
         location: String,
@@ -157,6 +160,7 @@ impl<'c> Decision<'c, '_> {
         let (action, upstream, status) = match &self.outcome {
             Outcome::Forward { upstream, .. } => ("forward", Some(upstream.name.clone()), None),
             Outcome::BadUpstream => ("bad_upstream", None, Some(502)),
+            Outcome::RewriteLoop => ("rewrite_loop", None, Some(500)),
             Outcome::Redirect { status, .. } => ("redirect", None, Some(status.as_u16())),
             Outcome::Respond { status } => ("respond", None, Some(status.as_u16())),
             Outcome::Static => ("static", None, None),
@@ -189,7 +193,7 @@ impl<'c> Decision<'c, '_> {
 pub struct DecisionSummary {
     pub route: Option<String>,
     /// `forward`, `redirect`, `respond`, `static`, `block`, `deny`,
-    /// `no_route`, `bad_path` or `bad_upstream`.
+    /// `no_route`, `bad_path`, `bad_upstream` or `rewrite_loop`.
     pub action: String,
     pub upstream: Option<String>,
     pub upstream_path: Option<String>,
@@ -230,7 +234,7 @@ pub fn decide<'c, 'r>(
         _ => false,
     };
 
-    let Some(path) = normalize_path(req.path) else {
+    let Some(mut path) = normalize_path(req.path) else {
         return Decision {
             route_id: None,
             route: None,
@@ -241,15 +245,68 @@ pub fn decide<'c, 'r>(
     };
     let host = normalize_host(req.host.unwrap_or(""));
     let port = config.match_port(req.port, req.scheme);
-    let route_id = config.table.lookup(port, &host, &path, |id| {
-        config
-            .routes
-            .get(id)
-            .is_some_and(|r| conditions_hold(r, req))
-    });
+    let lookup = |path: &str| {
+        config.table.lookup(port, &host, path, |id| {
+            config
+                .routes
+                .get(id)
+                .is_some_and(|r| conditions_hold(r, req))
+        })
+    };
+    let mut route_id = lookup(&path);
+    // nginx's rewrite phase: before access, possibly round again.
+    let mut rewritten: Option<(StatusCode, String)> = None;
+    let mut looped = false;
+    let mut cycles = 0usize;
+    while let Some(r) = route_id.and_then(|id| config.routes.get(id)) {
+        if r.rewrites.is_empty() {
+            break;
+        }
+        let vars = HeaderVars {
+            scheme: req.scheme,
+            host: &host,
+            path: &path,
+            request_path: req.path,
+            query: req.query,
+            client_ip: req.client_ip,
+            request_id: "",
+        };
+        match crate::rewrite::apply(&r.rewrites, &path, &vars) {
+            Rewritten::Unchanged => break,
+            Rewritten::Redirect {
+                permanent,
+                location,
+            } => {
+                let status = if permanent {
+                    StatusCode::MOVED_PERMANENTLY
+                } else {
+                    StatusCode::FOUND
+                };
+                rewritten = Some((status, location));
+                break;
+            }
+            Rewritten::Break(p) => {
+                path = Cow::Owned(p);
+                break;
+            }
+            Rewritten::Again(p) => {
+                cycles = cycles.saturating_add(1);
+                if cycles > crate::rewrite::MAX_CYCLES {
+                    looped = true;
+                    break;
+                }
+                route_id = lookup(&p);
+                path = Cow::Owned(p);
+            }
+        }
+    }
     let route = route_id.and_then(|id| config.routes.get(id));
     let outcome = if blocked {
         Outcome::Blocked
+    } else if looped {
+        Outcome::RewriteLoop
+    } else if let Some((status, location)) = rewritten {
+        Outcome::Redirect { status, location }
     } else if route.is_some_and(|r| !r.access.allows(req.method, req.client_ip)) {
         Outcome::Denied
     } else {

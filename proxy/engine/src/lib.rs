@@ -18,6 +18,7 @@ pub mod config;
 pub mod decide;
 pub mod features;
 pub mod map;
+pub mod rewrite;
 pub mod route_table;
 pub mod sample;
 pub mod tls;

@@ -1368,6 +1368,7 @@ impl<'o> Cx<'o> {
         let mut internal: Option<&Directive> = None;
         let mut nested: Vec<LocInfo> = Vec::new();
         let via_error_page = self.error_page_idiom(&loc.block);
+        let mut loc_rewrites: Vec<crate::model::RewriteOut> = Vec::new();
         for c in &loc.block {
             self.carried(c);
             match c.name.as_str() {
@@ -1406,6 +1407,11 @@ impl<'o> Cx<'o> {
                     }
                     if let Some(s) = self.strip_idiom(c, &loc.kind) {
                         strip = Some(s);
+                        continue;
+                    }
+                    if let Some(r) = rewrite_out(c) {
+                        self.note(c, Impact::Carried, "rewrites");
+                        loc_rewrites.push(r);
                         continue;
                     }
                     if let Some((path, action)) = self.simple_redirect(c, sctx, false) {
@@ -1569,7 +1575,8 @@ impl<'o> Cx<'o> {
                 );
             }
         }
-        let route = self.route_for(sctx, &ld, "", path, action);
+        let mut route = self.route_for(sctx, &ld, "", path, action);
+        route.rewrites = loc_rewrites;
         out.push(self.decorate(route, &scope, is_proxy));
         self.nested_routes(sctx, loc, &nested, &scope, &mut out);
         out
@@ -2423,6 +2430,7 @@ impl<'o> Cx<'o> {
             limit_except: None,
             error_pages: Vec::new(),
             intercept_errors: false,
+            rewrites: Vec::new(),
         }
     }
 
@@ -3699,6 +3707,37 @@ fn static_action(
             .clone()
             .unwrap_or_else(|| vec!["index.html".to_string()]),
         try_files: tries,
+    })
+}
+
+/// A location's `rewrite` as the engine's `rewrites` entry, when the
+/// engine can run it as nginx does: a regex the Rust engine compiles, a
+/// flag it knows, a replacement with captures and the variables it has, and
+/// no query string in an internal rewrite. `None` leaves the line to the
+/// older, narrower forms (and their findings).
+fn rewrite_out(d: &Directive) -> Option<crate::model::RewriteOut> {
+    let (re, to) = (d.arg(0)?, d.arg(1)?);
+    let flag = match d.arg(2) {
+        None => None,
+        Some(f @ ("last" | "break" | "redirect" | "permanent")) => Some(f.to_string()),
+        Some(_) => return None,
+    };
+    if d.args.len() > 3 || regex::Regex::new(re).is_err() {
+        return None;
+    }
+    let redirect = matches!(flag.as_deref(), Some("redirect" | "permanent"))
+        || to.starts_with("http://")
+        || to.starts_with("https://")
+        || to.starts_with("$scheme");
+    let text = to.strip_suffix('?').unwrap_or(to);
+    if !redirect && (text.contains('?') || !(text.starts_with('/') || text.starts_with('$'))) {
+        return None;
+    }
+    aegis_engine::rewrite::parse_replacement(text).ok()?;
+    Some(crate::model::RewriteOut {
+        regex: re.to_string(),
+        to: to.to_string(),
+        flag,
     })
 }
 

@@ -179,6 +179,16 @@ pub struct RouteOut {
     pub error_pages: Vec<ErrorPageOut>,
     /// nginx `proxy_intercept_errors on`.
     pub intercept_errors: bool,
+    /// The location's nginx `rewrite`s, in order.
+    pub rewrites: Vec<RewriteOut>,
+}
+
+/// One `rewrites` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteOut {
+    pub regex: String,
+    pub to: String,
+    pub flag: Option<String>,
 }
 
 /// One `allow` (true) or `deny` (false) rule and its address, CIDR or
@@ -615,6 +625,16 @@ impl ConfigSet {
             }
             if r.intercept_errors {
                 out.push_str("    intercept_errors: true\n");
+            }
+            if !r.rewrites.is_empty() {
+                out.push_str("    rewrites:\n");
+                for w in &r.rewrites {
+                    let _ = write!(out, "      - {{ regex: {}, to: {}", q(&w.regex), q(&w.to));
+                    if let Some(f) = &w.flag {
+                        let _ = write!(out, ", flag: {f}");
+                    }
+                    out.push_str(" }\n");
+                }
             }
             if r.websocket {
                 if engine_has_websocket() {

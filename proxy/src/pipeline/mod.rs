@@ -510,6 +510,18 @@ struct LogLine {
     path: String,
 }
 
+/// A redirect the pipeline answers itself.
+fn redirect_answer(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
 /// A response the pipeline makes itself: short text body.
 fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(full(format!("{text}\n")));
@@ -813,6 +825,7 @@ impl<C: Connector> Pipeline<C> {
                 Outcome::Blocked => Some(StatusCode::FORBIDDEN),
                 Outcome::Denied => Some(StatusCode::FORBIDDEN),
                 Outcome::BadUpstream => Some(StatusCode::BAD_GATEWAY),
+                Outcome::RewriteLoop => Some(StatusCode::INTERNAL_SERVER_ERROR),
                 Outcome::NoRoute => Some(StatusCode::NOT_FOUND),
                 _ => None,
             };
@@ -839,6 +852,15 @@ impl<C: Connector> Pipeline<C> {
             let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
             return Answered::new(resp, log, summary, None);
         };
+        // A `rewrite … redirect` of a route of another kind: nginx's
+        // rewrite phase answers before limits and the content.
+        if let Some((status, location)) = &redirect
+            && !matches!(route.action, RouteAction::Redirect { .. })
+        {
+            let mut resp = redirect_answer(*status, location);
+            edit_response(route, &mut resp);
+            return Answered::new(resp, log, summary, None);
+        }
 
         // Per-client rate limit.
         if let Some(spec) = route.rate_limit.and_then(|i| config.rate_limits.get(i))
@@ -930,13 +952,7 @@ impl<C: Connector> Pipeline<C> {
             }
             RouteAction::Redirect { .. } => {
                 let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
-                let mut resp = Response::new(empty());
-                *resp.status_mut() = status;
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                let mut resp = redirect_answer(status, &location);
                 edit_response(route, &mut resp);
                 return Answered::new(resp, log, summary, None);
             }

@@ -26,6 +26,7 @@ use crate::compiled::{
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::map::{CompiledMap, MapId, MapSource, MapValue};
+use crate::rewrite::{Flag, RewriteRule};
 use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
 
 /// Parses `aegis.yaml` (defaults when absent).
@@ -1067,6 +1068,7 @@ impl Cx<'_> {
         };
         let access = self.access(file, at, path, raw);
         let error_pages = self.error_pages(file, at, path, raw);
+        let rewrites = self.rewrites(file, at, path, raw);
         if !raw.location_rewrite.is_empty() && raw.upstream.is_none() {
             self.err(
                 file,
@@ -1098,6 +1100,7 @@ impl Cx<'_> {
             access,
             error_pages,
             intercept_errors: raw.intercept_errors,
+            rewrites,
             examples,
         };
         Some((route, hosts, key))
@@ -1263,6 +1266,76 @@ impl Cx<'_> {
                 None
             }
         }
+    }
+
+    /// `rewrites`.
+    fn rewrites(
+        &mut self,
+        file: &SourceFile,
+        at: Location,
+        path: &str,
+        raw: &raw::Route,
+    ) -> Vec<RewriteRule> {
+        let mut out = Vec::new();
+        for (i, r) in raw.rewrites.iter().enumerate() {
+            let rpath = format!("{path}.rewrites[{i}]");
+            let flag = match r.flag.as_deref() {
+                None => Flag::None,
+                Some("last") => Flag::Last,
+                Some("break") => Flag::Break,
+                Some("redirect") => Flag::Redirect,
+                Some("permanent") => Flag::Permanent,
+                Some(other) => {
+                    self.err(
+                        file,
+                        at,
+                        &format!("{rpath}.flag"),
+                        format!("`{other}` is not last, break, redirect or permanent"),
+                    );
+                    continue;
+                }
+            };
+            let Some(regex) = self.regex(file, at, &format!("{rpath}.regex"), &r.regex) else {
+                continue;
+            };
+            let redirect = matches!(flag, Flag::Redirect | Flag::Permanent)
+                || r.to.starts_with("http://")
+                || r.to.starts_with("https://")
+                || r.to.starts_with("$scheme");
+            let (text, keep_args) = match r.to.strip_suffix('?') {
+                Some(t) => (t, false),
+                None => (r.to.as_str(), true),
+            };
+            if !redirect && text.contains('?') {
+                self.err(
+                    file,
+                    at,
+                    &format!("{rpath}.to"),
+                    "a query string in an internal rewrite is not supported",
+                );
+                continue;
+            }
+            if !redirect && !text.starts_with('/') && !text.starts_with('$') {
+                self.err(
+                    file,
+                    at,
+                    &format!("{rpath}.to"),
+                    "an internal rewrite must give a path",
+                );
+                continue;
+            }
+            match crate::rewrite::parse_replacement(text) {
+                Ok(to) => out.push(RewriteRule {
+                    regex,
+                    to,
+                    flag,
+                    redirect,
+                    keep_args,
+                }),
+                Err(why) => self.err(file, at, &format!("{rpath}.to"), why),
+            }
+        }
+        out
     }
 
     /// `error_pages`.
@@ -2060,18 +2133,11 @@ fn parse_location(text: &str) -> Result<LocationTemplate, String> {
             .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
             .count();
         let name = var.get(1..name_len.saturating_add(1)).unwrap_or("");
-        parts.push(match name {
-            "scheme" => LocationPart::Scheme,
-            "host" => LocationPart::Host,
-            "request_uri" => LocationPart::RequestUri,
-            "uri" => LocationPart::Uri,
-            "args" | "query_string" => LocationPart::Args,
-            "is_args" => LocationPart::IsArgs,
-            "remote_addr" => LocationPart::RemoteAddr,
-            "request_id" => LocationPart::RequestId,
-            other => {
+        parts.push(match LocationPart::of_variable(name) {
+            Some(p) => p,
+            None => {
                 return Err(format!(
-                    "unknown variable `${other}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr, $request_id)"
+                    "unknown variable `${name}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr, $request_id)"
                 ));
             }
         });

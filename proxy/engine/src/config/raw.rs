@@ -277,10 +277,28 @@ pub struct Route {
     /// nginx `error_page`: what answers in place of an error.
     #[serde(default)]
     pub error_pages: Vec<ErrorPage>,
+    /// nginx `rewrite` in the route's location, in order.
+    #[serde(default)]
+    pub rewrites: Vec<Rewrite>,
     /// nginx `proxy_intercept_errors on`: `error_pages` also replace the
     /// upstream's own error answers (default: only Aegis's).
     #[serde(default)]
     pub intercept_errors: bool,
+}
+
+/// nginx `rewrite REGEX REPLACEMENT [FLAG]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    pub regex: String,
+    /// With `$1`..`$9` and `$scheme`, `$host`, `$request_uri`, `$uri`,
+    /// `$args`, `$is_args`, `$remote_addr`; a final `?` drops the query
+    /// string from a redirect.
+    pub to: String,
+    /// `last`, `break`, `redirect`, `permanent`; absent: go on, then search
+    /// the routes again.
+    #[serde(default)]
+    pub flag: Option<String>,
 }
 
 /// nginx `error_page CODES [=[STATUS]] URI`.

@@ -1036,11 +1036,8 @@ fn simple_rewrites_become_redirect_routes() {
         Some("/modern")
     );
     assert_eq!(finding(&c, "rewrite ^/(.*)/index").impact, Impact::Dropped);
-    assert!(
-        finding(&c, "rewrite ^/x$ /y last")
-            .reason
-            .contains("internal rewrites")
-    );
+    // An internal rewrite is carried (the route searches again).
+    no_finding(&c, "rewrite ^/x$ /y last");
     assert_eq!(
         get(&cfg, "w.test", "/other").upstream.as_deref(),
         Some("app")
@@ -1048,18 +1045,22 @@ fn simple_rewrites_become_redirect_routes() {
 }
 
 #[test]
-fn location_rewrite_for_a_path_another_location_serves_is_dropped() {
+fn location_rewrite_applies_only_where_nginx_brings_the_request() {
     let c = conv(&http(&format!(
         "{UP} server {{ listen 80;
-            location / {{ rewrite ^/a\\.php$ /b? permanent; proxy_pass http://app; }}
+            location / {{ rewrite ^/a\\.php$ /b? permanent; rewrite ^/old/(.*)$ /new/$1 last; proxy_pass http://app; }}
             location ~ \\.php$ {{ proxy_pass http://app; }}
+            location /new/ {{ return 200 new; }}
         }}"
     )));
-    assert!(
-        finding(&c, "rewrite ^/a")
-            .reason
-            .contains("another location")
-    );
+    let cfg = compiled(&c);
+    no_finding(&c, "rewrite");
+    // `/a.php` is the regex location's in nginx: the rewrite of `location
+    // /` never sees it.
+    assert_eq!(get(&cfg, "x", "/a.php").upstream.as_deref(), Some("app"));
+    assert_eq!(get(&cfg, "x", "/a.php").status, None);
+    // `last`: the routes are searched again with the new path.
+    assert_eq!(get(&cfg, "x", "/old/page").status, Some(200));
 }
 
 #[test]
