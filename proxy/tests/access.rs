@@ -10,14 +10,8 @@ use http::Request;
 use util::*;
 
 fn req(p: &Proxy, method: &str, host: &str, path: &str, xff: Option<&str>) -> Request<TestBody> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(p.url(path))
-        .header("host", host);
-    if let Some(x) = xff {
-        b = b.header("x-forwarded-for", x);
-    }
-    b.body(full("")).unwrap()
+    let xff: Vec<(&str, &str)> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+    request(p, method, host, path, &xff)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,18 +146,8 @@ fn bad_access_rules_are_compile_errors() {
          real_ip: { from: [\"nonsense\"] }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aegis"))
-        .arg("check")
-        .arg("--config-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = aegis_check(dir.path());
+    assert!(!ok, "{text}");
     assert!(text.contains("routes[0].access[0]"), "{text}");
     assert!(text.contains("routes[0].limit_except.methods"), "{text}");
     assert!(text.contains("real_ip.from[0]"), "{text}");

@@ -656,14 +656,8 @@ routes:
     let p = Proxy::start("", &routes);
     let c = client();
     let send_to = |method: &str, path: &str, host: &str, accept: Option<&str>| {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(p.url(path))
-            .header("host", host);
-        if let Some(a) = accept {
-            b = b.header("accept", a);
-        }
-        b.body(full("")).unwrap()
+        let accept: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        request(&p, method, host, path, &accept)
     };
     let got = send(&c, send_to("GET", "/", "a.test", None)).await;
     assert_eq!(got.backend().as_deref(), Some("ui"));

@@ -8,12 +8,7 @@ use http::Request;
 use util::*;
 
 fn req(p: &Proxy, method: &str, path: &str) -> Request<TestBody> {
-    Request::builder()
-        .method(method)
-        .uri(p.url(path))
-        .header("host", "site.test")
-        .body(full(""))
-        .unwrap()
+    request(p, method, "site.test", path, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,18 +99,8 @@ fn bad_error_pages_are_compile_errors() {
          - { statuses: [404], uri: \"https://a.example/\", status: 200 }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aegis"))
-        .arg("check")
-        .arg("--config-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = aegis_check(dir.path());
+    assert!(!ok, "{text}");
     assert!(text.contains("routes[0].error_pages[0].statuses"), "{text}");
     assert!(text.contains("routes[0].error_pages[1].uri"), "{text}");
     assert!(text.contains("routes[0].error_pages[2].status"), "{text}");

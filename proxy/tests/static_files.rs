@@ -9,30 +9,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use http::Request;
 use util::*;
 
-const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
-
-fn req(
-    p: &Proxy,
-    method: &str,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Request<TestBody> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(p.url(path))
-        .header("host", host);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(full("")).unwrap()
-}
+use util::aegis_check as check;
+use util::request as req;
 
 /// Lays out a root, a single-page app and a directory outside both.
 fn lay_out(base: &Path) {
@@ -338,20 +320,6 @@ async fn a_large_file_is_streamed_not_loaded() {
         .unwrap()
         + 4;
     assert_eq!(total - header_len, SIZE);
-}
-
-fn check(dir: &Path) -> (bool, String) {
-    let o = Command::new(AEGIS)
-        .args(["check", "--config-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
 }
 
 #[test]

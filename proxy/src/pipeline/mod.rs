@@ -510,11 +510,16 @@ struct LogLine {
     path: String,
 }
 
-/// A redirect the pipeline answers itself.
+/// A redirect the pipeline answers itself (no `Location` when the target
+/// is not a valid header value).
 fn redirect_answer(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    redirect_to(status, HeaderValue::from_str(location).ok())
+}
+
+fn redirect_to(status: StatusCode, location: Option<HeaderValue>) -> Response<ProxyBody> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(location) {
+    if let Some(v) = location {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp.headers_mut()
@@ -665,13 +670,7 @@ impl<C: Connector> Pipeline<C> {
                     ErrorAnswer::Code(c) => c,
                     _ => StatusCode::FOUND,
                 };
-                let mut resp = Response::new(empty());
-                *resp.status_mut() = code;
-                resp.headers_mut()
-                    .insert(header::LOCATION, location.clone());
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                return Some(resp);
+                return Some(redirect_to(code, Some(location.clone())));
             }
             ErrorTarget::Uri(u) => u,
         };

@@ -630,6 +630,39 @@ pub async fn send(client: &Client, req: Request<TestBody>) -> Got {
     }
 }
 
+/// `METHOD path` to the proxy with a Host and extra headers, no body.
+pub fn request(
+    p: &Proxy,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<TestBody> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(p.url(path))
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(full("")).unwrap()
+}
+
+/// `aegis check --config-dir DIR`: whether it accepted, and its output.
+pub fn aegis_check(dir: &Path) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_aegis"))
+        .args(["check", "--config-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
 /// `GET url` with an optional Host header.
 pub async fn get(client: &Client, url: &str, host: Option<&str>) -> Got {
     let mut b = Request::get(url);
