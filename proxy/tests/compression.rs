@@ -120,6 +120,19 @@ async fn gzip_and_brotli_for_clients_that_ask() {
     assert!(r.body.len() < want.len() / 3, "{} bytes", r.body.len());
     assert!(gunzip(&r.body) == want, "gunzipped body differs");
 
+    // HEAD: the headers a GET gets (nginx's gzip filter runs before it
+    // knows the answer is headers only), and no body at all.
+    let head = Request::head(p.url("/page"))
+        .header("accept-encoding", "gzip")
+        .body(full(""))
+        .unwrap();
+    let r = send(&c, head).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(r.header("vary").as_deref(), Some("Accept-Encoding"));
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.body.is_empty(), "{} bytes", r.body.len());
+
     // Both accepted: brotli is preferred; gzip refused by q=0: brotli.
     for ae in ["gzip, deflate, br", "gzip;q=0, br"] {
         let r = fetch(&c, &p, "/page", &[("accept-encoding", ae)]).await;
@@ -159,14 +172,9 @@ async fn gzip_and_brotli_for_clients_that_ask() {
     assert_eq!(r.header("content-encoding"), None);
     assert_eq!(&r.body[..], b"0123456789");
 
-    // A HEAD is answered with the origin's headers, as nginx does.
-    let req = Request::head(p.url("/page"))
-        .header("accept-encoding", "gzip")
-        .body(full(""))
-        .unwrap();
-    let r = send(&c, req).await;
-    assert_eq!(r.header("content-encoding"), None);
-    assert_eq!(r.header("content-length").as_deref(), Some("100000"));
+    // A HEAD of a compressible page: see `gzip_and_brotli_for_clients_that_ask`
+    // (nginx 1.22 answers it with `Content-Encoding: gzip`, as the
+    // real-config battery shows).
 
     // A `respond` body long enough is compressed too.
     let r = fetch(&c, &p, "/local", &[("accept-encoding", "gzip")]).await;

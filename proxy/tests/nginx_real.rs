@@ -26,6 +26,8 @@ use std::process::{Command, Stdio};
 
 use aegis_import_nginx::parse::{Directive, parse_str};
 
+#[path = "../../tests/parity/real/stage.rs"]
+mod stage;
 mod util;
 use util::nginx::*;
 
@@ -198,7 +200,22 @@ fn lay_out(dir: &Path, name: &str, rendered: &str, cert: &(String, String)) -> P
         return p;
     }
     std::fs::write(dir.join("site.conf"), rendered).unwrap();
-    write_wrapper(dir, "real-config battery")
+    let wrapper = write_wrapper(dir, "real-config battery");
+    // As Debian's nginx.conf around a site file: its MIME types (the site
+    // files of the corpus rely on them for the files they serve).
+    let debian = Path::new("/etc/nginx/mime.types");
+    if debian.exists() {
+        let text = std::fs::read_to_string(&wrapper).unwrap().replacen(
+            "    include site.conf;",
+            &format!(
+                "    include {};\n    default_type application/octet-stream;\n    include site.conf;",
+                debian.display()
+            ),
+            1,
+        );
+        std::fs::write(&wrapper, text).unwrap();
+    }
+    wrapper
 }
 
 // ---------------------------------------------------------------- battery
@@ -812,7 +829,11 @@ fn run_conf(nginx: &Path, path: &Path, tmp: &Path, rt: &tokio::runtime::Runtime)
         name: name.clone(),
         ..Default::default()
     };
-    let text = std::fs::read_to_string(path).unwrap();
+    // The files it serves, staged where both nginx and Aegis read them.
+    let text = stage::stage_roots(
+        &std::fs::read_to_string(path).unwrap(),
+        &tmp.join(format!("{name}-www")),
+    );
     // Backends: one per upstream port of the config, named by it.
     let mut upstreams = BTreeMap::new();
     let mut back_names = BTreeMap::new();

@@ -57,6 +57,12 @@ routes:
   - name: spa
     match: {{ host: spa.test, path_prefix: / }}
     static: {{ root: "{spa}", try_files: ["$uri", "$uri/", "/index.html"] }}
+  - name: one-file
+    match: {{ host: noetag.test, path: /config.js }}
+    static: {{ alias: "{root}/hello.txt" }}
+  - name: no-etag
+    match: {{ host: noetag.test, path_prefix: / }}
+    static: {{ root: "{root}", etag: false }}
   - name: strict
     match: {{ host: strict.test, path_prefix: / }}
     static: {{ root: "{root}", try_files: ["$uri", "=404"] }}
@@ -64,7 +70,7 @@ routes:
     match: {{ host: hybrid.test, path_prefix: / }}
     static: {{ root: "{root}", try_files: ["$uri", "@app"] }}
   - name: app
-    match: {{ host: app.internal, path_prefix: / }}
+    internal: true
     upstream: app
   - name: follow
     match: {{ host: follow.test, path_prefix: / }}
@@ -116,6 +122,25 @@ routes:
         Some("1"),
         "304 is an add_header status"
     );
+    // nginx `etag off`: no ETag, so If-None-Match with the old one does
+    // not match; Last-Modified still validates.
+    let got = send(
+        &c,
+        req(
+            &p,
+            "GET",
+            "noetag.test",
+            "/hello.txt",
+            &[("if-none-match", &etag)],
+        ),
+    )
+    .await;
+    assert_eq!((got.status, got.header("etag")), (200, None));
+    assert!(got.header("last-modified").is_some());
+    // nginx `location = /config.js { alias /path/to/file; }`: the alias is
+    // the file.
+    let got = send(&c, req(&p, "GET", "noetag.test", "/config.js", &[])).await;
+    assert_eq!((got.status, &got.body[..]), (200, &b"hello world\n"[..]));
     let lm = send(&c, req(&p, "GET", "files.test", "/hello.txt", &[]))
         .await
         .header("last-modified")
@@ -226,6 +251,29 @@ routes:
     assert_eq!((got.status, got.backend()), (200, None));
     let got = send(&c, req(&p, "GET", "hybrid.test", "/api/x", &[])).await;
     assert_eq!((got.status, got.backend().as_deref()), (200, Some("app")));
+    // `$uri` tests a file: a directory (even one with an index) is not
+    // one, so nginx hands `/dir/` to the named location (only `$uri/`
+    // would serve the index).
+    let got = send(&c, req(&p, "GET", "hybrid.test", "/dir/", &[])).await;
+    assert_eq!((got.status, got.backend().as_deref()), (200, Some("app")));
+    // try_files looks before the method matters: a POST for a path with no
+    // file reaches the named route, body and all (Discourse's `POST /`);
+    // a POST for a file that exists is 405.
+    let post = http::Request::post(p.url("/upload"))
+        .header("host", "hybrid.test")
+        .body(full(vec![b'x'; 5000]))
+        .unwrap();
+    let got = send(&c, post).await;
+    assert_eq!(
+        (got.status, &got.body[..], got.backend().as_deref()),
+        (200, &b"5000"[..], Some("app"))
+    );
+    let got = send(&c, req(&p, "POST", "hybrid.test", "/hello.txt", &[])).await;
+    assert_eq!(got.status, 405);
+    // The named route is reached only through the fallback: a request of
+    // its own, whatever its host, is not routed to it.
+    let got = send(&c, req(&p, "GET", "app.internal", "/api/x", &[])).await;
+    assert_eq!((got.status, got.backend()), (404, None));
 
     // Symlinks: out of the root only with `follow`.
     assert_eq!(
@@ -359,6 +407,15 @@ fn check_refuses_a_root_that_is_not_there_and_unknown_fallbacks() {
     let (ok, text) = check(dir.path());
     assert!(!ok, "{text}");
     assert!(text.contains("@gone"), "{text}");
+
+    // An internal route is reached by name only: a match on it is refused.
+    write(
+        "routes:\n  - name: f\n    internal: true\n    match: { path_prefix: /x }\n    respond: { status: 200 }\n".into(),
+    );
+    let (ok, text) = check(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("routes[0].match"), "{text}");
+    assert!(text.contains("takes no match"), "{text}");
 
     write("routes:\n  - name: f\n    match: { path_prefix: / }\n    respond: { status: 200 }\n    expires: soon\n".into());
     let (ok, text) = check(dir.path());

@@ -226,6 +226,8 @@ pub struct StaticAction {
     /// `symlinks: follow`; otherwise a file whose canonical path leaves
     /// `root` is not served.
     pub follow_symlinks: bool,
+    /// nginx `etag on` (the default): files carry an `ETag`.
+    pub etag: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +278,8 @@ pub struct ForwardAction {
     pub location_rewrite: Vec<(String, String)>,
 }
 
-/// `$scheme://$host$request_uri`-style redirect targets, split at compile time.
+/// `$scheme://$host$request_uri`-style redirect targets and header values,
+/// split at compile time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocationTemplate(pub Vec<LocationPart>);
 
@@ -293,9 +296,18 @@ pub enum LocationPart {
     IsArgs,
     /// The client's address (nginx `$remote_addr`).
     RemoteAddr,
-    /// nginx `$request_id`: 32 hex digits, one per request (request
-    /// headers only: a redirect target must be the same on every replay).
+    /// nginx `$request_id`: 32 hex digits, one per request (header values
+    /// only: a redirect target must be the same on every replay).
     RequestId,
+    /// nginx `$request_method`.
+    Method,
+    /// nginx `$http_NAME`: the first value of a request header ("" when
+    /// absent).
+    Header(HeaderName),
+    /// nginx `$arg_NAME`: a query parameter ("" when absent).
+    Arg(String),
+    /// A map's value (nginx `map`), chosen per request.
+    Map(crate::map::MapId),
 }
 
 #[derive(Debug, Default)]
@@ -303,18 +315,28 @@ pub struct HeaderEditList {
     pub set: Vec<(HeaderName, HeaderValue)>,
     pub add: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
-    /// Request header values with variables (`X-Real-IP: $remote_addr`),
-    /// rendered per request by [`HeaderEditList::apply_request`].
+    /// Values with variables (`X-Real-IP: $remote_addr`, `$name` of a
+    /// map), rendered per request by [`HeaderEditList::render`] from the
+    /// request's [`HeaderVars`] (response values too: nginx's `add_header`
+    /// sees the request's variables).
     pub set_vars: Vec<(HeaderName, LocationTemplate)>,
     pub add_vars: Vec<(HeaderName, LocationTemplate)>,
+    /// Some value uses `$request_id` (itself or through a map): the data
+    /// plane makes one only then.
+    pub uses_request_id: bool,
     /// `always: false`: response edits apply only on [`add_header_status`]
     /// statuses. Default true (every status).
     pub only_add_header_statuses: bool,
 }
 
-/// What request header variables are made of.
+/// A header value rendered for one request: name, value, and whether it is
+/// appended (`add`) rather than set.
+pub type RenderedHeader = (HeaderName, HeaderValue, bool);
+
+/// What template variables are made of: the request as `decide` sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderVars<'a> {
+    pub method: &'a http::Method,
     pub scheme: &'a str,
     /// The normalized host (no port).
     pub host: &'a str,
@@ -323,9 +345,13 @@ pub struct HeaderVars<'a> {
     /// The path as sent (`$request_uri` is this and the query).
     pub request_path: &'a str,
     pub query: Option<&'a str>,
+    /// The client's request headers (`$http_NAME`, and what maps read).
+    pub headers: &'a http::HeaderMap,
     pub client_ip: std::net::IpAddr,
     /// `$request_id` ([`request_id`]; empty where there is none).
     pub request_id: &'a str,
+    /// The config's maps ([`CompiledConfig::maps`]), for `$name` of a map.
+    pub maps: &'a [crate::map::CompiledMap],
 }
 
 /// A fresh `$request_id`: 128 bits as 32 hex digits, as nginx's. From the
@@ -361,16 +387,29 @@ impl HeaderEditList {
             && self.add_vars.is_empty()
     }
 
+    /// Some value has variables (rendered per request).
+    pub fn has_vars(&self) -> bool {
+        !self.set_vars.is_empty() || !self.add_vars.is_empty()
+    }
+
     /// Applies response edits to a response of `status`, honouring
-    /// `always: false`.
-    pub fn apply_response(&self, status: StatusCode, headers: &mut http::HeaderMap) {
+    /// `always: false`: the static edits, then `rendered` (what
+    /// [`Self::render`] made of the values with variables for the request;
+    /// empty when there are none).
+    pub fn apply_response(
+        &self,
+        status: StatusCode,
+        headers: &mut http::HeaderMap,
+        rendered: &[RenderedHeader],
+    ) {
         if !self.only_add_header_statuses || add_header_status(status) {
             self.apply(headers);
+            apply_rendered(headers, rendered);
         }
     }
 
     /// Applies the static edits: remove, then set (replacing), then add
-    /// (appending). Response edits have no variables.
+    /// (appending).
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
@@ -383,70 +422,146 @@ impl HeaderEditList {
         }
     }
 
-    /// Applies every edit of a request, rendering variables from `vars`. A
-    /// rendered value that is not a valid header value is skipped.
-    pub fn apply_request(&self, headers: &mut http::HeaderMap, vars: &HeaderVars<'_>) {
-        self.apply(headers);
+    /// Renders the values with variables for one request (set ones, then
+    /// added ones). A rendered value that is not a valid header value is
+    /// skipped. An empty one is not sent, as nginx's: an empty `set` removes
+    /// the header (kept as an empty set, which [`apply_rendered`] treats so),
+    /// an empty `add` adds nothing. Allocates nothing when there are none.
+    pub fn render(&self, vars: &HeaderVars<'_>) -> Vec<RenderedHeader> {
+        let mut out = Vec::new();
+        if !self.has_vars() {
+            return out;
+        }
+        out.reserve(self.set_vars.len().saturating_add(self.add_vars.len()));
+        let mut text = String::new();
         for (list, append) in [(&self.set_vars, false), (&self.add_vars, true)] {
             for (name, t) in list {
-                let Ok(value) = HeaderValue::from_str(&t.render(vars)) else {
+                text.clear();
+                t.render_into(vars, &mut text);
+                if text.is_empty() {
+                    if !append {
+                        out.push((name.clone(), HeaderValue::from_static(""), false));
+                    }
                     continue;
-                };
-                if append {
-                    headers.append(name.clone(), value);
-                } else {
-                    headers.insert(name.clone(), value);
+                }
+                if let Ok(value) = HeaderValue::from_str(&text) {
+                    out.push((name.clone(), value, append));
                 }
             }
+        }
+        out
+    }
+
+    /// Applies every edit of a request, rendering variables from `vars`.
+    pub fn apply_request(&self, headers: &mut http::HeaderMap, vars: &HeaderVars<'_>) {
+        self.apply(headers);
+        apply_rendered(headers, &self.render(vars));
+    }
+}
+
+/// Sets or appends values [`HeaderEditList::render`] made (an empty set
+/// removes the header).
+pub fn apply_rendered(headers: &mut http::HeaderMap, rendered: &[RenderedHeader]) {
+    for (name, value, append) in rendered {
+        if !*append && value.is_empty() {
+            headers.remove(name);
+        } else if *append {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }
 
 impl LocationPart {
-    /// The part an nginx variable name (without `$`) stands for.
+    /// The part an nginx variable name (without `$`) stands for; maps are
+    /// looked up by the caller.
     pub fn of_variable(name: &str) -> Option<Self> {
         Some(match name {
             "scheme" => Self::Scheme,
             "host" => Self::Host,
             "request_uri" => Self::RequestUri,
-            "uri" => Self::Uri,
+            "uri" | "document_uri" => Self::Uri,
             "args" | "query_string" => Self::Args,
             "is_args" => Self::IsArgs,
             "remote_addr" => Self::RemoteAddr,
             "request_id" => Self::RequestId,
-            _ => return None,
+            "request_method" => Self::Method,
+            _ => {
+                if let Some(h) = name.strip_prefix("http_") {
+                    Self::Header(HeaderName::from_bytes(h.replace('_', "-").as_bytes()).ok()?)
+                } else if let Some(a) = name.strip_prefix("arg_") {
+                    if a.is_empty() {
+                        return None;
+                    }
+                    Self::Arg(a.to_string())
+                } else {
+                    return None;
+                }
+            }
         })
     }
+
+    /// The variables [`Self::of_variable`] knows, for error messages.
+    pub const VARIABLES: &'static str = "$scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr, $request_id, $request_method, $http_NAME, $arg_NAME";
 }
 
 impl LocationTemplate {
     /// Renders the template for one request.
     pub fn render(&self, v: &HeaderVars<'_>) -> String {
         let mut out = String::new();
-        for part in &self.0 {
-            match part {
-                LocationPart::Literal(s) => out.push_str(s),
-                LocationPart::Scheme => out.push_str(v.scheme),
-                LocationPart::Host => out.push_str(v.host),
-                LocationPart::Uri => out.push_str(v.path),
-                LocationPart::RequestUri => {
-                    out.push_str(v.request_path);
-                    if let Some(q) = v.query {
-                        out.push('?');
-                        out.push_str(q);
-                    }
-                }
-                LocationPart::Args => out.push_str(v.query.unwrap_or("")),
-                LocationPart::IsArgs => {
-                    if v.query.is_some() {
-                        out.push('?');
-                    }
-                }
-                LocationPart::RemoteAddr => out.push_str(&v.client_ip.to_string()),
-                LocationPart::RequestId => out.push_str(v.request_id),
-            }
-        }
+        self.render_into(v, &mut out);
         out
+    }
+
+    /// Renders the template for one request onto `out`.
+    pub fn render_into(&self, v: &HeaderVars<'_>, out: &mut String) {
+        for part in &self.0 {
+            part.render_into(v, out);
+        }
+    }
+
+    /// Some part is `$request_id`, itself or through a map.
+    pub fn uses_request_id(&self, maps: &[crate::map::CompiledMap]) -> bool {
+        self.0.iter().any(|p| match p {
+            LocationPart::RequestId => true,
+            LocationPart::Map(id) => crate::map::uses_request_id(maps, *id),
+            _ => false,
+        })
+    }
+}
+
+impl LocationPart {
+    /// Renders one part for one request onto `out`.
+    pub fn render_into(&self, v: &HeaderVars<'_>, out: &mut String) {
+        match self {
+            LocationPart::Literal(s) => out.push_str(s),
+            LocationPart::Scheme => out.push_str(v.scheme),
+            LocationPart::Host => out.push_str(v.host),
+            LocationPart::Uri => out.push_str(v.path),
+            LocationPart::RequestUri => {
+                out.push_str(v.request_path);
+                if let Some(q) = v.query {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+            LocationPart::Args => out.push_str(v.query.unwrap_or("")),
+            LocationPart::IsArgs => {
+                if v.query.is_some() {
+                    out.push('?');
+                }
+            }
+            LocationPart::RemoteAddr => {
+                use std::fmt::Write;
+                let _ = write!(out, "{}", v.client_ip);
+            }
+            LocationPart::RequestId => out.push_str(v.request_id),
+            LocationPart::Method => out.push_str(v.method.as_str()),
+            LocationPart::Header(h) => out.push_str(crate::map::header_value(v.headers, h)),
+            LocationPart::Arg(name) => out.push_str(crate::map::arg_value(v.query, name)),
+            LocationPart::Map(id) => crate::map::eval_into(*id, v, out),
+        }
     }
 }
 

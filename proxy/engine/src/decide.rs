@@ -263,13 +263,16 @@ pub fn decide<'c, 'r>(
             break;
         }
         let vars = HeaderVars {
+            method: req.method,
             scheme: req.scheme,
             host: &host,
             path: &path,
             request_path: req.path,
             query: req.query,
+            headers: req.headers,
             client_ip: req.client_ip,
             request_id: "",
+            maps: &config.maps,
         };
         match crate::rewrite::apply(&r.rewrites, &path, &vars) {
             Rewritten::Unchanged => break,
@@ -316,15 +319,19 @@ pub fn decide<'c, 'r>(
                 let id = match f.upstream_map {
                     None => Some(f.upstream),
                     Some(m) => {
-                        let input = crate::map::MapInput {
+                        let vars = HeaderVars {
                             method: req.method,
                             scheme: req.scheme,
                             host: &host,
                             path: &path,
+                            request_path: req.path,
                             query: req.query,
                             headers: req.headers,
+                            client_ip: req.client_ip,
+                            request_id: "",
+                            maps: &config.maps,
                         };
-                        let value = crate::map::eval(&config.maps, m, &input);
+                        let value = crate::map::eval(m, &vars);
                         config.upstream_index.get(upstream_name(&value)).copied()
                     }
                 };
@@ -336,7 +343,7 @@ pub fn decide<'c, 'r>(
             }
             Some(RouteAction::Redirect { status, location }) => Outcome::Redirect {
                 status: *status,
-                location: render_location(location, req, &host, &path),
+                location: render_location(location, req, &host, &path, &config.maps),
             },
             Some(RouteAction::Respond { status, .. }) => Outcome::Respond { status: *status },
             Some(RouteAction::Static(_)) => Outcome::Static,
@@ -456,15 +463,24 @@ fn is_dot_segment(seg: &str) -> Option<u8> {
     }
 }
 
-fn render_location(t: &LocationTemplate, req: &RequestHead<'_>, host: &str, path: &str) -> String {
+fn render_location(
+    t: &LocationTemplate,
+    req: &RequestHead<'_>,
+    host: &str,
+    path: &str,
+    maps: &[crate::map::CompiledMap],
+) -> String {
     t.render(&HeaderVars {
+        method: req.method,
         scheme: req.scheme,
         host,
         path,
         request_path: req.path,
         query: req.query,
+        headers: req.headers,
         client_ip: req.client_ip,
         request_id: "",
+        maps,
     })
 }
 
@@ -515,8 +531,8 @@ mod tests {
             client_ip: "127.0.0.1".parse().unwrap(),
             port: 0,
         };
-        assert_eq!(render_location(&t, &head, "h", "/a"), "/new/a?x=1");
+        assert_eq!(render_location(&t, &head, "h", "/a", &[]), "/new/a?x=1");
         head.query = None;
-        assert_eq!(render_location(&t, &head, "h", "/a"), "/new/a");
+        assert_eq!(render_location(&t, &head, "h", "/a", &[]), "/new/a");
     }
 }

@@ -174,13 +174,16 @@ mod tests {
 
     fn vars(query: Option<&str>) -> HeaderVars<'_> {
         HeaderVars {
+            method: &http::Method::GET,
             scheme: "http",
             host: "a.test",
             path: "/",
             request_path: "/",
             query,
+            headers: Box::leak(Box::new(http::HeaderMap::new())),
             client_ip: "127.0.0.1".parse().unwrap(),
             request_id: "",
+            maps: &[],
         }
     }
 

@@ -13,6 +13,11 @@
 //!    the first that matches wins.
 //! 5. Otherwise the longest prefix from step 3 wins, if any.
 //!
+//! Regexes nested in nginx locations ([`Inside`]) keep nginx's order: the
+//! ones inside the longest prefix of step 3 are tried before every other
+//! regex (and only when that prefix is the longest); the ones inside a
+//! regex are tried when that regex has matched, before it answers.
+//!
 //! Several routes may share one path key and differ by `methods` or
 //! `headers`; at a key they are tried in declaration order and the first
 //! whose conditions hold is the candidate of that key (for prefixes, a
@@ -137,15 +142,41 @@ struct HostTableBuilder {
 struct GroupBuilder {
     exact: HashMap<String, Vec<RouteId>>,
     prefixes: Vec<(String, bool, RouteId)>,
-    regexes: Vec<(Regex, RouteId)>,
+    regexes: Vec<RegexEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct RegexEntry {
+    re: Regex,
+    route: RouteId,
+    inside: Option<Inside>,
 }
 
 /// Where a route sits in the table.
 #[derive(Debug, Clone)]
 pub enum PathKey {
     Exact(String),
-    Prefix { prefix: String, stop_regex: bool },
+    Prefix {
+        prefix: String,
+        stop_regex: bool,
+    },
     Regex(Regex),
+    /// A regex of an nginx location nested in another.
+    NestedRegex {
+        re: Regex,
+        inside: Inside,
+    },
+}
+
+/// The location an nginx regex location is nested in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inside {
+    /// `location /p { location ~ re {} }`: tried only when `/p` is the
+    /// longest matching prefix, before the other regexes.
+    Prefix(String),
+    /// `location ~ outer { location ~ re {} }`: tried only when `outer`
+    /// (the pattern as written) has matched, before it answers.
+    Regex(String),
 }
 
 /// A host pattern: `None` for any host.
@@ -194,7 +225,16 @@ impl HostTableBuilder {
             PathKey::Prefix { prefix, stop_regex } => {
                 group.prefixes.push((prefix.clone(), *stop_regex, route));
             }
-            PathKey::Regex(re) => group.regexes.push((re.clone(), route)),
+            PathKey::Regex(re) => group.regexes.push(RegexEntry {
+                re: re.clone(),
+                route,
+                inside: None,
+            }),
+            PathKey::NestedRegex { re, inside } => group.regexes.push(RegexEntry {
+                re: re.clone(),
+                route,
+                inside: Some(inside.clone()),
+            }),
         }
     }
 
@@ -210,16 +250,18 @@ impl HostTableBuilder {
                 let set = if g.regexes.len() <= SEQUENTIAL_REGEX_LIMIT {
                     None
                 } else {
-                    regex::RegexSetBuilder::new(g.regexes.iter().map(|(r, _)| r.as_str()))
+                    regex::RegexSetBuilder::new(g.regexes.iter().map(|e| e.re.as_str()))
                         .size_limit(regex_set_limit)
                         .build()
                         .ok()
                 };
+                let nested = g.regexes.iter().any(|e| e.inside.is_some());
                 PathTable {
                     exact: g.exact,
                     trie,
                     regex_set: set,
                     regexes: g.regexes,
+                    nested,
                 }
             })
             .collect();
@@ -280,7 +322,9 @@ struct PathTable {
     exact: HashMap<String, Vec<RouteId>>,
     trie: PrefixTrie,
     regex_set: Option<RegexSet>,
-    regexes: Vec<(Regex, RouteId)>,
+    regexes: Vec<RegexEntry>,
+    /// Some regex is nested ([`Inside`]): lookups take the nginx order.
+    nested: bool,
 }
 
 impl HostTable {
@@ -312,29 +356,77 @@ impl HostTable {
             return Some(r);
         }
         let best_prefix = table.trie.longest(path.as_bytes(), &qualifies);
-        if let Some((route, true)) = best_prefix {
+        if let Some((route, true, _)) = best_prefix {
             return Some(route);
         }
-        if !table.regexes.is_empty() {
+        if table.nested {
+            let prefix = best_prefix.and_then(|(_, _, len)| path.get(..len));
+            if let Some(r) = table.nested_lookup(path, prefix, &qualifies) {
+                return Some(r);
+            }
+        } else if !table.regexes.is_empty() {
             let found = match &table.regex_set {
                 Some(set) if !set.is_match(path) => None,
                 Some(set) => set
                     .matches(path)
                     .iter()
                     .filter_map(|i| table.regexes.get(i))
-                    .map(|(_, r)| *r)
+                    .map(|e| e.route)
                     .find(|r| qualifies(*r)),
                 None => table
                     .regexes
                     .iter()
-                    .find(|(re, r)| re.is_match(path) && qualifies(*r))
-                    .map(|(_, r)| *r),
+                    .find(|e| e.re.is_match(path) && qualifies(e.route))
+                    .map(|e| e.route),
             };
             if found.is_some() {
                 return found;
             }
         }
-        best_prefix.map(|(r, _)| r)
+        best_prefix.map(|(r, _, _)| r)
+    }
+}
+
+impl PathTable {
+    /// The regex step in nginx's order when some regexes are nested:
+    /// those inside the longest prefix first, then the others in
+    /// declaration order, each regex's own nested ones before it answers.
+    fn nested_lookup(
+        &self,
+        path: &str,
+        prefix: Option<&str>,
+        qualifies: &impl Fn(RouteId) -> bool,
+    ) -> Option<RouteId> {
+        let hits = self.regex_set.as_ref().map(|s| s.matches(path));
+        let hit = |i: usize, e: &RegexEntry| match &hits {
+            Some(m) => m.matched(i),
+            None => e.re.is_match(path),
+        };
+        let entries = || self.regexes.iter().enumerate();
+        // A matched regex answers, unless one nested in it matches too.
+        let answer = |e: &RegexEntry| {
+            let outer = e.re.as_str();
+            entries()
+                .find(|(j, n)| {
+                    matches!(&n.inside, Some(Inside::Regex(x)) if x == outer)
+                        && hit(*j, n)
+                        && qualifies(n.route)
+                })
+                .map_or(e.route, |(_, n)| n.route)
+        };
+        if let Some(p) = prefix {
+            let inner = entries().find(|(i, e)| {
+                matches!(&e.inside, Some(Inside::Prefix(x)) if x == p)
+                    && hit(*i, e)
+                    && qualifies(e.route)
+            });
+            if let Some((_, e)) = inner {
+                return Some(answer(e));
+            }
+        }
+        entries()
+            .find(|(i, e)| e.inside.is_none() && hit(*i, e) && qualifies(e.route))
+            .map(|(_, e)| answer(e))
     }
 }
 
@@ -385,19 +477,26 @@ impl PrefixTrie {
         }
     }
 
-    /// The longest prefix of `path` with a qualifying route.
+    /// The longest prefix of `path` with a qualifying route: the route,
+    /// its `stop_regex` and the prefix's length.
     fn longest(
         &self,
         path: &[u8],
         qualifies: &impl Fn(RouteId) -> bool,
-    ) -> Option<(RouteId, bool)> {
+    ) -> Option<(RouteId, bool, usize)> {
         let mut best = None;
         let mut at: usize = 0;
-        let pick = |node: &TrieNode| node.routes.iter().copied().find(|(r, _)| qualifies(*r));
+        let pick = |node: &TrieNode, len: usize| {
+            node.routes
+                .iter()
+                .copied()
+                .find(|(r, _)| qualifies(*r))
+                .map(|(r, stop)| (r, stop, len))
+        };
         if let Some(node) = self.nodes.first() {
-            best = pick(node).or(best);
+            best = pick(node, 0).or(best);
         }
-        for b in path {
+        for (depth, b) in path.iter().enumerate() {
             let Some(node) = self.nodes.get(at) else {
                 break;
             };
@@ -409,7 +508,7 @@ impl PrefixTrie {
                 Err(_) => break,
             }
             if let Some(node) = self.nodes.get(at) {
-                best = pick(node).or(best);
+                best = pick(node, depth.saturating_add(1)).or(best);
             }
         }
         best

@@ -87,6 +87,64 @@ fn nginx_location_order() {
     assert_eq!(r("/a/b.JPG").as_deref(), Some("root"));
 }
 
+/// Discourse's shape: regexes nested in `location /` and in a regex.
+const NESTED: &str = r#"
+upstreams:
+  - { name: u, endpoints: ["127.0.0.1:9"] }
+routes:
+  - { name: top-re,      match: { path_regex: "\\.css$" },                                 upstream: u }
+  - { name: root,        match: { path_prefix: / },                                          upstream: u }
+  - { name: root-assets, match: { path_regex: "^/assets/", inside_prefix: / },             upstream: u }
+  - { name: api,         match: { path_prefix: /api/ },                                      upstream: u }
+  - { name: uploads,     match: { path_regex: "^/uploads/" },                                upstream: u }
+  - { name: uploads-img, match: { path_regex: "\\.png$", inside_regex: "^/uploads/" },     upstream: u }
+"#;
+
+#[test]
+fn nested_regexes_keep_nginx_order() {
+    // Also past the number of regexes tried one by one (one RegexSet pass).
+    let filler: String = (0..20)
+        .map(|i| {
+            format!(
+                "  - {{ name: f{i}, match: {{ path_regex: \"^/filler{i}$\" }}, upstream: u }}\n"
+            )
+        })
+        .collect();
+    for yaml in [NESTED.to_string(), format!("{NESTED}{filler}")] {
+        nested_order(&config(&yaml));
+    }
+}
+
+fn nested_order(c: &CompiledConfig) {
+    let r = |p| route(c, &get("example.com", p));
+    // Inside the longest prefix: before a top-level regex declared earlier.
+    assert_eq!(r("/assets/a.css").as_deref(), Some("root-assets"));
+    // Not tried when another prefix is the longest.
+    assert_eq!(r("/api/assets/x").as_deref(), Some("api"));
+    assert_eq!(r("/api/x.css").as_deref(), Some("top-re"));
+    // Inside a regex: only when the outer one matched, and before it.
+    assert_eq!(r("/uploads/a.png").as_deref(), Some("uploads-img"));
+    assert_eq!(r("/uploads/a.txt").as_deref(), Some("uploads"));
+    assert_eq!(r("/other/a.png").as_deref(), Some("root"));
+    // `inside_*` without `path_regex`, or both: compile errors.
+    for bad in [
+        "routes:\n  - { name: x, match: { path_prefix: /, inside_prefix: / }, respond: { status: 200 } }\n",
+        "routes:\n  - { name: x, match: { path_regex: a, inside_prefix: /, inside_regex: b }, respond: { status: 200 } }\n",
+    ] {
+        let source = ConfigSource::from_files(
+            Path::new("."),
+            vec![SourceFile {
+                name: "routes.yaml".into(),
+                text: bad.into(),
+            }],
+        );
+        let err = compile(&source, &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routes[0].match"), "{err}");
+    }
+}
+
 const HOSTS: &str = r#"
 upstreams:
   - { name: u, endpoints: ["127.0.0.1:9"] }
@@ -443,14 +501,18 @@ routes:
 "#,
     );
     let mut h = HeaderMap::new();
+    let headers = HeaderMap::new();
     let vars = HeaderVars {
+        method: &Method::GET,
         request_id: "",
         scheme: "https",
         host: "example.com",
         path: "/a",
         request_path: "/a",
         query: Some("q=1"),
+        headers: &headers,
         client_ip: "192.0.2.7".parse().unwrap(),
+        maps: &c.maps,
     };
     c.routes[0].request_edits.apply_request(&mut h, &vars);
     assert_eq!(h["x-real-ip"], "192.0.2.7");
@@ -461,12 +523,12 @@ routes:
         Path::new("."),
         vec![SourceFile {
             name: "r.yaml".into(),
-            text: "routes:\n  - name: r\n    respond: { status: 200 }\n    response_headers: { set: { x-a: \"$remote_addr\" } }\n".into(),
+            text: "routes:\n  - name: r\n    respond: { status: 200 }\n    response_headers: { set: { x-a: \"$remote_addr$nope\" } }\n".into(),
         }],
     );
     let e = compile(&bad, &Limits::default()).unwrap_err().to_string();
     assert!(
-        e.contains("variables are supported in request_headers only"),
+        e.contains("unknown variable `$nope`") && e.contains("a map's name"),
         "{e}"
     );
 }

@@ -65,6 +65,29 @@ impl Conversion {
     pub fn dropped_anything(&self) -> bool {
         self.findings.iter().any(|f| f.impact == Impact::Dropped)
     }
+
+    /// The features Aegis leaves out that this config uses (each of
+    /// [`crate::finding::LEFT_OUT`] at most once, in that order).
+    pub fn left_out(&self) -> Vec<&'static str> {
+        let used: HashSet<&str> = self
+            .findings
+            .iter()
+            .filter_map(crate::finding::left_out_feature)
+            .collect();
+        crate::finding::LEFT_OUT
+            .iter()
+            .copied()
+            .filter(|f| used.contains(f))
+            .collect()
+    }
+
+    /// Dropped directives that are not part of a left-out feature: what
+    /// keeps the import from being complete for the features Aegis has.
+    pub fn blocking(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| {
+            f.impact == Impact::Dropped && crate::finding::left_out_feature(f).is_none()
+        })
+    }
 }
 
 const NGINX_DEFAULT_TIMEOUT_MS: u64 = 60_000;
@@ -74,7 +97,10 @@ const UNLIMITED_BODY: u64 = 1 << 50;
 
 /// Converts a parsed nginx configuration.
 pub fn convert(tree: &[Directive], opts: &Options) -> Conversion {
+    let mut constants = HashSet::new();
+    let tree = &substitute_constant_sets(tree, &mut constants);
     let mut cx = Cx::new(opts);
+    cx.constant_sets = constants;
     cx.caches = uses_cache(tree);
     let has_http = tree.iter().any(|d| d.name == "http");
     if has_http {
@@ -87,6 +113,99 @@ pub fn convert(tree: &[Directive], opts: &Options) -> Conversion {
         cx.http(tree);
     }
     cx.finish(tree)
+}
+
+/// nginx `set $v VALUE` at server level with a value without variables,
+/// the only assignment of `$v` in the config (no other `set`, no `map` or
+/// `geo` making it): it runs before any location is chosen, so `$v` is
+/// that value in every request of the server. Its uses in the server
+/// (not in `location` patterns or `rewrite` regexes, which nginx does not
+/// expand) are written with the value, and its place is put in `carried`.
+/// Discourse's `set $public /var/www/discourse/public; ... root $public;`.
+fn substitute_constant_sets(
+    tree: &[Directive],
+    carried: &mut HashSet<(String, usize)>,
+) -> Vec<Directive> {
+    fn assigns(ds: &[Directive], var: &str, n: &mut usize) {
+        for d in ds {
+            let made = match d.name.as_str() {
+                "set" => d.arg(0) == Some(var),
+                "map" | "geo" | "split_clients" => d.args.last().map(String::as_str) == Some(var),
+                _ => false,
+            };
+            if made {
+                *n = n.saturating_add(1);
+            }
+            if let Some(b) = &d.block {
+                assigns(b, var, n);
+            }
+        }
+    }
+    fn replace(arg: &str, var: &str, value: &str) -> String {
+        let braced = format!("${{{}}}", var.trim_start_matches('$'));
+        let mut out = arg.replace(&braced, value);
+        let mut from = 0;
+        while let Some(i) = out.get(from..).and_then(|r| r.find(var)) {
+            let at = from.saturating_add(i);
+            let end = at.saturating_add(var.len());
+            if out
+                .get(end..)
+                .and_then(|r| r.chars().next())
+                .is_some_and(is_var_char)
+            {
+                from = end;
+                continue;
+            }
+            out.replace_range(at..end, value);
+            from = at.saturating_add(value.len());
+        }
+        out
+    }
+    fn substitute(ds: &mut [Directive], var: &str, value: &str) {
+        for d in ds {
+            let skip_first = d.name == "rewrite";
+            if d.name != "location" && !(d.name == "set" && d.arg(0) == Some(var)) {
+                for (i, a) in d.args.iter_mut().enumerate() {
+                    if !(skip_first && i == 0) && a.contains('$') {
+                        *a = replace(a, var, value);
+                    }
+                }
+            }
+            if let Some(b) = &mut d.block {
+                substitute(b, var, value);
+            }
+        }
+    }
+    fn walk(ds: &mut [Directive], all: &[Directive], carried: &mut HashSet<(String, usize)>) {
+        for d in ds.iter_mut() {
+            let Some(block) = &mut d.block else { continue };
+            if d.name != "server" {
+                walk(block, all, carried);
+                continue;
+            }
+            let consts: Vec<(String, String, Loc)> = block
+                .iter()
+                .filter(|c| c.name == "set" && c.args.len() == 2)
+                .filter_map(|c| {
+                    let (var, value) = (c.arg(0)?, c.arg(1)?);
+                    let ok = var.starts_with('$') && !value.contains('$');
+                    ok.then(|| (var.to_string(), value.to_string(), c.at.clone()))
+                })
+                .filter(|(var, _, _)| {
+                    let mut n = 0;
+                    assigns(all, var, &mut n);
+                    n == 1
+                })
+                .collect();
+            for (var, value, at) in consts {
+                substitute(block, &var, &value);
+                carried.insert((at.file.to_string(), at.line));
+            }
+        }
+    }
+    let mut out = tree.to_vec();
+    walk(&mut out, tree, carried);
+    out
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +229,8 @@ struct Scope {
     /// `root` and `index`, inherited (the static-file action).
     root: Option<String>,
     index: Option<Vec<String>>,
+    /// nginx `etag off` (inherited): the static routes send no ETag.
+    etag_off: bool,
     /// `allow`/`deny` lines (array-like: inherited only by a level that
     /// has none).
     access: Option<Vec<Directive>>,
@@ -253,10 +374,21 @@ struct Cx<'o> {
     server_block: Vec<Directive>,
     named: Vec<LocInfo>,
     used_named: HashSet<String>,
+    /// Named locations of the current server written as internal routes
+    /// (a static `try_files ... @name` falls back to them): name → route.
+    internal_named: HashMap<String, String>,
+    /// Those routes, written once after every server's routes (they have
+    /// no host or port, so the per-socket copies do not repeat them).
+    internal_routes: Vec<RouteOut>,
+    /// Server-level `set`s of constants, substituted where used
+    /// ([`substitute_constant_sets`]): (file, line).
+    constant_sets: HashSet<(String, usize)>,
     cur_primary: String,
     cur_ports: Vec<String>,
     /// Depth of named-location fallbacks being followed (a guard).
     depth: u8,
+    /// Depth of the nested location being read (0: a server's own).
+    nesting: u8,
     /// Some `proxy_cache` (other than `off`) is set: without one, the
     /// other `proxy_cache_*` directives have no effect.
     caches: bool,
@@ -313,9 +445,13 @@ impl<'o> Cx<'o> {
             server_block: Vec::new(),
             named: Vec::new(),
             used_named: HashSet::new(),
+            internal_named: HashMap::new(),
+            internal_routes: Vec::new(),
+            constant_sets: HashSet::new(),
             cur_primary: String::new(),
             cur_ports: Vec::new(),
             depth: 0,
+            nesting: 0,
             caches: false,
             real_ip_lines: Vec::new(),
             maps: Vec::new(),
@@ -479,6 +615,7 @@ impl<'o> Cx<'o> {
                 "expires" => s.expires = Some(d.clone()),
                 "root" => s.root = d.arg(0).map(str::to_string),
                 "index" => s.index = Some(d.args.clone()),
+                "etag" => s.etag_off = d.arg(0) == Some("off"),
                 "ssl_certificate_key" => s.ssl_certificate_key = Some(d.clone()),
                 _ => {}
             }
@@ -550,18 +687,102 @@ impl<'o> Cx<'o> {
                 "maps: chooses the upstream of the routes that proxy_pass to it",
             );
             self.maps.push(m);
+        } else if uses.iter().any(|u| value_use(u, var)) {
+            match self.value_map(d, src, var) {
+                Ok(m) => {
+                    self.note(
+                        d,
+                        Impact::Carried,
+                        format!(
+                            "maps: `{var}` in the header values and redirect targets that use it"
+                        ),
+                    );
+                    self.maps.push(m);
+                }
+                Err(why) => self.note(d, Impact::Dropped, why),
+            }
         } else {
             self.note(
                 d,
                 Impact::Dropped,
                 format!(
-                    "variables from `map` are carried only where they choose an upstream \
-                     (`proxy_pass ${{name}}`); the {} directive(s) using `{var}` are listed \
-                     where they are",
+                    "variables from `map` are carried where they choose an upstream \
+                     (`proxy_pass ${{name}}`) or in proxy_set_header, add_header and `return` \
+                     targets; the {} directive(s) using `{var}` are listed where they are",
                     uses.len()
                 ),
             );
         }
+    }
+
+    /// A map whose variable is used in header values or redirect targets:
+    /// exact and regex keys, values that are text, text with variables
+    /// Aegis has, or `$name` of a map carried before it.
+    fn value_map(
+        &self,
+        d: &Directive,
+        src: &str,
+        var: &str,
+    ) -> Result<crate::model::MapOut, String> {
+        let name = var
+            .strip_prefix('$')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .ok_or_else(|| format!("`{var}` is not a variable name Aegis can carry"))?;
+        if aegis_engine::compiled::LocationPart::of_variable(name).is_some() {
+            return Err(format!("`{var}` is a variable Aegis has itself"));
+        }
+        if src
+            .strip_prefix('$')
+            .and_then(aegis_engine::map::MapSource::parse)
+            .is_none()
+        {
+            return Err(format!(
+                "a map of `{src}` is not expressible: Aegis maps read $http_NAME, \
+                 $request_method, $host, $uri, $args, $arg_NAME or $scheme"
+            ));
+        }
+        let value = |v: &str| -> Result<String, String> {
+            if let Some(m) = v.strip_prefix('$')
+                && self.maps.iter().any(|x| x.name == m)
+            {
+                return Ok(v.to_string());
+            }
+            if v.contains("$server_name") || v.contains("$server_port") {
+                return Err(format!(
+                    "the map value `{v}` uses a server's variable, which a map (of every \
+                     server) does not have in Aegis"
+                ));
+            }
+            request_value_template(v, "$", &[], &[], "map value")
+        };
+        let mut out = crate::model::MapOut {
+            name: name.to_string(),
+            source: src.to_string(),
+            exact: Vec::new(),
+            regex: Vec::new(),
+            default: String::new(),
+        };
+        for e in d.block.iter().flatten() {
+            let key = e.name.as_str();
+            if matches!(key, "hostnames" | "volatile" | "include") {
+                return Err(format!("`{key}` in a map is not expressible in Aegis"));
+            }
+            let [v] = e.args.as_slice() else {
+                return Err(format!("the map entry `{key}` does not have one value"));
+            };
+            let v = value(v)?;
+            if key == "default" {
+                out.default = v;
+            } else if let Some(re) = key.strip_prefix("~*") {
+                out.regex.push((format!("(?i){re}"), v));
+            } else if let Some(re) = key.strip_prefix('~') {
+                out.regex.push((re.to_string(), v));
+            } else {
+                out.exact
+                    .push((key.trim_start_matches('\\').to_string(), v));
+            }
+        }
+        Ok(out)
     }
 
     /// A map whose variable is used only by `proxy_pass $var` and by maps
@@ -947,6 +1168,18 @@ impl<'o> Cx<'o> {
                         locations.push(l);
                     }
                 }
+                "set"
+                    if self
+                        .constant_sets
+                        .contains(&(c.at.file.to_string(), c.at.line)) =>
+                {
+                    self.note(
+                        c,
+                        Impact::Carried,
+                        "a constant for every request of the server (its only assignment): \
+                         its uses are written with the value",
+                    );
+                }
                 "return" | "rewrite" | "set" | "if" | "break" => server_rewrites.push(c.clone()),
                 "ssl" => ssl_on = c.arg(0) == Some("on"),
                 "http2"
@@ -1001,6 +1234,7 @@ impl<'o> Cx<'o> {
             .cloned()
             .collect();
         self.used_named.clear();
+        self.internal_named.clear();
         self.cur_primary = primary_name.clone();
         self.cur_ports = ports.clone();
         let sctx = ServerCtx {
@@ -1085,6 +1319,7 @@ impl<'o> Cx<'o> {
                 routes.append(&mut rs);
             }
             self.auto_redirects(&sctx, &locations, &scope, &mut routes);
+            self.server_files(&sctx, d, &locations, &scope, &mut routes);
             self.named_locations();
         }
         self.named.clear();
@@ -1543,7 +1778,11 @@ impl<'o> Cx<'o> {
         } else if let Some((t, named)) = fallback
             && self.depth < 4
         {
-            return self.named_fallback(sctx, loc, t, &named, &scope, &statics, out, nested);
+            if let Some(a) = self.static_then_named(sctx, loc, t, &named, &scope, &statics) {
+                (a, false)
+            } else {
+                return self.named_fallback(sctx, loc, t, &named, &scope, &statics, out, nested);
+            }
         } else if let Some(a) = static_action(&loc.kind, &scope, &statics, try_files) {
             (a, false)
         } else {
@@ -1627,25 +1866,155 @@ impl<'o> Cx<'o> {
         scope: &Scope,
         out: &mut Vec<RouteOut>,
     ) {
+        // nginx tries a nested regex only inside its location: when the
+        // outer prefix is the longest (before other regexes), or when the
+        // outer regex has matched. The engine's `inside_*` says so for one
+        // level; deeper or under `^~`, or beside nested prefixes (which
+        // the engine's flat prefixes would then hide), it stays flat.
+        let nested_prefixes = nested
+            .iter()
+            .any(|n| matches!(n.kind, LocKind::Prefix(_) | LocKind::Stop(_)));
+        let inside = match &outer.kind {
+            LocKind::Prefix(p) if !nested_prefixes && self.nesting == 0 => {
+                Some(crate::model::InsideOut::Prefix(p.clone()))
+            }
+            LocKind::Regex { pattern, .. } if self.nesting <= 1 => {
+                Some(crate::model::InsideOut::Regex(pattern.clone()))
+            }
+            _ => None,
+        };
         for (j, n) in nested.iter().enumerate() {
-            if let (LocKind::Regex { .. }, false) =
-                (&n.kind, matches!(outer.kind, LocKind::Regex { .. }))
-            {
+            let is_regex = matches!(n.kind, LocKind::Regex { .. });
+            if is_regex && inside.is_none() && !matches!(outer.kind, LocKind::Regex { .. }) {
                 let nd = n.directive();
                 self.note(
                     &nd,
                     Impact::Differs,
                     format!(
                         "nginx tries this regex only for requests whose longest prefix location \
-                         is `{}`; Aegis's route table has no nesting, so it is tried, in \
-                         declaration order, for every request no exact or `^~` location answers",
+                         is `{}`; Aegis's route table has no nesting at this depth, so it is \
+                         tried, in declaration order, for every request no exact or `^~` \
+                         location answers",
                         outer.text
                     ),
                 );
             }
+            self.nesting = self.nesting.saturating_add(1);
             let mut rs = self.location_routes(sctx, n, j, nested, scope);
+            self.nesting = self.nesting.saturating_sub(1);
+            if is_regex && let Some(i) = &inside {
+                for r in &mut rs {
+                    if matches!(r.path, PathOut::Regex(_)) && r.inside.is_none() {
+                        r.inside = Some(i.clone());
+                    }
+                }
+            }
             out.append(&mut rs);
         }
+    }
+
+    /// `try_files $uri ... @name` where the files can be served: a static
+    /// route whose fallback is the named location, written once per server
+    /// as an internal route (nginx looks the files up, then hands the
+    /// request over with its URI unchanged). `None` when the files cannot
+    /// be served here or the named location is not a single proxy or
+    /// `return` route: the caller then carries the named location's action
+    /// alone.
+    fn static_then_named(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        loc: &LocInfo,
+        t: &Directive,
+        named: &LocInfo,
+        scope: &Scope,
+        statics: &[&Directive],
+    ) -> Option<ActionOut> {
+        let name = t.args.last()?.trim_start_matches('@').to_string();
+        if only_dev_null(t) {
+            return None;
+        }
+        let ActionOut::Static {
+            root,
+            alias,
+            index,
+            mut try_files,
+            etag,
+        } = static_action(&loc.kind, scope, statics, Some(t))?
+        else {
+            return None;
+        };
+        let route = match self.internal_named.get(&name) {
+            Some(r) => r.clone(),
+            None => {
+                let as_here = LocInfo {
+                    kind: LocKind::Prefix("/".to_string()),
+                    at: named.at.clone(),
+                    text: named.text.clone(),
+                    args: named.args.clone(),
+                    block: named.block.clone(),
+                };
+                let server_scope = self.server_scope.clone();
+                self.depth = self.depth.saturating_add(1);
+                let mut rs = self.location_routes(
+                    sctx,
+                    &as_here,
+                    0,
+                    std::slice::from_ref(&as_here),
+                    &server_scope,
+                );
+                self.depth = self.depth.saturating_sub(1);
+                let one = match (rs.pop(), rs.is_empty()) {
+                    (Some(r), true)
+                        if matches!(
+                            r.action,
+                            ActionOut::Upstream { .. } | ActionOut::Respond { .. }
+                        ) && r.rewrites.is_empty() =>
+                    {
+                        r
+                    }
+                    _ => return None,
+                };
+                let name_of = self
+                    .route_for(
+                        sctx,
+                        &named.directive(),
+                        "",
+                        PathOut::Internal,
+                        one.action.clone(),
+                    )
+                    .name;
+                let r = RouteOut {
+                    name: name_of.clone(),
+                    comment: format!(
+                        "nginx: {} ({}): the try_files fallback",
+                        named.text, named.at
+                    ),
+                    path: PathOut::Internal,
+                    hosts: Vec::new(),
+                    ports: Vec::new(),
+                    ..one
+                };
+                self.internal_routes.push(r);
+                self.internal_named.insert(name.clone(), name_of.clone());
+                name_of
+            }
+        };
+        if let Some(last) = try_files.last_mut() {
+            *last = format!("@{route}");
+        }
+        self.note(
+            t,
+            Impact::Carried,
+            format!("files are looked up; when none exists the request goes to @{name} (route `{route}`)"),
+        );
+        self.used_named.insert(name);
+        Some(ActionOut::Static {
+            root,
+            alias,
+            index,
+            try_files,
+            etag,
+        })
     }
 
     /// A location whose `try_files` falls back to a named location: the
@@ -1781,6 +2150,51 @@ impl<'o> Cx<'o> {
             }
         }
         self.used_named.clear();
+    }
+
+    /// A request no location matches is served by the server itself: from
+    /// its `root` (Jitsi's `/`). Written as a `path_prefix: /` static route
+    /// when the server has no `location /` and an explicit root that exists
+    /// here (nginx's compiled-in default root is not assumed).
+    fn server_files(
+        &mut self,
+        sctx: &ServerCtx<'_>,
+        server: &Directive,
+        locations: &[LocInfo],
+        scope: &Scope,
+        routes: &mut Vec<RouteOut>,
+    ) {
+        let catch_all = locations
+            .iter()
+            .any(|l| matches!(&l.kind, LocKind::Prefix(p) | LocKind::Stop(p) if p == "/"));
+        let Some(root_dir) = server
+            .block
+            .iter()
+            .flatten()
+            .find(|c| c.name == "root")
+            .cloned()
+        else {
+            return;
+        };
+        if catch_all {
+            return;
+        }
+        let kind = LocKind::Prefix("/".to_string());
+        let Some(action) = static_action(&kind, scope, &[], None) else {
+            return;
+        };
+        self.note(
+            &root_dir,
+            Impact::Carried,
+            "serves the requests no location matches, as nginx does (a `path_prefix: /` \
+             static route)",
+        );
+        let path = PathOut::Prefix {
+            prefix: "/".to_string(),
+            stop_regex: false,
+        };
+        let route = self.route_for(sctx, &root_dir, "files", path, action);
+        routes.push(self.decorate(route, scope, false));
     }
 
     /// nginx answers `/api` with a 301 to `/api/` when `location /api/` has
@@ -2363,10 +2777,20 @@ impl<'o> Cx<'o> {
                     [one] => out.push_str(one),
                     _ => return Err("`$server_port` of a server on several ports".into()),
                 },
+                m if self.maps.iter().any(|x| x.name == m) => {
+                    if var.get(len..).is_some_and(starts_with_name_char) {
+                        return Err(format!(
+                            "`${{{m}}}` followed by a letter, digit or `_` is not expressible"
+                        ));
+                    }
+                    out.push('$');
+                    out.push_str(m);
+                }
                 other => {
                     return Err(format!(
                         "`${other}` is not available in Aegis redirects \
-                         (only $scheme, $host, $request_uri, $uri, $args, $is_args, $server_name)"
+                         (only $scheme, $host, $request_uri, $uri, $args, $is_args, $server_name, \
+                         and variables of a carried `map`)"
                     ));
                 }
             }
@@ -2398,6 +2822,7 @@ impl<'o> Cx<'o> {
             } => format!("^~{prefix}"),
             PathOut::Prefix { prefix, .. } => prefix.clone(),
             PathOut::Regex(r) => format!("~{r}"),
+            PathOut::Internal => "internal".to_string(),
         };
         let mut base = format!("{}|{}|{}:{}", sctx.label, pat, file, d.at.line);
         if !what.is_empty() {
@@ -2431,6 +2856,7 @@ impl<'o> Cx<'o> {
             error_pages: Vec::new(),
             intercept_errors: false,
             rewrites: Vec::new(),
+            inside: None,
         }
     }
 
@@ -2668,7 +3094,13 @@ impl<'o> Cx<'o> {
                     r.request_set.push((lname, v.to_string()));
                 }
             }
-            (_, v) => match request_value_template(v, &self.cur_primary, &self.cur_ports) {
+            (_, v) => match request_value_template(
+                v,
+                &self.cur_primary,
+                &self.cur_ports,
+                &self.maps,
+                "request header",
+            ) {
                 Ok(t) => r.request_set.push((lname, t)),
                 Err(why) => self.note(d, Impact::Dropped, &why),
             },
@@ -2680,14 +3112,23 @@ impl<'o> Cx<'o> {
             self.note(d, Impact::Dropped, "add_header takes a name and a value");
             return;
         };
-        if value.contains('$') {
-            self.note(
-                d,
-                Impact::Dropped,
-                "response headers with variables are not expressible in Aegis",
-            );
-            return;
-        }
+        let value = if value.contains('$') {
+            match request_value_template(
+                value,
+                &self.cur_primary,
+                &self.cur_ports,
+                &self.maps,
+                "response header",
+            ) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.note(d, Impact::Dropped, why);
+                    return;
+                }
+            }
+        } else {
+            value.to_string()
+        };
         if value.is_empty() {
             // nginx adds nothing for an empty value.
             return;
@@ -2701,7 +3142,7 @@ impl<'o> Cx<'o> {
             );
             return;
         }
-        r.response_add.push((lname, value.to_string()));
+        r.response_add.push((lname, value));
     }
 
     fn limit_req(&mut self, limits: &[Directive], scope: &Scope, r: &mut RouteOut) {
@@ -2887,6 +3328,7 @@ impl<'o> Cx<'o> {
         }
         let ignored_quietly = [
             "sendfile",
+            "sendfile_max_chunk",
             "tcp_nopush",
             "tcp_nodelay",
             "keepalive_timeout",
@@ -2987,6 +3429,14 @@ impl<'o> Cx<'o> {
                 return;
             }
             "merge_slashes" if d.arg(0) == Some("on") => return,
+            "etag" if d.arg(0) == Some("on") => (
+                Impact::Ignored,
+                "nginx's default: Aegis's static files carry an ETag too",
+            ),
+            "etag" => (
+                Impact::Carried,
+                "static routes here send no ETag (`static.etag: false`)",
+            ),
             "merge_slashes" => (
                 Impact::Dropped,
                 "Aegis always merges slashes before matching",
@@ -3509,7 +3959,11 @@ impl<'o> Cx<'o> {
                     compression: std::mem::take(&mut self.compression),
                 },
                 upstreams,
-                routes,
+                routes: {
+                    let mut routes = routes;
+                    routes.append(&mut self.internal_routes);
+                    routes
+                },
                 tls,
                 rate_limits: self.rate_limits,
                 copies: self.copies,
@@ -3652,8 +4106,9 @@ type TimeoutAsk = (u64, Option<(Loc, String)>);
 /// prefix location) that exists here (the engine refuses a missing root, so
 /// a set imported on another machine than the one with the files is
 /// listed instead), no `autoindex`, and `try_files` entries of the forms
-/// `$uri`, `$uri/`, `/path` and a last `=code` (a named location as the
-/// fallback is not written yet).
+/// `$uri` with a literal suffix (`$uri/`, `$uri.html`), `/path` and a last
+/// `=code` or `@name` (the caller
+/// puts the named location's internal route in its place).
 fn static_action(
     kind: &LocKind,
     scope: &Scope,
@@ -3675,11 +4130,15 @@ fn static_action(
         Some(_) => None,
         None => Some(scope.root.clone()?),
     };
-    if alias.is_some() && !matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_)) {
+    let exact = matches!(kind, LocKind::Exact(_));
+    if alias.is_some() && !(exact || matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_))) {
         return None;
     }
     let dir = alias.as_deref().or(root.as_deref())?;
-    if !dir.starts_with('/') || dir.contains('$') || !Path::new(dir).is_dir() {
+    // On `location = /x` an alias may name the file itself (Jitsi's
+    // `config.js`).
+    let file_alias = exact && alias.is_some() && Path::new(dir).is_file();
+    if !dir.starts_with('/') || dir.contains('$') || !(Path::new(dir).is_dir() || file_alias) {
         return None;
     }
     let mut tries = Vec::new();
@@ -3687,12 +4146,16 @@ fn static_action(
         let n = t.args.len();
         for (i, a) in t.args.iter().enumerate() {
             let last = i.saturating_add(1) == n;
-            let ok = a == "$uri"
-                || a == "$uri/"
+            // `$uri`, `$uri/`, `$uri.html`: the path and a literal suffix.
+            let ok = a
+                .strip_prefix("$uri")
+                .is_some_and(|rest| !rest.contains('$') && !rest.starts_with(is_var_char))
                 || (a.starts_with('/') && !a.contains('$'))
                 || (last
-                    && a.strip_prefix('=')
-                        .is_some_and(|c| c.parse::<u16>().is_ok()));
+                    && (a
+                        .strip_prefix('=')
+                        .is_some_and(|c| c.parse::<u16>().is_ok())
+                        || a.starts_with('@')));
             if !ok {
                 return None;
             }
@@ -3707,7 +4170,14 @@ fn static_action(
             .clone()
             .unwrap_or_else(|| vec!["index.html".to_string()]),
         try_files: tries,
+        etag: !scope.etag_off,
     })
+}
+
+/// A character that continues an nginx variable name (`$uri_x` is not
+/// `$uri` followed by `_x`).
+fn is_var_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// A location's `rewrite` as the engine's `rewrites` entry, when the
@@ -3963,8 +4433,10 @@ fn only_dev_null(t: &Directive) -> bool {
 /// Why a directive with no effect a client sees is ignored.
 fn ignored_reason(n: &str) -> &'static str {
     match n {
-        "sendfile" | "tcp_nopush" | "tcp_nodelay" | "aio" | "directio" | "output_buffers"
-        | "postpone_output" => "how nginx writes to sockets; Aegis has its own I/O",
+        "sendfile" | "sendfile_max_chunk" | "tcp_nopush" | "tcp_nodelay" | "aio" | "directio"
+        | "output_buffers" | "postpone_output" => {
+            "how nginx writes to sockets; Aegis has its own I/O"
+        }
         _ if n.starts_with("open_file_cache") => "nginx's file-descriptor cache",
         _ if n.starts_with("keepalive")
             || n.starts_with("lingering")
@@ -4218,13 +4690,16 @@ fn parse_rate(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests;
 
-/// A `proxy_set_header` value with variables → an Aegis request-header
-/// template (`$remote_addr`, `$scheme`, `$host`, `$request_uri`, `$uri`,
-/// `$args`, `$is_args`).
+/// A `proxy_set_header` or `add_header` value (or a map's value: `what`
+/// says which) with variables → an Aegis header-value template
+/// (`$remote_addr`, `$scheme`, `$host`, `$request_uri`, `$uri`, `$args`,
+/// `$is_args`, `$request_id`, and the variable of a carried map in `maps`).
 fn request_value_template(
     text: &str,
     server_name: &str,
     ports: &[String],
+    maps: &[crate::model::MapOut],
+    what: &str,
 ) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
@@ -4235,7 +4710,7 @@ fn request_value_template(
         let (name, len) = if let Some(inner) = var.strip_prefix('{') {
             match inner.find('}') {
                 Some(j) => (inner.get(..j).unwrap_or(""), j.saturating_add(2)),
-                None => return Err("unterminated `${` in a request header".into()),
+                None => return Err(format!("unterminated `${{` in a {what}")),
             }
         } else {
             let n = var
@@ -4246,7 +4721,16 @@ fn request_value_template(
         };
         let mapped = match name {
             "remote_addr" | "scheme" | "host" | "request_uri" | "uri" | "args" | "is_args"
-            | "request_id" => name,
+            | "request_id" | "request_method" => name,
+            // The engine's own `$http_NAME` / `$arg_NAME` (`$http_host`,
+            // the Host as sent, stays nginx's `$host` above, as before).
+            n if n != "http_host"
+                && (n.strip_prefix("http_").is_some_and(|h| !h.is_empty())
+                    || n.strip_prefix("arg_").is_some_and(|a| !a.is_empty()))
+                && aegis_engine::compiled::LocationPart::of_variable(n).is_some() =>
+            {
+                n
+            }
             "http_host" => "host",
             "document_uri" => "uri",
             "query_string" => "args",
@@ -4262,17 +4746,25 @@ fn request_value_template(
                     continue;
                 }
                 _ => {
-                    return Err(
-                        "request header with `$server_port` of a server on several ports: \
+                    return Err(format!(
+                        "{what} with `$server_port` of a server on several ports: \
                          Aegis has no per-listener variable; the header is not sent"
-                            .into(),
-                    );
+                    ));
                 }
             },
+            m if maps.iter().any(|x| x.name == m) => {
+                if var.get(len..).is_some_and(starts_with_name_char) {
+                    return Err(format!(
+                        "{what} with `${{{m}}}` followed by a letter, digit or `_`: not expressible"
+                    ));
+                }
+                m
+            }
             other => {
                 return Err(format!(
-                    "request header with `${other}`: Aegis request headers take $remote_addr, \
-                     $scheme, $host, $request_uri, $uri, $args, $is_args and $request_id"
+                    "{what} with `${other}`: Aegis header values take $remote_addr, \
+                     $scheme, $host, $request_uri, $uri, $args, $is_args, $request_id, \
+                     $request_method, $http_NAME, $arg_NAME and the variables of carried maps"
                 ));
             }
         };
@@ -4282,4 +4774,23 @@ fn request_value_template(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `s` starts with a character of a variable name.
+fn starts_with_name_char(s: &str) -> bool {
+    s.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A directive that takes `var` in a value Aegis renders per request: a
+/// request or response header, or a `return` target.
+fn value_use(d: &Directive, var: &str) -> bool {
+    let braced = format!("${{{}}}", var.trim_start_matches('$'));
+    let has = |a: &str| a.contains(var) || a.contains(&braced);
+    match d.name.as_str() {
+        "proxy_set_header" | "add_header" => d.arg(1).is_some_and(has),
+        "return" => d.args.iter().any(|a| has(a)),
+        _ => false,
+    }
 }

@@ -118,6 +118,14 @@ pub fn write_set(conv: &Conversion, conf: &Path, out: &Path) -> Result<String, I
 /// impact (dropped, differs, ignored, then carried).
 pub fn report(conv: &Conversion, conf: &Path) -> String {
     let mut out = format!("aegis import-nginx {}\n", conf.display());
+    let left_out = conv.left_out();
+    if !left_out.is_empty() {
+        out.push_str(&format!(
+            "\nFeatures Aegis leaves out that this config uses (docs/nginx-migration.md): {}\n\
+             Their directives are listed as dropped below.\n",
+            left_out.join("; ")
+        ));
+    }
     for impact in [
         Impact::Dropped,
         Impact::Differs,

@@ -112,8 +112,14 @@ pub enum BalanceOut {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathOut {
     Exact(String),
-    Prefix { prefix: String, stop_regex: bool },
+    Prefix {
+        prefix: String,
+        stop_regex: bool,
+    },
     Regex(String),
+    /// No match: reached only as a `try_files` fallback (`@name`), nginx's
+    /// named location (`internal: true`).
+    Internal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +149,8 @@ pub enum ActionOut {
         alias: Option<String>,
         index: Vec<String>,
         try_files: Vec<String>,
+        /// nginx `etag off`: false.
+        etag: bool,
     },
 }
 
@@ -181,6 +189,16 @@ pub struct RouteOut {
     pub intercept_errors: bool,
     /// The location's nginx `rewrite`s, in order.
     pub rewrites: Vec<RewriteOut>,
+    /// A regex location nested in another: `match.inside_prefix` or
+    /// `match.inside_regex`.
+    pub inside: Option<InsideOut>,
+}
+
+/// The location a nested regex location is inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsideOut {
+    Prefix(String),
+    Regex(String),
 }
 
 /// One `rewrites` entry.
@@ -446,7 +464,7 @@ impl ConfigSet {
             let _ = writeln!(out, "  recursive: {}", ri.recursive);
         }
         if !self.maps.is_empty() {
-            out.push_str("# nginx map: a value chosen per request (here: the upstream).\n");
+            out.push_str("# nginx map: a value chosen per request (an upstream, a header value, a redirect target).\n");
             out.push_str("maps:\n");
             for m in &self.maps {
                 let _ = writeln!(out, "  - name: {}", q(&m.name));
@@ -474,7 +492,11 @@ impl ConfigSet {
         for r in &self.routes {
             comment(&mut out, "  ", &r.comment);
             let _ = writeln!(out, "  - name: {}", q(&r.name));
-            out.push_str("    match:\n");
+            if r.path == PathOut::Internal {
+                out.push_str("    internal: true\n");
+            } else {
+                out.push_str("    match:\n");
+            }
             match r.hosts.as_slice() {
                 [] => {}
                 [one] => {
@@ -501,7 +523,17 @@ impl ConfigSet {
                 }
                 PathOut::Regex(re) => {
                     let _ = writeln!(out, "      path_regex: {}", q(re));
+                    match &r.inside {
+                        Some(InsideOut::Prefix(p)) => {
+                            let _ = writeln!(out, "      inside_prefix: {}", q(p));
+                        }
+                        Some(InsideOut::Regex(o)) => {
+                            let _ = writeln!(out, "      inside_regex: {}", q(o));
+                        }
+                        None => {}
+                    }
                 }
+                PathOut::Internal => {}
             }
             match &r.action {
                 ActionOut::Upstream {
@@ -561,6 +593,7 @@ impl ConfigSet {
                     alias,
                     index,
                     try_files,
+                    etag,
                 } => {
                     out.push_str("    static:\n");
                     if let Some(r) = root {
@@ -573,6 +606,9 @@ impl ConfigSet {
                     let _ = writeln!(out, "      index: [{}]", list(index));
                     if !try_files.is_empty() {
                         let _ = writeln!(out, "      try_files: [{}]", list(try_files));
+                    }
+                    if !etag {
+                        out.push_str("      etag: false\n");
                     }
                 }
             }

@@ -59,10 +59,20 @@ pub fn main(args: ImportArgs) -> ExitCode {
         count(Impact::Differs),
         count(Impact::Ignored)
     );
+    let left_out = conv.left_out();
+    if !left_out.is_empty() {
+        crate::say!(
+            "features Aegis leaves out that this config uses (docs/nginx-migration.md): {}",
+            left_out.join("; ")
+        );
+    }
     if dropped > 0 && !args.allow_partial {
+        let others = conv.blocking().count();
         crate::say!(
             "aegis import-nginx: not written: {dropped} directive(s) that change behaviour could \
-             not be carried over (listed above); fix them or pass --allow-partial"
+             not be carried over (listed above; {} of them belong to the left-out features); \
+             fix them or pass --allow-partial",
+            dropped.saturating_sub(others)
         );
         return ExitCode::from(1);
     }

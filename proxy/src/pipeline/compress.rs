@@ -8,8 +8,9 @@
 //! us wait, so a slow or streaming response is never held back whole and
 //! nothing is buffered beyond the encoder's window.
 //!
-//! As nginx: only 200, 403 and 404 are compressed; a HEAD is not (nginx's
-//! `header_only`: its headers are what the origin sent); HTTP/1.0 requests
+//! As nginx: only 200, 403 and 404 are compressed; a HEAD gets the headers
+//! a GET would (`Content-Encoding`, no `Content-Length`: nginx's gzip
+//! filter runs before `header_only` is set) and no body; HTTP/1.0 requests
 //! are not (`gzip_http_version 1.1`); a request carrying `Via` is not unless
 //! `proxied: any` (`gzip_proxied`); `Vary: Accept-Encoding` goes on every
 //! response that could have been compressed, whether this client accepted
@@ -212,7 +213,7 @@ pub fn compress(
     let Some(p) = policy.0 else {
         return resp;
     };
-    if client.head || !eligible(p, &resp) {
+    if !eligible(p, &resp) {
         return resp;
     }
     if p.vary {
@@ -237,6 +238,10 @@ pub fn compress(
         HeaderValue::from_static(encoding.token()),
     );
     weaken_etag(h);
+    if client.head {
+        // No body to encode (an encoder would still write a header).
+        return resp;
+    }
     let encoder = Encoder::new(encoding, p.level);
     resp.map(|body| boxed(CompressBody::new(body, encoder)))
 }
@@ -610,13 +615,14 @@ mod tests {
             assert_eq!(encoding(&r), None);
             assert!(r.headers().contains_key(header::CONTENT_LENGTH));
         };
-        // HEAD, as nginx: neither compressed nor Vary.
+        // HEAD, as nginx 1.22: a GET's headers, and the body left alone.
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         let head = ClientEncoding::from_parts(&Method::HEAD, Version::HTTP_11, &h);
         let r = compress(p, &head, html(PAGE));
-        assert!(!r.headers().contains_key(header::VARY));
-        plain(r);
+        assert_eq!(encoding(&r), Some("gzip"));
+        assert!(r.headers().contains_key(header::VARY));
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
         // HTTP/1.0.
         let old = ClientEncoding::from_parts(&Method::GET, Version::HTTP_10, &h);
         plain(compress(p, &old, html(PAGE)));

@@ -562,8 +562,13 @@ fn reject_summary(status: StatusCode, action: &str) -> DecisionSummary {
 
 /// A route's response edits: `expires` first, then `response_headers`
 /// (so a `Cache-Control` set there wins), each on nginx's statuses where
-/// nginx would apply it.
-fn edit_response(route: &CompiledRoute, resp: &mut Response<ProxyBody>) {
+/// nginx would apply it. `rendered`: its values with variables, rendered
+/// for the request ([`headers::render_edits`]; empty when it has none).
+fn edit_response(
+    route: &CompiledRoute,
+    resp: &mut Response<ProxyBody>,
+    rendered: &[aegis_engine::compiled::RenderedHeader],
+) {
     let status = resp.status();
     if let Some(e) = route.expires
         && aegis_engine::compiled::add_header_status(status)
@@ -607,7 +612,7 @@ fn edit_response(route: &CompiledRoute, resp: &mut Response<ProxyBody>) {
     }
     route
         .response_edits
-        .apply_response(status, resp.headers_mut());
+        .apply_response(status, resp.headers_mut(), rendered);
 }
 
 /// Methods whose request may be sent twice (RFC 9110 §9.2.2).
@@ -851,13 +856,25 @@ impl<C: Connector> Pipeline<C> {
             let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
             return Answered::new(resp, log, summary, None);
         };
+        // What header values with variables are rendered from: the
+        // request as it came.
+        let treq = headers::TemplateRequest {
+            method: req.method(),
+            scheme,
+            host: host.as_deref(),
+            path: &path_owned,
+            query: query_owned.as_deref(),
+            headers: req.headers(),
+            client_ip,
+        };
         // A `rewrite … redirect` of a route of another kind: nginx's
         // rewrite phase answers before limits and the content.
         if let Some((status, location)) = &redirect
             && !matches!(route.action, RouteAction::Redirect { .. })
         {
             let mut resp = redirect_answer(*status, location);
-            edit_response(route, &mut resp);
+            let r = headers::render_edits(&config, route, &treq, false);
+            edit_response(route, &mut resp, &r.response);
             return Answered::new(resp, log, summary, None);
         }
 
@@ -911,7 +928,8 @@ impl<C: Connector> Pipeline<C> {
             };
             match static_files::serve(st, &sreq).await {
                 static_files::Served::Response(mut resp) => {
-                    edit_response(route, &mut resp);
+                    let r = headers::render_edits(&config, route, &treq, false);
+                    edit_response(route, &mut resp, &r.response);
                     return Answered::new(resp, log, summary, None);
                 }
                 static_files::Served::Route(id) => {
@@ -952,7 +970,8 @@ impl<C: Connector> Pipeline<C> {
             RouteAction::Redirect { .. } => {
                 let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
                 let mut resp = redirect_answer(status, &location);
-                edit_response(route, &mut resp);
+                let r = headers::render_edits(&config, route, &treq, false);
+                edit_response(route, &mut resp, &r.response);
                 return Answered::new(resp, log, summary, None);
             }
             RouteAction::Respond {
@@ -968,12 +987,15 @@ impl<C: Connector> Pipeline<C> {
                 if status.as_u16() == CLOSE_WITHOUT_ANSWER {
                     resp.extensions_mut().insert(CloseWithoutAnswer);
                 }
-                edit_response(route, &mut resp);
+                let r = headers::render_edits(&config, route, &treq, false);
+                edit_response(route, &mut resp, &r.response);
                 return Answered::new(resp, log, summary, None);
             }
         };
 
-        // Forward: rewrite the request for the upstream.
+        // Forward: rewrite the request for the upstream. Values with
+        // variables see the request as it came.
+        let rendered = headers::render_edits(&config, route, &treq, true);
         let client_upgrade = headers::upgrade_allowed(req.headers(), route.websocket)
             .then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
@@ -1050,24 +1072,8 @@ impl<C: Connector> Pipeline<C> {
         {
             h.insert(config.scoring.header.clone(), v);
         }
-        if route.request_edits.set_vars.is_empty() && route.request_edits.add_vars.is_empty() {
-            route.request_edits.apply(h);
-        } else {
-            // Variables (`X-Real-IP: $remote_addr`) see what `decide` saw.
-            let norm_host = aegis_engine::decide::normalize_host(host.as_deref().unwrap_or(""));
-            let norm_path = aegis_engine::decide::normalize_path(&path_owned);
-            let request_id = aegis_engine::compiled::request_id();
-            let vars = aegis_engine::compiled::HeaderVars {
-                request_id: &request_id,
-                scheme,
-                host: &norm_host,
-                path: norm_path.as_deref().unwrap_or(&path_owned),
-                request_path: &path_owned,
-                query: query_owned.as_deref(),
-                client_ip,
-            };
-            route.request_edits.apply_request(h, &vars);
-        }
+        route.request_edits.apply(h);
+        aegis_engine::compiled::apply_rendered(h, &rendered.request);
         parts.extensions = http::Extensions::new();
         let exceeded = Arc::new(AtomicBool::new(false));
         let body_timed_out = Arc::new(AtomicBool::new(false));
@@ -1149,7 +1155,7 @@ impl<C: Connector> Pipeline<C> {
             headers::rewrite_location(resp.headers_mut(), &fwd.location_rewrite, &origin);
         }
         headers::append_via(resp.headers_mut(), Version::HTTP_11);
-        edit_response(route, &mut resp);
+        edit_response(route, &mut resp, &rendered.response);
         if upgraded {
             match (client_upgrade, upstream_upgrade) {
                 (Some(c), Some(u)) => {

@@ -42,36 +42,55 @@ pub struct StaticRequest<'a> {
 }
 
 /// Serves `req` from `st`.
+/// Files answer GET and HEAD only; `try_files` looks first, so a POST
+/// for a path with no file still reaches the `@route` fallback (nginx's
+/// try_files runs before the static handler refuses the method).
 pub async fn serve(st: &StaticAction, req: &StaticRequest<'_>) -> Served {
-    if req.method != Method::GET && req.method != Method::HEAD {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED);
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Served::Response(resp);
-    }
+    let readable = req.method == Method::GET || req.method == Method::HEAD;
     if st.fallback.is_none() {
+        if !readable {
+            return Served::Response(not_allowed());
+        }
         return Served::Response(serve_uri(st, req, req.path).await);
     }
     for entry in &st.try_files {
         let uri = entry.replace("$uri", req.path);
-        if uri.ends_with('/') {
+        // The entry as written says file or directory: `$uri` for `/` is
+        // a file test that fails, as in nginx (only `$uri/` tests the
+        // directory).
+        if entry.ends_with('/') {
             // `$uri/`: an existing directory is served by its index.
             if matches!(lookup(st, &uri).await, Found::Dir) {
+                if !readable {
+                    return Served::Response(not_allowed());
+                }
                 return Served::Response(serve_index(st, req, &uri).await);
             }
         } else if let Found::File(f) = lookup(st, &uri).await {
-            return Served::Response(serve_file(f, req).await);
+            if !readable {
+                return Served::Response(not_allowed());
+            }
+            return Served::Response(serve_file(f, req, st.etag).await);
         }
     }
     match &st.fallback {
         Some(StaticFallback::Route(id)) => Served::Route(*id),
         Some(StaticFallback::Status(s)) => Served::Response(text(*s)),
+        Some(StaticFallback::Uri(_)) if !readable => Served::Response(not_allowed()),
         Some(StaticFallback::Uri(u)) => {
             let uri = u.replace("$uri", req.path);
             Served::Response(serve_uri(st, req, &uri).await)
         }
         None => Served::Response(text(StatusCode::NOT_FOUND)),
     }
+}
+
+/// 405 with the methods files answer.
+fn not_allowed() -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED);
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
 }
 
 /// One URI, without `try_files`: a file, a directory's index, or the 301
@@ -81,7 +100,7 @@ async fn serve_uri(st: &StaticAction, req: &StaticRequest<'_>, uri: &str) -> Res
         return serve_index(st, req, uri).await;
     }
     match lookup(st, uri).await {
-        Found::File(f) => serve_file(f, req).await,
+        Found::File(f) => serve_file(f, req, st.etag).await,
         Found::Dir => {
             let mut location = format!("{uri}/");
             if let Some(q) = req.query {
@@ -106,7 +125,7 @@ async fn serve_index(st: &StaticAction, req: &StaticRequest<'_>, dir: &str) -> R
     }
     for name in &st.index {
         if let Found::File(f) = lookup(st, &format!("{dir}{name}")).await {
-            return serve_file(f, req).await;
+            return serve_file(f, req, st.etag).await;
         }
     }
     text(StatusCode::FORBIDDEN)
@@ -197,7 +216,13 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// A file's answer: 200, 206, 304 or 416, with nginx's validators.
-async fn serve_file(f: Box<OpenFile>, req: &StaticRequest<'_>) -> Response<ProxyBody> {
+/// Without `with_etag` (nginx `etag off`) there is no `ETag`, and
+/// `If-None-Match` / `If-Range` match only `*` / `Last-Modified`.
+async fn serve_file(
+    f: Box<OpenFile>,
+    req: &StaticRequest<'_>,
+    with_etag: bool,
+) -> Response<ProxyBody> {
     let size = f.meta.len();
     let mtime = f
         .meta
@@ -205,7 +230,11 @@ async fn serve_file(f: Box<OpenFile>, req: &StaticRequest<'_>) -> Response<Proxy
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let etag = format!("\"{mtime:x}-{size:x}\"");
+    let etag = if with_etag {
+        format!("\"{mtime:x}-{size:x}\"")
+    } else {
+        String::new()
+    };
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime));
 
     let mut headers = HeaderMap::new();
@@ -216,7 +245,9 @@ async fn serve_file(f: Box<OpenFile>, req: &StaticRequest<'_>) -> Response<Proxy
     if let Ok(v) = HeaderValue::from_str(&last_modified) {
         headers.insert(header::LAST_MODIFIED, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if !etag.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&etag)
+    {
         headers.insert(header::ETAG, v);
     }
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -280,7 +311,7 @@ fn not_modified(h: &HeaderMap, etag: &str, mtime: u64) -> bool {
         return inm
             .split(',')
             .map(str::trim)
-            .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag);
+            .any(|t| t == "*" || (!etag.is_empty() && t.strip_prefix("W/").unwrap_or(t) == etag));
     }
     h.get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
@@ -293,7 +324,7 @@ fn not_modified(h: &HeaderMap, etag: &str, mtime: u64) -> bool {
 fn if_range_holds(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
     match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(v) => v.trim() == etag || v.trim() == last_modified,
+        Some(v) => (!etag.is_empty() && v.trim() == etag) || v.trim() == last_modified,
     }
 }
 
@@ -569,6 +600,7 @@ mod tests {
             try_files: vec![],
             fallback: None,
             follow_symlinks: false,
+            etag: true,
         };
         assert_eq!(fs_path(&st, "/a%20b"), Some(PathBuf::from("/srv/a b")));
         assert_eq!(fs_path(&st, "/a%2f..%2f..%2fetc"), None);

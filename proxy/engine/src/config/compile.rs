@@ -27,7 +27,7 @@ use crate::compiled::{
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::map::{CompiledMap, MapId, MapSource, MapValue};
 use crate::rewrite::{Flag, RewriteRule};
-use crate::route_table::{HostKey, PathKey, RouteTableBuilder};
+use crate::route_table::{HostKey, Inside, PathKey, RouteTableBuilder};
 
 /// Parses `aegis.yaml` (defaults when absent).
 pub fn parse_settings(source: &ConfigSource) -> Result<Settings, Diagnostics> {
@@ -236,6 +236,11 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
                             &format!("{path}.match.ports"),
                             format!("no listener on port {p} (settings listen, listen_tls)"),
                         );
+                        continue;
+                    }
+                    if r.value.internal {
+                        // Reached only by name (`try_files ... @name`).
+                        routes.push(route);
                         continue;
                     }
                     if hosts.is_empty() {
@@ -787,6 +792,14 @@ impl Cx<'_> {
                 "give one of path, path_prefix and path_regex",
             );
         }
+        if (m.inside_prefix.is_some() || m.inside_regex.is_some()) && m.path_regex.is_none() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.match"),
+                "inside_prefix and inside_regex apply only to path_regex",
+            );
+        }
         if m.stop_regex && m.path_prefix.is_none() {
             self.err(
                 file,
@@ -807,7 +820,26 @@ impl Cx<'_> {
                 &format!("{path}.match.path_regex"),
                 &re.value,
             ) {
-                Some(re) => PathKey::Regex(re),
+                Some(re) => match (&m.inside_prefix, &m.inside_regex) {
+                    (None, None) => PathKey::Regex(re),
+                    (Some(p), None) if p.starts_with('/') => PathKey::NestedRegex {
+                        re,
+                        inside: Inside::Prefix(p.clone()),
+                    },
+                    (None, Some(outer)) => PathKey::NestedRegex {
+                        re,
+                        inside: Inside::Regex(outer.clone()),
+                    },
+                    _ => {
+                        self.err(
+                            file,
+                            at,
+                            &format!("{path}.match"),
+                            "give at most one of inside_prefix (starting with /) and inside_regex",
+                        );
+                        PathKey::Exact(String::new())
+                    }
+                },
                 None => PathKey::Exact(String::new()),
             }
         } else {
@@ -962,8 +994,8 @@ impl Cx<'_> {
                     StatusCode::FOUND
                 }
             };
-            let location = match parse_location(&rd.location) {
-                Ok(t) if t.0.contains(&LocationPart::RequestId) => {
+            let location = match parse_location(&rd.location, &self.map_index) {
+                Ok(t) if t.uses_request_id(&self.maps) => {
                     self.err(
                         file,
                         at,
@@ -1013,7 +1045,7 @@ impl Cx<'_> {
                 headers: hs,
             }
         } else if let Some(st) = &raw.static_files {
-            match self.static_action(file, at, path, &raw.name, st, m.path_prefix.as_deref()) {
+            match self.static_action(file, at, path, &raw.name, st, m) {
                 Some(a) => RouteAction::Static(a),
                 None => return None,
             }
@@ -1042,14 +1074,12 @@ impl Cx<'_> {
             at,
             &format!("{path}.request_headers"),
             &raw.request_headers,
-            true,
         );
         let response_edits = self.edits(
             file,
             at,
             &format!("{path}.response_headers"),
             &raw.response_headers,
-            false,
         );
         let rate_limit = match &raw.rate_limit {
             None => None,
@@ -1077,13 +1107,25 @@ impl Cx<'_> {
                 "applies only to upstream routes",
             );
         }
+        if raw.internal && !m.is_empty() {
+            self.err(
+                file,
+                at,
+                &format!("{path}.match"),
+                "an internal route is reached only by name (`try_files ... @name`): it takes no match",
+            );
+        }
         if self.diags.len() != before {
             return None;
         }
         let mut ports = m.ports.clone();
         ports.sort_unstable();
         ports.dedup();
-        let examples = example_requests(&hosts, &key, methods.as_deref(), &headers, &ports);
+        let examples = if raw.internal {
+            Vec::new()
+        } else {
+            example_requests(&hosts, &key, methods.as_deref(), &headers, &ports)
+        };
         let route = CompiledRoute {
             name: raw.name.clone(),
             origin: origin(file, at),
@@ -1117,6 +1159,24 @@ impl Cx<'_> {
                 at,
                 &format!("{path}.name"),
                 format!("map `{}` is already defined", raw.name),
+            );
+            return;
+        }
+        if LocationPart::of_variable(&raw.name).is_some()
+            || raw.name.is_empty()
+            || !raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            self.err(
+                file,
+                at,
+                &format!("{path}.name"),
+                format!(
+                    "`{}` cannot name a map: a name is letters, digits and `_`, and not a variable Aegis has",
+                    raw.name
+                ),
             );
             return;
         }
@@ -1163,21 +1223,23 @@ impl Cx<'_> {
         });
     }
 
+    /// A map value: `$other` (a map defined above), text with request
+    /// variables (no maps), or text.
     fn map_value(&mut self, file: &SourceFile, at: Location, path: &str, v: &str) -> MapValue {
-        let Some(var) = v.strip_prefix('$') else {
-            return MapValue::Text(v.to_string());
-        };
-        if let Some(id) = self.map_index.get(var) {
+        if let Some(id) = v.strip_prefix('$').and_then(|n| self.map_index.get(n)) {
             return MapValue::Map(*id);
         }
-        match MapSource::parse(var) {
-            Some(s) => MapValue::Var(s),
-            None => {
+        if !v.contains('$') {
+            return MapValue::Text(v.to_string());
+        }
+        match parse_location(v, &HashMap::new()) {
+            Ok(t) => MapValue::Template(t),
+            Err(why) => {
                 self.err(
                     file,
                     at,
                     path,
-                    format!("`{v}` is neither a map defined above nor a variable a map can read"),
+                    format!("`{v}`: {why}; a value is text with request variables, or a whole `$name` of a map defined above"),
                 );
                 MapValue::Text(String::new())
             }
@@ -1226,7 +1288,7 @@ impl Cx<'_> {
                 match v {
                     MapValue::Text(t) => texts.push(t.clone()),
                     MapValue::Map(n) => stack.push(*n),
-                    MapValue::Var(_) => {}
+                    MapValue::Template(_) => {}
                 }
             }
         }
@@ -1552,7 +1614,6 @@ impl Cx<'_> {
         at: Location,
         path: &str,
         raw: &raw::HeaderEdits,
-        allow_vars: bool,
     ) -> HeaderEditList {
         let mut out = HeaderEditList {
             only_add_header_statuses: raw.always == Some(false),
@@ -1566,18 +1627,15 @@ impl Cx<'_> {
                     continue;
                 };
                 if v.contains('$') {
-                    if !allow_vars {
-                        self.err(
-                            file,
-                            at,
-                            &at_key,
-                            "variables are supported in request_headers only",
-                        );
-                        continue;
-                    }
-                    match parse_location(v) {
-                        Ok(t) if append => out.add_vars.push((name, t)),
-                        Ok(t) => out.set_vars.push((name, t)),
+                    match parse_location(v, &self.map_index) {
+                        Ok(t) => {
+                            out.uses_request_id |= t.uses_request_id(&self.maps);
+                            if append {
+                                out.add_vars.push((name, t));
+                            } else {
+                                out.set_vars.push((name, t));
+                            }
+                        }
                         Err(why) => self.err(file, at, &at_key, why),
                     }
                     continue;
@@ -1612,17 +1670,21 @@ impl Cx<'_> {
         path: &str,
         route: &str,
         st: &raw::Static,
-        path_prefix: Option<&str>,
+        m: &raw::Match,
     ) -> Option<StaticAction> {
+        let (path_prefix, exact_path) = (m.path_prefix.as_deref(), m.path.as_deref());
+        // `location = /config.js { alias /etc/app/config.js; }`: on an exact
+        // path the alias may name the file itself.
+        let file_alias = st.alias.is_some() && path_prefix.is_none() && exact_path.is_some();
         let (written, field, alias_prefix) = match (&st.root, &st.alias) {
             (Some(r), None) => (r, "root", None),
             (None, Some(a)) => {
-                let Some(prefix) = path_prefix else {
+                let Some(prefix) = path_prefix.or(exact_path) else {
                     self.err(
                         file,
                         at,
                         &format!("{path}.static.alias"),
-                        "needs match.path_prefix (the part of the path it replaces)",
+                        "needs match.path_prefix or match.path (the part of the path it replaces)",
                     );
                     return None;
                 };
@@ -1648,7 +1710,7 @@ impl Cx<'_> {
             self.dir.join(given)
         };
         let root = match std::fs::canonicalize(&joined) {
-            Ok(p) if p.is_dir() => p,
+            Ok(p) if p.is_dir() || (file_alias && p.is_file()) => p,
             Ok(_) => {
                 self.err(file, at, &at_field, format!("{written} is not a directory"));
                 return None;
@@ -1750,6 +1812,7 @@ impl Cx<'_> {
             try_files,
             fallback,
             follow_symlinks: st.symlinks == raw::Symlinks::Follow,
+            etag: st.etag,
         })
     }
 
@@ -1955,7 +2018,7 @@ fn example_requests(
     let path = match key {
         PathKey::Exact(p) => p.clone(),
         PathKey::Prefix { prefix, .. } => prefix.clone(),
-        PathKey::Regex(_) => return Vec::new(),
+        PathKey::Regex(_) | PathKey::NestedRegex { .. } => return Vec::new(),
     };
     let method = methods
         .and_then(|m| m.first())
@@ -2115,8 +2178,9 @@ fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
-/// Splits `https://$host$request_uri` into literal and variable parts.
-fn parse_location(text: &str) -> Result<LocationTemplate, String> {
+/// Splits `https://$host$request_uri` into literal and variable parts; a
+/// `$name` in `maps` is that map's value.
+fn parse_location(text: &str, maps: &HashMap<String, MapId>) -> Result<LocationTemplate, String> {
     if text.is_empty() {
         return Err("must not be empty".into());
     }
@@ -2133,11 +2197,13 @@ fn parse_location(text: &str) -> Result<LocationTemplate, String> {
             .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
             .count();
         let name = var.get(1..name_len.saturating_add(1)).unwrap_or("");
-        parts.push(match LocationPart::of_variable(name) {
-            Some(p) => p,
-            None => {
+        parts.push(match (maps.get(name), LocationPart::of_variable(name)) {
+            (Some(id), _) => LocationPart::Map(*id),
+            (None, Some(p)) => p,
+            (None, None) => {
                 return Err(format!(
-                    "unknown variable `${name}` (use $scheme, $host, $request_uri, $uri, $args, $is_args, $remote_addr, $request_id)"
+                    "unknown variable `${name}` (use {}, or a map's name)",
+                    LocationPart::VARIABLES
                 ));
             }
         });
@@ -2171,7 +2237,7 @@ mod tests {
 
     #[test]
     fn location_templates() {
-        let t = parse_location("https://$host$request_uri").unwrap();
+        let t = parse_location("https://$host$request_uri", &HashMap::new()).unwrap();
         assert_eq!(
             t.0,
             vec![
@@ -2180,8 +2246,8 @@ mod tests {
                 LocationPart::RequestUri
             ]
         );
-        assert!(parse_location("/x/$nope").is_err());
-        assert!(parse_location("").is_err());
+        assert!(parse_location("/x/$nope", &HashMap::new()).is_err());
+        assert!(parse_location("", &HashMap::new()).is_err());
     }
 
     /// Copies the example certificate for shop.example.com into `dir` as

@@ -284,6 +284,11 @@ pub struct Route {
     /// upstream's own error answers (default: only Aegis's).
     #[serde(default)]
     pub intercept_errors: bool,
+    /// nginx's named location (`location @app`): never matched by a
+    /// client's request, reached only as another route's `try_files`
+    /// fallback (`@name`). Takes no `match`.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 /// nginx `rewrite REGEX REPLACEMENT [FLAG]`.
@@ -353,10 +358,37 @@ pub struct Match {
     /// write `(?i)` for `~*`).
     #[serde(default)]
     pub path_regex: Option<Spanned<String>>,
+    /// With `path_regex`: nginx's regex location nested in `location
+    /// PREFIX`: tried only when that prefix route is the longest matching
+    /// prefix, before the other regexes.
+    #[serde(default)]
+    pub inside_prefix: Option<String>,
+    /// With `path_regex`: nested in `location ~ OUTER` (the other route's
+    /// `path_regex` as written): tried only when that one has matched,
+    /// before it answers.
+    #[serde(default)]
+    pub inside_regex: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+}
+
+impl Match {
+    /// No condition at all (the default: every request).
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none()
+            && self.hosts.is_empty()
+            && self.ports.is_empty()
+            && self.path.is_none()
+            && self.path_prefix.is_none()
+            && !self.stop_regex
+            && self.path_regex.is_none()
+            && self.inside_prefix.is_none()
+            && self.inside_regex.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +438,14 @@ pub struct Static {
     pub try_files: Vec<String>,
     #[serde(default)]
     pub symlinks: Symlinks,
+    /// nginx `etag`: send an `ETag` (and answer `If-None-Match` with it).
+    /// Default true; `Last-Modified` is sent either way.
+    #[serde(default = "yes")]
+    pub etag: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which symlinks a `static` route follows.

@@ -570,16 +570,38 @@ fn nested_and_named_locations_and_static_files_are_listed() {
     )));
     // (Roots that do not exist here: the files stay listed, not served.)
     let cfg = compiled(&c);
-    // The nested regex is a route of its own, tried for every request
-    // (said in its entry; it serves files, so it is dropped).
+    // The nested regex is a route of its own, tried only inside `/app/`
+    // as nginx does (it serves files from a missing root: dropped).
     let nested = finding(&c, "location ~ \\.js$");
     assert_eq!(nested.impact, Impact::Dropped);
-    assert!(nested.reason.contains("no nesting"), "{}", nested.reason);
+    let r = c
+        .set
+        .routes
+        .iter()
+        .find(|r| r.path == PathOut::Regex("\\.js$".into()))
+        .unwrap();
+    assert_eq!(
+        r.inside,
+        Some(crate::model::InsideOut::Prefix("/app/".into()))
+    );
     assert!(
-        c.set
-            .routes
-            .iter()
-            .any(|r| r.path == PathOut::Regex("\\.js$".into()))
+        yaml(&c).contains("inside_prefix: \"/app/\""),
+        "{}",
+        yaml(&c)
+    );
+    // Outside `/app/` the nested regex is not tried.
+    assert_eq!(get(&cfg, "x", "/static/a.js").status, Some(404));
+    assert!(
+        get(&cfg, "x", "/static/a.js")
+            .route
+            .unwrap()
+            .contains("/static/")
+    );
+    assert!(
+        get(&cfg, "x", "/app/a.js")
+            .route
+            .unwrap()
+            .contains("\\.js$")
     );
     // A named location nothing uses is listed as having no effect.
     let named = finding(&c, "location @fallback");
@@ -796,7 +818,7 @@ fn add_header_and_proxy_hide_header() {
         "{UP} add_header X-Frame-Options DENY always;
         server {{ listen 80;
             location / {{ proxy_pass http://app; proxy_hide_header X-Powered-By; }}
-            location /own/ {{ add_header Cache-Control no-store; add_header X-Id $request_id; proxy_pass http://app; }}
+            location /own/ {{ add_header Cache-Control no-store; add_header X-Id $request_id; add_header X-Cache $upstream_cache_status; proxy_pass http://app; }}
         }}"
     )));
     let cfg = compiled(&c);
@@ -810,12 +832,17 @@ fn add_header_and_proxy_hide_header() {
     let own = route(&c, "/own/|");
     assert_eq!(
         own.response_add,
-        vec![("cache-control".into(), "no-store".into())]
+        vec![
+            ("cache-control".into(), "no-store".into()),
+            ("x-id".into(), "$request_id".into())
+        ]
     );
     // Without `always`: nginx's statuses only, which the engine has.
     assert_eq!(own.response_always, Some(false));
     no_finding(&c, "add_header Cache-Control");
-    assert_eq!(finding(&c, "add_header X-Id").impact, Impact::Dropped);
+    // Variables Aegis has are rendered per response; others are dropped.
+    no_finding(&c, "add_header X-Id");
+    assert_eq!(finding(&c, "add_header X-Cache").impact, Impact::Dropped);
     no_finding(&c, "add_header X-Frame-Options");
     assert!(cfg.routes.iter().any(|r| !r.response_edits.is_empty()));
 }
@@ -1345,6 +1372,7 @@ fn file_locations_become_static_routes_when_the_root_exists() {
             alias: None,
             index: vec!["index.htm".into()],
             try_files: vec!["$uri".into(), "$uri/".into(), "/index.htm".into()],
+            etag: true,
         }
     );
     let assets = route(&c, "|/assets/|");
@@ -1362,6 +1390,82 @@ fn file_locations_become_static_routes_when_the_root_exists() {
     );
     no_finding(&c, "try_files");
     no_finding(&c, "alias");
+}
+
+#[test]
+fn try_files_to_a_named_location_serves_files_then_hands_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    // Discourse's shape: the root through a server-level constant `set`,
+    // `etag off`, two locations falling back to one named location.
+    let c = conv(&http(&format!(
+        "{UP} server {{ listen 80; server_name s.test; set $public {root}; etag off;
+            location / {{ root $public; try_files $uri $uri.html @app; }}
+            location /f/ {{ root $public; try_files $uri @app; }}
+            location @app {{ proxy_set_header X-Named yes; proxy_pass http://app; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let internal: Vec<&RouteOut> = c
+        .set
+        .routes
+        .iter()
+        .filter(|r| r.path == PathOut::Internal)
+        .collect();
+    assert_eq!(
+        internal.len(),
+        1,
+        "one internal route per named location\n{}",
+        yaml(&c)
+    );
+    let named = internal[0];
+    assert!(
+        matches!(named.action, ActionOut::Upstream { .. }),
+        "{}",
+        yaml(&c)
+    );
+    assert!(
+        named
+            .request_set
+            .iter()
+            .any(|(k, v)| k == "x-named" && v == "yes")
+    );
+    for part in ["|/|", "|/f/|"] {
+        let r = route(&c, part);
+        let ActionOut::Static {
+            root: Some(r_root),
+            try_files,
+            etag,
+            ..
+        } = &r.action
+        else {
+            panic!("{part}: not static\n{}", yaml(&c));
+        };
+        assert_eq!(r_root, &root, "`$public` written with its value");
+        assert_eq!(try_files.last(), Some(&format!("@{}", named.name)));
+        assert!(!etag, "etag off is inherited");
+    }
+    assert!(yaml(&c).contains("internal: true"));
+    // Requests are matched to the static routes, never to the named one.
+    assert!(get(&cfg, "s.test", "/x").route.unwrap().contains("|/|"));
+    assert!(get(&cfg, "s.test", "/f/x").route.unwrap().contains("|/f/|"));
+    let entry = c
+        .report
+        .iter()
+        .find(|f| f.directive == "try_files $uri $uri.html @app")
+        .unwrap();
+    assert_eq!(entry.impact, Impact::Carried, "{entry}");
+    no_finding(&c, "set $public");
+    no_finding(&c, "etag");
+    assert!(!c.dropped_anything(), "{:#?}", c.findings);
+}
+
+#[test]
+fn a_set_assigned_twice_is_not_a_constant() {
+    let c = conv(&http(
+        "server { listen 80; set $v /a; location / { set $v /b; return 200 $v; } }",
+    ));
+    assert_eq!(finding(&c, "set $v /a").impact, Impact::Dropped);
 }
 
 #[test]
