@@ -57,6 +57,12 @@ routes:
   - name: spa
     match: {{ host: spa.test, path_prefix: / }}
     static: {{ root: "{spa}", try_files: ["$uri", "$uri/", "/index.html"] }}
+  - name: captured
+    match: {{ host: cap.test, path_regex: "^/c/(dir|x)/(.*)$" }}
+    static: {{ alias: "{root}/$1/$2" }}
+  - name: captured-try
+    match: {{ host: cap.test, path_regex: "^/t/(.*)$" }}
+    static: {{ root: "{root}", try_files: ["/dir/$1", "=404"] }}
   - name: one-file
     match: {{ host: noetag.test, path: /config.js }}
     static: {{ alias: "{root}/hello.txt" }}
@@ -137,6 +143,22 @@ routes:
     .await;
     assert_eq!((got.status, got.header("etag")), (200, None));
     assert!(got.header("last-modified").is_some());
+    // Regex captures in alias and try_files (Jitsi's `alias .../$1/$2`,
+    // PeerTube's `try_files /storage/.../$1`), and no climbing out through
+    // an encoded capture.
+    for (path, want) in [
+        ("/c/dir/index.html", 200),
+        ("/t/index.html", 200),
+        ("/c/x/index.html", 404),
+        ("/c/dir/..%2f..%2foutside%2fsecret.txt", 404),
+        ("/t/..%2f..%2foutside%2fsecret.txt", 404),
+    ] {
+        let got = send(&c, req(&p, "GET", "cap.test", path, &[])).await;
+        assert_eq!(got.status, want, "{path}");
+        if want == 200 {
+            assert_eq!(&got.body[..], b"<p>dir</p>", "{path}");
+        }
+    }
     // nginx `location = /config.js { alias /path/to/file; }`: the alias is
     // the file.
     let got = send(&c, req(&p, "GET", "noetag.test", "/config.js", &[])).await;
@@ -407,6 +429,15 @@ fn check_refuses_a_root_that_is_not_there_and_unknown_fallbacks() {
     let (ok, text) = check(dir.path());
     assert!(!ok, "{text}");
     assert!(text.contains("@gone"), "{text}");
+
+    // Captures need a regex to come from.
+    write(format!(
+        "routes:\n  - name: f\n    match: {{ path_prefix: / }}\n    static: {{ root: \"{}\", try_files: [\"/x/$1\", \"=404\"] }}\n",
+        root.display()
+    ));
+    let (ok, text) = check(dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("captures of match.path_regex"), "{text}");
 
     // An internal route is reached by name only: a match on it is refused.
     write(

@@ -228,6 +228,43 @@ pub struct StaticAction {
     pub follow_symlinks: bool,
     /// nginx `etag on` (the default): files carry an `ETag`.
     pub etag: bool,
+    /// `$1`..`$9` in `alias` or `try_files` on a `path_regex` route: the
+    /// route's regex, run again on the path to fill them in.
+    pub captures: Option<regex::Regex>,
+    /// `alias /dir/$1/$2`: the part after the literal directory (`root`
+    /// is that directory), filled in per request; the file is `root` +
+    /// this, with the usual segment checks.
+    pub alias_captures: Option<String>,
+}
+
+impl StaticAction {
+    /// `text` with `$1`..`$9` replaced by the captures of the route's
+    /// regex on `path` (an absent group, or no regex: empty).
+    pub fn fill_captures(&self, text: &str, path: &str) -> String {
+        let caps = self.captures.as_ref().and_then(|re| re.captures(path));
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            let digit = chars.peek().and_then(|d| d.to_digit(10)).filter(|d| *d > 0);
+            match (c, digit) {
+                ('$', Some(n)) => {
+                    chars.next();
+                    if let Some(m) = caps.as_ref().and_then(|c| c.get(n as usize)) {
+                        out.push_str(m.as_str());
+                    }
+                }
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// Whether `text` uses a regex capture (`$1`..`$9`).
+pub fn has_captures(text: &str) -> bool {
+    text.as_bytes()
+        .windows(2)
+        .any(|w| w.first() == Some(&b'$') && w.get(1).is_some_and(|d| (b'1'..=b'9').contains(d)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4131,10 +4131,32 @@ fn static_action(
         None => Some(scope.root.clone()?),
     };
     let exact = matches!(kind, LocKind::Exact(_));
-    if alias.is_some() && !(exact || matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_))) {
+    let regex = matches!(kind, LocKind::Regex { .. });
+    // Regex captures (`$1`..`$9`, nothing else) in a regex location: the
+    // engine fills them from the route's regex.
+    let only_captures = |t: &str| {
+        regex
+            && t.split('$')
+                .skip(1)
+                .all(|v| v.starts_with(|c: char| ('1'..='9').contains(&c)))
+    };
+    let alias_captures = alias
+        .as_deref()
+        .is_some_and(|a| a.contains('$') && only_captures(a));
+    if alias.is_some()
+        && !(exact || alias_captures || matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_)))
+    {
         return None;
     }
-    let dir = alias.as_deref().or(root.as_deref())?;
+    let written = alias.as_deref().or(root.as_deref())?;
+    // The directory that must exist: with captures, the alias's literal
+    // part.
+    let dir = if alias_captures {
+        let cut = written.split('$').next().unwrap_or("");
+        cut.get(..cut.rfind('/')?.saturating_add(1))?
+    } else {
+        written
+    };
     // On `location = /x` an alias may name the file itself (Jitsi's
     // `config.js`).
     let file_alias = exact && alias.is_some() && Path::new(dir).is_file();
@@ -4150,7 +4172,7 @@ fn static_action(
             let ok = a
                 .strip_prefix("$uri")
                 .is_some_and(|rest| !rest.contains('$') && !rest.starts_with(is_var_char))
-                || (a.starts_with('/') && !a.contains('$'))
+                || (a.starts_with('/') && (!a.contains('$') || only_captures(a)))
                 || (last
                     && (a
                         .strip_prefix('=')

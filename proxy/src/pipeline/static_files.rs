@@ -51,10 +51,19 @@ pub async fn serve(st: &StaticAction, req: &StaticRequest<'_>) -> Served {
         if !readable {
             return Served::Response(not_allowed());
         }
+        // `alias /dir/$1/$2` on a regex route: the file named by the
+        // captures, under the alias's literal directory.
+        if let Some(t) = &st.alias_captures {
+            let uri = format!("/{}", st.fill_captures(t, req.path));
+            return Served::Response(serve_uri(st, req, &uri).await);
+        }
         return Served::Response(serve_uri(st, req, req.path).await);
     }
     for entry in &st.try_files {
-        let uri = entry.replace("$uri", req.path);
+        let mut uri = entry.replace("$uri", req.path);
+        if st.captures.is_some() {
+            uri = st.fill_captures(&uri, req.path);
+        }
         // The entry as written says file or directory: `$uri` for `/` is
         // a file test that fails, as in nginx (only `$uri/` tests the
         // directory).
@@ -601,6 +610,8 @@ mod tests {
             fallback: None,
             follow_symlinks: false,
             etag: true,
+            captures: None,
+            alias_captures: None,
         };
         assert_eq!(fs_path(&st, "/a%20b"), Some(PathBuf::from("/srv/a b")));
         assert_eq!(fs_path(&st, "/a%2f..%2f..%2fetc"), None);

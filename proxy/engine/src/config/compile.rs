@@ -22,7 +22,7 @@ use crate::compiled::{
     Certificate, CompiledConfig, CompiledRoute, EndpointSpec, ErrorAnswer, ErrorPageSpec,
     ErrorTarget, ExampleRequest, ForwardAction, HeaderCondition, HeaderEditList, HealthCheckSpec,
     ListenPorts, LocationPart, LocationTemplate, RateLimitSpec, RouteAction, Scoring, StaticAction,
-    StaticFallback, UpstreamPool,
+    StaticFallback, UpstreamPool, has_captures,
 };
 use crate::features::{Feature, FeatureSet, Predicate, ValueTest};
 use crate::map::{CompiledMap, MapId, MapSource, MapValue};
@@ -1679,7 +1679,13 @@ impl Cx<'_> {
         let (written, field, alias_prefix) = match (&st.root, &st.alias) {
             (Some(r), None) => (r, "root", None),
             (None, Some(a)) => {
-                let Some(prefix) = path_prefix.or(exact_path) else {
+                let Some(prefix) = path_prefix.or(exact_path).or_else(|| {
+                    // On a regex route the alias names the file with captures.
+                    m.path_regex
+                        .as_ref()
+                        .filter(|_| has_captures(a))
+                        .map(|_| "")
+                }) else {
                     self.err(
                         file,
                         at,
@@ -1701,6 +1707,44 @@ impl Cx<'_> {
             }
         };
         let at_field = format!("{path}.static.{field}");
+        // Regex captures (`$1`) in alias or try_files: nginx's regex
+        // locations (`location ~ ^/(libs|css)/(.*)$ { alias /srv/$1/$2; }`).
+        let uses_captures = has_captures(written) || st.try_files.iter().any(|e| has_captures(e));
+        let captures = match (&m.path_regex, uses_captures) {
+            (_, false) => None,
+            (Some(re), true) => regex::Regex::new(&re.value).ok(),
+            (None, true) => {
+                self.err(
+                    file,
+                    at,
+                    &format!("{path}.static"),
+                    "$1..$9 take the captures of match.path_regex: this route has none",
+                );
+                return None;
+            }
+        };
+        // `alias /srv/app/$1/$2`: the directory is the literal part, the
+        // rest is filled in per request.
+        let (written, alias_captures): (&str, Option<String>) = match (field, written.find('$')) {
+            ("alias", Some(i)) if captures.is_some() => {
+                let cut = written.get(..i).and_then(|s| s.rfind('/')).unwrap_or(0);
+                (
+                    written.get(..=cut).unwrap_or("/"),
+                    Some(
+                        written
+                            .get(cut.saturating_add(1)..)
+                            .unwrap_or("")
+                            .to_string(),
+                    ),
+                )
+            }
+            _ => (written.as_str(), None),
+        };
+        let alias_prefix = if alias_captures.is_some() {
+            None
+        } else {
+            alias_prefix
+        };
         let given = Path::new(written);
         // Absolute roots are usual (files live outside the config); a
         // relative one is relative to the config directory.
@@ -1813,6 +1857,8 @@ impl Cx<'_> {
             fallback,
             follow_symlinks: st.symlinks == raw::Symlinks::Follow,
             etag: st.etag,
+            captures,
+            alias_captures,
         })
     }
 
