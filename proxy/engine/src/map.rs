@@ -43,24 +43,16 @@ impl MapSource {
     /// An nginx variable name (without `$`) as a source; `None` for one the
     /// engine does not have.
     pub fn parse(var: &str) -> Option<Self> {
-        Some(match var {
-            "request_method" => Self::Method,
-            "host" => Self::Host,
-            "uri" | "document_uri" => Self::Uri,
-            "args" | "query_string" => Self::Args,
-            "scheme" => Self::Scheme,
-            _ => {
-                if let Some(h) = var.strip_prefix("http_") {
-                    Self::Header(HeaderName::from_bytes(h.replace('_', "-").as_bytes()).ok()?)
-                } else if let Some(a) = var.strip_prefix("arg_") {
-                    if a.is_empty() {
-                        return None;
-                    }
-                    Self::Arg(a.to_string())
-                } else {
-                    return None;
-                }
-            }
+        // One table of variable names: the templates' own.
+        Some(match LocationPart::of_variable(var)? {
+            LocationPart::Method => Self::Method,
+            LocationPart::Host => Self::Host,
+            LocationPart::Uri => Self::Uri,
+            LocationPart::Args => Self::Args,
+            LocationPart::Scheme => Self::Scheme,
+            LocationPart::Header(h) => Self::Header(h),
+            LocationPart::Arg(a) => Self::Arg(a),
+            _ => return None,
         })
     }
 }
@@ -190,8 +182,11 @@ pub fn eval_into(id: MapId, v: &HeaderVars<'_>, out: &mut String) {
     }
 }
 
-/// Map `id`, or a map it leads to, can answer a value with `$request_id`.
-pub fn uses_request_id(maps: &[CompiledMap], id: MapId) -> bool {
+/// Every value map `id` can answer, following the maps it leads to
+/// (each map once, whatever the cycles): the texts and templates, not
+/// the `$other` links themselves.
+pub fn reachable_values(maps: &[CompiledMap], id: MapId) -> Vec<&MapValue> {
+    let mut out = Vec::new();
     let mut stack = vec![id];
     let mut seen = Vec::new();
     while let Some(m) = stack.pop() {
@@ -199,22 +194,21 @@ pub fn uses_request_id(maps: &[CompiledMap], id: MapId) -> bool {
             continue;
         }
         seen.push(m);
-        let Some(map) = maps.get(m) else {
-            continue;
-        };
-        for v in map.values() {
+        for v in maps.get(m).into_iter().flat_map(CompiledMap::values) {
             match v {
                 MapValue::Map(n) => stack.push(*n),
-                MapValue::Template(t) => {
-                    if t.0.contains(&LocationPart::RequestId) {
-                        return true;
-                    }
-                }
-                MapValue::Text(_) => {}
+                v => out.push(v),
             }
         }
     }
-    false
+    out
+}
+
+/// Map `id`, or a map it leads to, can answer a value with `$request_id`.
+pub fn uses_request_id(maps: &[CompiledMap], id: MapId) -> bool {
+    reachable_values(maps, id)
+        .iter()
+        .any(|v| matches!(v, MapValue::Template(t) if t.0.contains(&LocationPart::RequestId)))
 }
 
 #[cfg(test)]

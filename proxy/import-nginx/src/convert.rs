@@ -1913,6 +1913,30 @@ impl<'o> Cx<'o> {
         }
     }
 
+    /// The routes of named location `named` read as a location of `kind`
+    /// at server level (its settings, not the caller's), one fallback
+    /// deeper.
+    fn named_as(&mut self, sctx: &ServerCtx<'_>, named: &LocInfo, kind: LocKind) -> Vec<RouteOut> {
+        let as_here = LocInfo {
+            kind,
+            at: named.at.clone(),
+            text: named.text.clone(),
+            args: named.args.clone(),
+            block: named.block.clone(),
+        };
+        let server_scope = self.server_scope.clone();
+        self.depth = self.depth.saturating_add(1);
+        let rs = self.location_routes(
+            sctx,
+            &as_here,
+            0,
+            std::slice::from_ref(&as_here),
+            &server_scope,
+        );
+        self.depth = self.depth.saturating_sub(1);
+        rs
+    }
+
     /// `try_files $uri ... @name` where the files can be served: a static
     /// route whose fallback is the named location, written once per server
     /// as an internal route (nginx looks the files up, then hands the
@@ -1946,23 +1970,7 @@ impl<'o> Cx<'o> {
         let route = match self.internal_named.get(&name) {
             Some(r) => r.clone(),
             None => {
-                let as_here = LocInfo {
-                    kind: LocKind::Prefix("/".to_string()),
-                    at: named.at.clone(),
-                    text: named.text.clone(),
-                    args: named.args.clone(),
-                    block: named.block.clone(),
-                };
-                let server_scope = self.server_scope.clone();
-                self.depth = self.depth.saturating_add(1);
-                let mut rs = self.location_routes(
-                    sctx,
-                    &as_here,
-                    0,
-                    std::slice::from_ref(&as_here),
-                    &server_scope,
-                );
-                self.depth = self.depth.saturating_sub(1);
+                let mut rs = self.named_as(sctx, named, LocKind::Prefix("/".to_string()));
                 let one = match (rs.pop(), rs.is_empty()) {
                     (Some(r), true)
                         if matches!(
@@ -2077,23 +2085,7 @@ impl<'o> Cx<'o> {
         }
         self.used_named
             .insert(name.trim_start_matches('@').to_string());
-        let as_here = LocInfo {
-            kind: loc.kind.clone(),
-            at: named.at.clone(),
-            text: named.text.clone(),
-            args: named.args.clone(),
-            block: named.block.clone(),
-        };
-        let server_scope = self.server_scope.clone();
-        self.depth = self.depth.saturating_add(1);
-        let rs = self.location_routes(
-            sctx,
-            &as_here,
-            0,
-            std::slice::from_ref(&as_here),
-            &server_scope,
-        );
-        self.depth = self.depth.saturating_sub(1);
+        let rs = self.named_as(sctx, named, loc.kind.clone());
         let limit = scope.body_size.filter(|n| *n != NGINX_DEFAULT_BODY);
         for mut r in rs {
             r.comment = format!(
@@ -2164,9 +2156,12 @@ impl<'o> Cx<'o> {
         scope: &Scope,
         routes: &mut Vec<RouteOut>,
     ) {
-        let catch_all = locations
+        if locations
             .iter()
-            .any(|l| matches!(&l.kind, LocKind::Prefix(p) | LocKind::Stop(p) if p == "/"));
+            .any(|l| matches!(&l.kind, LocKind::Prefix(p) | LocKind::Stop(p) if p == "/"))
+        {
+            return;
+        }
         let Some(root_dir) = server
             .block
             .iter()
@@ -2176,9 +2171,6 @@ impl<'o> Cx<'o> {
         else {
             return;
         };
-        if catch_all {
-            return;
-        }
         let kind = LocKind::Prefix("/".to_string());
         let Some(action) = static_action(&kind, scope, &[], None) else {
             return;

@@ -483,21 +483,6 @@ fn rewrite_prefix(value: &str, rules: &[(String, String)]) -> Option<String> {
     })
 }
 
-/// The request a route's header templates are rendered from, as it came
-/// (before any edit): borrowed, nothing copied.
-#[derive(Debug, Clone, Copy)]
-pub struct TemplateRequest<'a> {
-    pub method: &'a http::Method,
-    pub scheme: &'a str,
-    /// The Host header or `:authority`, as sent.
-    pub host: Option<&'a str>,
-    /// The path as sent.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    pub client_ip: IpAddr,
-}
-
 /// A route's header values with variables, rendered for one request.
 #[derive(Debug, Default)]
 pub struct RenderedEdits {
@@ -514,7 +499,7 @@ pub struct RenderedEdits {
 pub fn render_edits(
     config: &aegis_engine::CompiledConfig,
     route: &aegis_engine::compiled::CompiledRoute,
-    req: &TemplateRequest<'_>,
+    req: &aegis_engine::RequestHead<'_>,
     request: bool,
 ) -> RenderedEdits {
     let req_edits = &route.request_edits;

@@ -793,17 +793,19 @@ impl<C: Connector> Pipeline<C> {
         let scheme = if client.tls { "https" } else { "http" };
         let path_owned = req.uri().path().to_string();
         let query_owned = req.uri().query().map(str::to_string);
+        // What `decide` sees, and what header values with variables are
+        // rendered from later: the request as it came.
+        let head = RequestHead {
+            method: req.method(),
+            scheme,
+            host: host.as_deref(),
+            path: &path_owned,
+            query: query_owned.as_deref(),
+            headers: req.headers(),
+            client_ip,
+            port: client.local_port,
+        };
         let (summary, route_id, score, redirect, mut upstream_path, early, static_path, chosen) = {
-            let head = RequestHead {
-                method: req.method(),
-                scheme,
-                host: host.as_deref(),
-                path: &path_owned,
-                query: query_owned.as_deref(),
-                headers: req.headers(),
-                client_ip,
-                port: client.local_port,
-            };
             let d = aegis_engine::decide(&config, &head, opts);
             if let Scored::Failed(e) = &d.scored {
                 metrics::counter!("aegis_feature_errors_total").increment(1);
@@ -856,24 +858,13 @@ impl<C: Connector> Pipeline<C> {
             let resp = plain(StatusCode::NOT_FOUND, "404 Not Found");
             return Answered::new(resp, log, summary, None);
         };
-        // What header values with variables are rendered from: the
-        // request as it came.
-        let treq = headers::TemplateRequest {
-            method: req.method(),
-            scheme,
-            host: host.as_deref(),
-            path: &path_owned,
-            query: query_owned.as_deref(),
-            headers: req.headers(),
-            client_ip,
-        };
         // A `rewrite … redirect` of a route of another kind: nginx's
         // rewrite phase answers before limits and the content.
         if let Some((status, location)) = &redirect
             && !matches!(route.action, RouteAction::Redirect { .. })
         {
             let mut resp = redirect_answer(*status, location);
-            let r = headers::render_edits(&config, route, &treq, false);
+            let r = headers::render_edits(&config, route, &head, false);
             edit_response(route, &mut resp, &r.response);
             return Answered::new(resp, log, summary, None);
         }
@@ -928,7 +919,7 @@ impl<C: Connector> Pipeline<C> {
             };
             match static_files::serve(st, &sreq).await {
                 static_files::Served::Response(mut resp) => {
-                    let r = headers::render_edits(&config, route, &treq, false);
+                    let r = headers::render_edits(&config, route, &head, false);
                     edit_response(route, &mut resp, &r.response);
                     return Answered::new(resp, log, summary, None);
                 }
@@ -970,7 +961,7 @@ impl<C: Connector> Pipeline<C> {
             RouteAction::Redirect { .. } => {
                 let (status, location) = redirect.unwrap_or((StatusCode::FOUND, "/".to_string()));
                 let mut resp = redirect_answer(status, &location);
-                let r = headers::render_edits(&config, route, &treq, false);
+                let r = headers::render_edits(&config, route, &head, false);
                 edit_response(route, &mut resp, &r.response);
                 return Answered::new(resp, log, summary, None);
             }
@@ -987,7 +978,7 @@ impl<C: Connector> Pipeline<C> {
                 if status.as_u16() == CLOSE_WITHOUT_ANSWER {
                     resp.extensions_mut().insert(CloseWithoutAnswer);
                 }
-                let r = headers::render_edits(&config, route, &treq, false);
+                let r = headers::render_edits(&config, route, &head, false);
                 edit_response(route, &mut resp, &r.response);
                 return Answered::new(resp, log, summary, None);
             }
@@ -995,7 +986,7 @@ impl<C: Connector> Pipeline<C> {
 
         // Forward: rewrite the request for the upstream. Values with
         // variables see the request as it came.
-        let rendered = headers::render_edits(&config, route, &treq, true);
+        let rendered = headers::render_edits(&config, route, &head, true);
         let client_upgrade = headers::upgrade_allowed(req.headers(), route.websocket)
             .then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
             .flatten();

@@ -1268,30 +1268,13 @@ impl Cx<'_> {
             );
             return None;
         };
-        let mut texts = Vec::new();
-        let mut stack = vec![id];
-        let mut seen = Vec::new();
-        while let Some(m) = stack.pop() {
-            if seen.contains(&m) {
-                continue;
-            }
-            seen.push(m);
-            let Some(map) = self.maps.get(m) else {
-                continue;
-            };
-            for v in map
-                .exact
-                .values()
-                .chain(map.regex.iter().map(|(_, v)| v))
-                .chain(std::iter::once(&map.default))
-            {
-                match v {
-                    MapValue::Text(t) => texts.push(t.clone()),
-                    MapValue::Map(n) => stack.push(*n),
-                    MapValue::Template(_) => {}
-                }
-            }
-        }
+        let mut texts: Vec<String> = crate::map::reachable_values(&self.maps, id)
+            .into_iter()
+            .filter_map(|v| match v {
+                MapValue::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
         texts.sort();
         texts.dedup();
         let mut first = None;
