@@ -66,6 +66,9 @@ routes:
   - name: one-file
     match: {{ host: noetag.test, path: /config.js }}
     static: {{ alias: "{root}/hello.txt" }}
+  - name: one-file-regex
+    match: {{ host: noetag.test, path_regex: "^/([a-z]+)/config.js$" }}
+    static: {{ alias: "{root}/hello.txt" }}
   - name: no-etag
     match: {{ host: noetag.test, path_prefix: / }}
     static: {{ root: "{root}", etag: false }}
@@ -163,6 +166,11 @@ routes:
     // the file.
     let got = send(&c, req(&p, "GET", "noetag.test", "/config.js", &[])).await;
     assert_eq!((got.status, &got.body[..]), (200, &b"hello world\n"[..]));
+    // On a regex route (Jitsi's `location ~ ^/([^/]+)/config.js$`) the
+    // one file answers every path the regex takes, with its own type.
+    let got = send(&c, req(&p, "GET", "noetag.test", "/room/config.js", &[])).await;
+    assert_eq!((got.status, &got.body[..]), (200, &b"hello world\n"[..]));
+    assert_eq!(got.header("content-type").as_deref(), Some("text/plain"));
     let lm = send(&c, req(&p, "GET", "files.test", "/hello.txt", &[]))
         .await
         .header("last-modified")

@@ -410,6 +410,7 @@ fn find(d: &Directive, impact: Impact, reason: impl Into<String>) -> Finding {
         directive: d.text(),
         impact,
         reason: reason.into(),
+        left_out: None,
     }
 }
 
@@ -467,6 +468,14 @@ impl<'o> Cx<'o> {
 
     fn note(&mut self, d: &Directive, impact: Impact, reason: impl Into<String>) {
         self.findings.push(find(d, impact, reason));
+    }
+
+    /// A drop that is a consequence of a feature Aegis leaves out
+    /// (`LEFT_OUT[feature]`), named so in the report.
+    fn note_left_out(&mut self, d: &Directive, feature: usize, reason: impl Into<String>) {
+        let mut f = find(d, Impact::Dropped, reason);
+        f.left_out = crate::finding::LEFT_OUT.get(feature).copied();
+        self.findings.push(f);
     }
 
     // ---------------------------------------------------------------- main
@@ -1311,6 +1320,7 @@ impl<'o> Cx<'o> {
                     directive: l.text.clone(),
                     impact: Impact::Ignored,
                     reason: "never reached: the server-level `return` answers every request".into(),
+                    left_out: None,
                 });
             }
         } else {
@@ -1595,6 +1605,37 @@ impl<'o> Cx<'o> {
         }
         let scope = self.child_scope(parent, &loc.block);
         let mut out = Vec::new();
+        // A FastCGI (uwsgi, SCGI) location: Aegis leaves these backends
+        // out, so the whole location is that feature's; it keeps its place
+        // in the location order with a 404 stand-in (the file-system paths
+        // it would hand to PHP are never served as files).
+        if let Some(h) = fastcgi_handler(&loc.block) {
+            self.note_left_out(
+                &ld,
+                crate::finding::FASTCGI,
+                format!(
+                    "hands requests to a FastCGI/uwsgi/SCGI backend (`{}`), which Aegis leaves \
+                     out: the location answers 404",
+                    h.text()
+                ),
+            );
+            let path = match &loc.kind {
+                LocKind::Exact(p) => PathOut::Exact(p.clone()),
+                LocKind::Prefix(p) => PathOut::Prefix {
+                    prefix: p.clone(),
+                    stop_regex: false,
+                },
+                LocKind::Stop(p) => PathOut::Prefix {
+                    prefix: p.clone(),
+                    stop_regex: true,
+                },
+                LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
+                LocKind::Named(_) => return out,
+            };
+            let route = self.route_for(sctx, &ld, "", path, placeholder("FastCGI is not carried"));
+            out.push(self.decorate(route, &scope, false));
+            return out;
+        }
         let mut proxy: Option<&Directive> = None;
         let mut returned: Option<ActionOut> = None;
         let mut strip: Option<(String, String)> = None;
@@ -1705,6 +1746,21 @@ impl<'o> Cx<'o> {
             LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
             LocKind::Named(_) => return out,
         };
+        // `try_files $uri /index.php$request_uri`: the fallback is a
+        // FastCGI location (left out); the files are still served, with
+        // 404 where nginx would run the script.
+        let php_fallback = try_files
+            .and_then(|t| t.args.last().filter(|a| a.starts_with('/')))
+            .and_then(|last| lands_in_fastcgi(all, last))
+            .map(|l| (l.text.clone(), l.at.clone()));
+        let php_try_files = php_fallback.as_ref().and(try_files).map(|t| {
+            let mut t = t.clone();
+            if let Some(last) = t.args.last_mut() {
+                *last = "=404".to_string();
+            }
+            t
+        });
+        let php_try = php_try_files.as_ref();
         // `try_files ... @name`: nginx goes on in the named location when no
         // file matches.
         let fallback = try_files.and_then(|t| {
@@ -1783,12 +1839,25 @@ impl<'o> Cx<'o> {
             } else {
                 return self.named_fallback(sctx, loc, t, &named, &scope, &statics, out, nested);
             }
-        } else if let Some(a) = static_action(&loc.kind, &scope, &statics, try_files) {
-            (a, false)
+        } else if let Some(a) = static_action(&loc.kind, &scope, &statics, php_try.or(try_files)) {
+            if let (Some(t), Some((text, at))) = (try_files, &php_fallback) {
+                self.note_left_out(
+                    t,
+                    crate::finding::FASTCGI,
+                    format!(
+                        "files are served as nginx serves them; the last entry goes on in \
+                         `{text}` ({at}), a FastCGI location Aegis leaves out, so where no file \
+                         exists Aegis answers 404"
+                    ),
+                );
+            }
+            (self.without_fastcgi_index(a, all, &statics), false)
         } else {
             let why = match statics.first().copied().or(try_files) {
                 Some(s) => format!(
-                    "serves files (`{}`); Aegis does not serve files, so the location answers 404",
+                    "serves files (`{}`) in a way the `static` action cannot (a root missing \
+                     here, variables other than `$uri` and captures, autoindex): the location \
+                     answers 404",
                     s.name
                 ),
                 None => "has no proxy_pass or return; nginx serves files from `root` here, \
@@ -1800,7 +1869,8 @@ impl<'o> Cx<'o> {
                 self.note(
                     s,
                     Impact::Dropped,
-                    "Aegis does not serve files (the static-file action is not in the engine yet)",
+                    "not carried: the location's files cannot be served as nginx serves them \
+                     (see the location)",
                 );
             }
             (placeholder("static files are not served by Aegis"), false)
@@ -1819,6 +1889,58 @@ impl<'o> Cx<'o> {
         out.push(self.decorate(route, &scope, is_proxy));
         self.nested_routes(sctx, loc, &nested, &scope, &mut out);
         out
+    }
+
+    /// Whether a `set $var ...` appears anywhere in the server being read.
+    fn set_anywhere(&self, var: &str) -> bool {
+        fn walk(ds: &[Directive], var: &str) -> bool {
+            ds.iter().any(|d| {
+                (d.name == "set" && d.arg(0).and_then(|a| a.strip_prefix('$')) == Some(var))
+                    || d.block.as_deref().is_some_and(|b| walk(b, var))
+            })
+        }
+        !var.is_empty() && walk(&self.server_block, var)
+    }
+
+    /// A static action without the `index` entries nginx would hand to a
+    /// FastCGI location (`index index.php`): served as files they would
+    /// show the script's source.
+    fn without_fastcgi_index(
+        &mut self,
+        mut a: ActionOut,
+        all: &[LocInfo],
+        statics: &[&Directive],
+    ) -> ActionOut {
+        let ActionOut::Static { index, .. } = &mut a else {
+            return a;
+        };
+        let scripts = |e: &String| {
+            let uri = if e.starts_with('/') {
+                e.clone()
+            } else {
+                format!("/{e}")
+            };
+            lands_in_fastcgi(all, &uri).is_some()
+        };
+        if !index.iter().any(scripts) {
+            return a;
+        }
+        index.retain(|e| !scripts(e));
+        let written = statics
+            .iter()
+            .copied()
+            .find(|d| d.name == "index")
+            .or_else(|| self.server_block.iter().find(|d| d.name == "index"))
+            .cloned();
+        if let Some(d) = written {
+            self.note_left_out(
+                &d,
+                crate::finding::FASTCGI,
+                "the entries nginx hands to a FastCGI location (`index.php`) are left out of \
+                 the static routes' index (served as files they would show the script)",
+            );
+        }
+        a
     }
 
     /// GitLab's idiom `error_page N = @name; return N;` in a location
@@ -1967,6 +2089,36 @@ impl<'o> Cx<'o> {
         else {
             return None;
         };
+        // Jitsi's `location @root_path { rewrite ^/(.*)$ / break; }`: the
+        // named location serves one path from the server's root, which is
+        // the try_files entry that path would be.
+        if let Some((rw, to)) = constant_break_rewrite(named)
+            && !statics
+                .iter()
+                .any(|d| d.name == "root" || d.name == "alias")
+        {
+            try_files.pop();
+            try_files.push(to.clone());
+            try_files.push("=404".to_string());
+            self.note(
+                &rw,
+                Impact::Carried,
+                format!("carried as the try_files entry `{to}` (served from the server's root)"),
+            );
+            self.note(
+                t,
+                Impact::Carried,
+                format!("files are looked up, then `{to}` (what @{name} serves), else 404"),
+            );
+            self.used_named.insert(name);
+            return Some(ActionOut::Static {
+                root,
+                alias,
+                index,
+                try_files,
+                etag,
+            });
+        }
         let route = match self.internal_named.get(&name) {
             Some(r) => r.clone(),
             None => {
@@ -2059,8 +2211,8 @@ impl<'o> Cx<'o> {
                 t,
                 Impact::Dropped,
                 format!(
-                    "files are not looked up (Aegis serves no files yet): every request goes to \
-                     {name}, whose handling is carried"
+                    "files are not looked up (the files or the fallback cannot be carried as a \
+                     `static` route): every request goes to {name}, whose handling is carried"
                 ),
             );
         }
@@ -2307,6 +2459,24 @@ impl<'o> Cx<'o> {
                     .filter(|t| *t != NGINX_DEFAULT_TIMEOUT_MS),
                 location_rewrite: Vec::new(),
             });
+        }
+        // A variable only `set` assigns (Jitsi's `?prefix=$prefix`): its
+        // value comes from rewrite-module scripting, left out.
+        if let Some(var) = url
+            .split('$')
+            .skip(1)
+            .map(|v| v.split(|c: char| !is_var_char(c)).next().unwrap_or(""))
+            .find(|v| self.set_anywhere(v))
+        {
+            self.note_left_out(
+                d,
+                crate::finding::SCRIPTING,
+                format!(
+                    "uses `${var}`, which only `set` assigns (rewrite-module scripting, left \
+                     out): the location answers 404"
+                ),
+            );
+            return None;
         }
         if url.contains('$') {
             self.note(
@@ -3465,7 +3635,10 @@ impl<'o> Cx<'o> {
                 "an error page in a named location is not carried (only GitLab's `return` \
                  idiom is); Aegis answers that error itself",
             ),
-            "try_files" | "alias" | "autoindex" => (Impact::Dropped, "Aegis does not serve files"),
+            "try_files" | "alias" | "autoindex" => (
+                Impact::Dropped,
+                "not carried here: files are served only by a location's `static` route",
+            ),
             "allow" | "deny" => (
                 Impact::Dropped,
                 "address-based access control is not expressible per route (features score \
@@ -3829,6 +4002,7 @@ impl<'o> Cx<'o> {
                         "Aegis has one connect timeout per upstream; `{}` uses {first} ms",
                         out.name
                     ),
+                    left_out: None,
                 });
             }
             out.connect_timeout_ms = Some(first);
@@ -4034,11 +4208,14 @@ impl<'o> Cx<'o> {
         let mut merged: Merged = HashMap::new();
         for f in std::mem::take(&mut self.findings) {
             let key = (f.at.file.to_string(), f.at.line, f.directive.clone());
-            let e = merged.entry(key).or_insert((Impact::Carried, Vec::new()));
+            let e = merged
+                .entry(key)
+                .or_insert((Impact::Carried, Vec::new(), None));
             e.0 = e.0.min(f.impact);
             if !f.reason.is_empty() && !e.1.contains(&f.reason) {
                 e.1.push(f.reason);
             }
+            e.2 = e.2.or(f.left_out);
         }
         let mut out = Vec::new();
         walk_report(tree, None, &merged, &mut out);
@@ -4047,8 +4224,8 @@ impl<'o> Cx<'o> {
 }
 
 /// The notes about each directive, keyed by file, line and text: the most
-/// severe impact and the reasons.
-type Merged = HashMap<(String, usize, String), (Impact, Vec<String>)>;
+/// severe impact, the reasons and the left-out feature it belongs to.
+type Merged = HashMap<(String, usize, String), (Impact, Vec<String>, Option<&'static str>)>;
 
 /// Blocks whose children are data of the block itself (carried with it).
 const DATA_BLOCKS: &[&str] = &["types", "map", "geo", "split_clients"];
@@ -4059,32 +4236,35 @@ pub const UNACCOUNTED: &str = "not accounted for by the importer; check it by ha
 
 fn walk_report(
     ds: &[Directive],
-    parent: Option<(&Directive, Impact)>,
+    parent: Option<(&Directive, Impact, Option<&'static str>)>,
     merged: &Merged,
     out: &mut Vec<Finding>,
 ) {
     for d in ds {
         let key = (d.at.file.to_string(), d.at.line, d.text());
-        let (impact, reason) = match (merged.get(&key), parent) {
-            (Some((impact, reasons)), _) => (*impact, reasons.join("; ")),
-            (None, Some((p, pi))) if pi != Impact::Carried => (
+        let (impact, reason, left_out) = match (merged.get(&key), parent) {
+            (Some((impact, reasons, lo)), _) => (*impact, reasons.join("; "), *lo),
+            (None, Some((p, pi, lo))) if pi != Impact::Carried => (
                 pi,
                 format!("inside `{}` ({}), which is {}", p.text(), p.at, pi.label()),
+                lo,
             ),
-            (None, Some((p, _))) if DATA_BLOCKS.contains(&p.name.as_str()) => (
+            (None, Some((p, _, _))) if DATA_BLOCKS.contains(&p.name.as_str()) => (
                 Impact::Carried,
                 format!("an entry of `{}` ({})", p.name, p.at),
+                None,
             ),
-            (None, _) => (Impact::Dropped, UNACCOUNTED.to_string()),
+            (None, _) => (Impact::Dropped, UNACCOUNTED.to_string(), None),
         };
         out.push(Finding {
             at: d.at.clone(),
             directive: d.text(),
             impact,
             reason,
+            left_out,
         });
         if let Some(b) = &d.block {
-            walk_report(b, Some((d, impact)), merged, out);
+            walk_report(b, Some((d, impact, left_out)), merged, out);
         }
     }
 }
@@ -4135,8 +4315,16 @@ fn static_action(
     let alias_captures = alias
         .as_deref()
         .is_some_and(|a| a.contains('$') && only_captures(a));
+    // An alias naming one file serves it for every path the location
+    // takes (Jitsi's `location = /config.js`, and its regex
+    // `location ~ ^/([^/?&:'"]+)/config.js$`).
+    let names_file = |a: &str| !a.contains('$') && Path::new(a).is_file();
+    let regex_file = regex && alias.as_deref().is_some_and(names_file);
     if alias.is_some()
-        && !(exact || alias_captures || matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_)))
+        && !(exact
+            || alias_captures
+            || regex_file
+            || matches!(kind, LocKind::Prefix(_) | LocKind::Stop(_)))
     {
         return None;
     }
@@ -4151,7 +4339,7 @@ fn static_action(
     };
     // On `location = /x` an alias may name the file itself (Jitsi's
     // `config.js`).
-    let file_alias = exact && alias.is_some() && Path::new(dir).is_file();
+    let file_alias = (exact || regex_file) && alias.is_some() && Path::new(dir).is_file();
     if !dir.starts_with('/') || dir.contains('$') || !(Path::new(dir).is_dir() || file_alias) {
         return None;
     }
@@ -4477,9 +4665,7 @@ fn ignored_reason(n: &str) -> &'static str {
         _ if n.starts_with("ssl_") || n.starts_with("http2") => {
             "TLS and HTTP/2 tuning: rustls and hyper's own choices"
         }
-        "index" | "root" => {
-            "used only where files are served (listed there); Aegis serves no files yet"
-        }
+        "index" | "root" => "used where files are served: the `static` routes carry it",
         _ => "no difference a client sees",
     }
 }
@@ -4526,6 +4712,48 @@ fn exact_path(kind: &LocKind) -> Option<&str> {
         LocKind::Exact(p) => Some(p),
         _ => None,
     }
+}
+
+/// A named location that only rewrites every path to one constant path
+/// with `break` (and so serves that path from the server's root): the
+/// rewrite and its target. The regex must take any path (it is tried on
+/// a few).
+fn constant_break_rewrite(named: &LocInfo) -> Option<(Directive, String)> {
+    let [rw] = named.block.as_slice() else {
+        return None;
+    };
+    let (re, to) = (rw.arg(0)?, rw.arg(1)?);
+    if rw.name != "rewrite"
+        || rw.arg(2) != Some("break")
+        || rw.args.len() != 3
+        || !to.starts_with('/')
+        || to.contains('$')
+        || to.contains('?')
+    {
+        return None;
+    }
+    let re = regex::Regex::new(re).ok()?;
+    ["/", "/room", "/a/b.c"]
+        .iter()
+        .all(|p| re.is_match(p))
+        .then(|| (rw.clone(), to.to_string()))
+}
+
+/// The FastCGI, uwsgi or SCGI `*_pass` a location block hands its
+/// requests to.
+fn fastcgi_handler(block: &[Directive]) -> Option<&Directive> {
+    block
+        .iter()
+        .find(|d| matches!(d.name.as_str(), "fastcgi_pass" | "uwsgi_pass" | "scgi_pass"))
+}
+
+/// Whether nginx would hand `uri` (its literal part, up to the first
+/// variable) to a FastCGI location of `locs`: the `index.php` entries and
+/// `/index.php$request_uri` fallbacks of PHP apps.
+fn lands_in_fastcgi<'l>(locs: &'l [LocInfo], uri: &str) -> Option<&'l LocInfo> {
+    let literal = uri.split('$').next().unwrap_or("");
+    let l = locs.get(nginx_pick(locs, literal)?)?;
+    fastcgi_handler(&l.block).map(|_| l)
 }
 
 fn placeholder(why: &str) -> ActionOut {

@@ -39,6 +39,12 @@ pub struct Finding {
     pub directive: String,
     pub impact: Impact,
     pub reason: String,
+    /// The left-out feature (one of [`LEFT_OUT`]) this drop is a
+    /// consequence of, when the importer knows it from context rather than
+    /// from the directive's name: everything in a FastCGI location, a
+    /// `try_files` whose fallback is one. Children of a dropped block
+    /// inherit it.
+    pub left_out: Option<&'static str>,
 }
 
 impl fmt::Display for Finding {
@@ -67,6 +73,12 @@ pub const LEFT_OUT: &[&str] = &[
     "request shaping (proxy_method, proxy_pass_request_body/headers)",
 ];
 
+/// [`LEFT_OUT`]'s FastCGI, uwsgi and SCGI entry.
+pub const FASTCGI: usize = 2;
+
+/// [`LEFT_OUT`]'s rewrite-module scripting entry.
+pub const SCRIPTING: usize = 4;
+
 /// The left-out feature (one of [`LEFT_OUT`]) a dropped directive belongs
 /// to, from its name and text; `None` for a directive Aegis could carry
 /// one day. A directive dropped because the block it is in was
@@ -74,6 +86,9 @@ pub const LEFT_OUT: &[&str] = &[
 pub fn left_out_feature(f: &Finding) -> Option<&'static str> {
     if f.impact != Impact::Dropped {
         return None;
+    }
+    if f.left_out.is_some() {
+        return f.left_out;
     }
     let text = match f.reason.strip_prefix("inside `") {
         Some(parent) => parent.split('`').next().unwrap_or(""),
@@ -126,6 +141,7 @@ mod tests {
             directive: directive.into(),
             impact: Impact::Dropped,
             reason: reason.into(),
+            left_out: None,
         }
     }
 

@@ -1659,6 +1659,21 @@ impl Cx<'_> {
         // `location = /config.js { alias /etc/app/config.js; }`: on an exact
         // path the alias may name the file itself.
         let file_alias = st.alias.is_some() && path_prefix.is_none() && exact_path.is_some();
+        // On a regex route an alias without captures names one file, served
+        // for every path the route takes (nginx: `location ~ ... { alias
+        // /etc/app/config.js; }`).
+        let regex_file = match (&st.alias, &m.path_regex) {
+            (Some(a), Some(_)) if !has_captures(a) => {
+                let given = Path::new(a.as_str());
+                let full = if given.is_absolute() {
+                    given.to_path_buf()
+                } else {
+                    self.dir.join(given)
+                };
+                full.is_file().then_some(full)
+            }
+            _ => None,
+        };
         let (written, field, alias_prefix) = match (&st.root, &st.alias) {
             (Some(r), None) => (r, "root", None),
             (None, Some(a)) => {
@@ -1666,7 +1681,7 @@ impl Cx<'_> {
                     // On a regex route the alias names the file with captures.
                     m.path_regex
                         .as_ref()
-                        .filter(|_| has_captures(a))
+                        .filter(|_| has_captures(a) || regex_file.is_some())
                         .map(|_| "")
                 }) else {
                     self.err(
@@ -1721,6 +1736,20 @@ impl Cx<'_> {
                     ),
                 )
             }
+            // The one file: its directory is the root, its name what
+            // every request is served.
+            ("alias", None) if regex_file.is_some() => match written.rfind('/') {
+                Some(cut) => (
+                    written.get(..=cut).unwrap_or("/"),
+                    Some(
+                        written
+                            .get(cut.saturating_add(1)..)
+                            .unwrap_or("")
+                            .to_string(),
+                    ),
+                ),
+                None => (".", Some(written.clone())),
+            },
             _ => (written.as_str(), None),
         };
         let alias_prefix = if alias_captures.is_some() {

@@ -1667,3 +1667,135 @@ fn maps_that_choose_upstreams_are_carried() {
     );
     assert_eq!(pick(Method::GET, "TEXT/json; x").as_deref(), Some("api"));
 }
+
+#[test]
+fn a_php_app_is_left_out_as_fastcgi_and_its_files_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    // Nextcloud's shape: a FastCGI location, static locations falling back
+    // to `/index.php$request_uri`, `index index.php`.
+    let c = conv(&http(&format!(
+        "upstream php {{ server 127.0.0.1:9000; }}
+        server {{ listen 80; server_name s.test; root {root};
+            index index.php index.html /index.php$request_uri;
+            location ~ \\.php(?:$|/) {{
+                rewrite ^/(?!index|remote) /index.php$request_uri;
+                fastcgi_split_path_info ^(.+?\\.php)(/.*)$;
+                fastcgi_pass php;
+            }}
+            location ~ \\.css$ {{ try_files $uri /index.php$request_uri; }}
+            location / {{ try_files $uri $uri/ /index.php$request_uri; }}
+        }}"
+    )));
+    let cfg = compiled(&c);
+    let fastcgi = Some(crate::finding::LEFT_OUT[crate::finding::FASTCGI]);
+    // The location, everything in it, the fallbacks and the index entry:
+    // each a drop the report names as FastCGI, nothing else blocking.
+    for part in [
+        "location ~ \\.php",
+        "fastcgi_pass php",
+        "fastcgi_split_path_info",
+        "rewrite ^/(?!index",
+        "try_files $uri /index.php",
+        "try_files $uri $uri/ /index.php",
+        "index index.php",
+    ] {
+        let f = finding(&c, part);
+        assert_eq!(f.impact, Impact::Dropped, "{f}");
+        assert_eq!(crate::finding::left_out_feature(f), fastcgi, "{f}");
+    }
+    assert_eq!(
+        c.blocking().count(),
+        0,
+        "{:#?}",
+        c.blocking().collect::<Vec<_>>()
+    );
+    // A script is never served as a file: the PHP location keeps its place
+    // with a 404 stand-in, and no index entry names a script.
+    assert_eq!(get(&cfg, "s.test", "/index.php").status, Some(404));
+    for part in ["|/|", "\\.css"] {
+        let ActionOut::Static {
+            index, try_files, ..
+        } = &route(&c, part).action
+        else {
+            panic!("{part} is not static:\n{}", yaml(&c))
+        };
+        assert_eq!(index, &vec!["index.html".to_string()], "{}", yaml(&c));
+        assert_eq!(try_files.last().map(String::as_str), Some("=404"));
+    }
+}
+
+#[test]
+fn a_proxy_pass_variable_only_set_assigns_is_left_out_scripting() {
+    // Jitsi's websocket location: `$prefix` comes from `set` in other
+    // locations.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let c = conv(&http(&format!(
+        "server {{ listen 80; server_name s.test; root {root};
+            location = /ws {{ proxy_pass http://127.0.0.1:5280/ws?prefix=$prefix&$args; }}
+            location ~ ^/([a-z]+)/ws {{ set $prefix $1; rewrite ^ /ws; }}
+        }}"
+    )));
+    let f = finding(&c, "proxy_pass http://127.0.0.1:5280");
+    assert_eq!(f.impact, Impact::Dropped);
+    assert!(f.reason.contains("`$prefix`"), "{f}");
+    assert_eq!(
+        crate::finding::left_out_feature(f),
+        Some(crate::finding::LEFT_OUT[crate::finding::SCRIPTING])
+    );
+    assert_eq!(
+        c.blocking().count(),
+        0,
+        "{:#?}",
+        c.blocking().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_named_location_rewriting_to_one_path_and_a_regex_file_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    std::fs::write(dir.path().join("index.html"), "home").unwrap();
+    std::fs::write(dir.path().join("config.js"), "cfg").unwrap();
+    // Jitsi's room names and per-room config.js.
+    let c = conv(&http(&format!(
+        "server {{ listen 80; server_name s.test; root {root};
+            location ~ ^/([a-z]+)/config.js$ {{ alias {root}/config.js; }}
+            location ~ ^/([a-z]+)$ {{ try_files $uri @root_path; }}
+            location @root_path {{ rewrite ^/(.*)$ / break; }}
+        }}"
+    )));
+    compiled(&c);
+    assert_eq!(
+        c.blocking().count(),
+        0,
+        "{:#?}",
+        c.blocking().collect::<Vec<_>>()
+    );
+    let rooms = c
+        .set
+        .routes
+        .iter()
+        .find(|r| matches!(&r.action, ActionOut::Static { try_files, .. } if !try_files.is_empty()))
+        .unwrap_or_else(|| panic!("no try_files route\n{}", yaml(&c)));
+    let ActionOut::Static { try_files, .. } = &rooms.action else {
+        unreachable!()
+    };
+    assert_eq!(
+        try_files,
+        &vec!["$uri".to_string(), "/".into(), "=404".into()]
+    );
+    // Carried (so not among the findings), as are the named location and
+    // the alias.
+    no_finding(&c, "rewrite ^/(.*)$ / break");
+    no_finding(&c, "alias");
+    assert!(
+        c.set
+            .routes
+            .iter()
+            .any(|r| matches!(&r.action, ActionOut::Static { alias: Some(a), .. } if a.ends_with("/config.js"))),
+        "{}",
+        yaml(&c)
+    );
+}
