@@ -1619,18 +1619,8 @@ impl<'o> Cx<'o> {
                     h.text()
                 ),
             );
-            let path = match &loc.kind {
-                LocKind::Exact(p) => PathOut::Exact(p.clone()),
-                LocKind::Prefix(p) => PathOut::Prefix {
-                    prefix: p.clone(),
-                    stop_regex: false,
-                },
-                LocKind::Stop(p) => PathOut::Prefix {
-                    prefix: p.clone(),
-                    stop_regex: true,
-                },
-                LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
-                LocKind::Named(_) => return out,
+            let Some(path) = path_out(&loc.kind) else {
+                return out;
             };
             let route = self.route_for(sctx, &ld, "", path, placeholder("FastCGI is not carried"));
             out.push(self.decorate(route, &scope, false));
@@ -1733,18 +1723,8 @@ impl<'o> Cx<'o> {
                 _ => self.common(c, "location"),
             }
         }
-        let path = match &loc.kind {
-            LocKind::Exact(p) => PathOut::Exact(p.clone()),
-            LocKind::Prefix(p) => PathOut::Prefix {
-                prefix: p.clone(),
-                stop_regex: false,
-            },
-            LocKind::Stop(p) => PathOut::Prefix {
-                prefix: p.clone(),
-                stop_regex: true,
-            },
-            LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
-            LocKind::Named(_) => return out,
+        let Some(path) = path_out(&loc.kind) else {
+            return out;
         };
         // `try_files $uri /index.php$request_uri`: the fallback is a
         // FastCGI location (left out); the files are still served, with
@@ -4737,6 +4717,24 @@ fn constant_break_rewrite(named: &LocInfo) -> Option<(Directive, String)> {
         .iter()
         .all(|p| re.is_match(p))
         .then(|| (rw.clone(), to.to_string()))
+}
+
+/// A location's match as a route's path; `None` for a named location
+/// (reached only through `try_files` or `error_page`).
+fn path_out(kind: &LocKind) -> Option<PathOut> {
+    Some(match kind {
+        LocKind::Exact(p) => PathOut::Exact(p.clone()),
+        LocKind::Prefix(p) => PathOut::Prefix {
+            prefix: p.clone(),
+            stop_regex: false,
+        },
+        LocKind::Stop(p) => PathOut::Prefix {
+            prefix: p.clone(),
+            stop_regex: true,
+        },
+        LocKind::Regex { pattern, .. } => PathOut::Regex(pattern.clone()),
+        LocKind::Named(_) => return None,
+    })
 }
 
 /// The FastCGI, uwsgi or SCGI `*_pass` a location block hands its

@@ -1724,30 +1724,14 @@ impl Cx<'_> {
         // `alias /srv/app/$1/$2`: the directory is the literal part, the
         // rest is filled in per request.
         let (written, alias_captures): (&str, Option<String>) = match (field, written.find('$')) {
-            ("alias", Some(i)) if captures.is_some() => {
-                let cut = written.get(..i).and_then(|s| s.rfind('/')).unwrap_or(0);
-                (
-                    written.get(..=cut).unwrap_or("/"),
-                    Some(
-                        written
-                            .get(cut.saturating_add(1)..)
-                            .unwrap_or("")
-                            .to_string(),
-                    ),
-                )
-            }
+            ("alias", Some(i)) if captures.is_some() => split_at_slash(
+                written,
+                written.get(..i).and_then(|s| s.rfind('/')).unwrap_or(0),
+            ),
             // The one file: its directory is the root, its name what
             // every request is served.
             ("alias", None) if regex_file.is_some() => match written.rfind('/') {
-                Some(cut) => (
-                    written.get(..=cut).unwrap_or("/"),
-                    Some(
-                        written
-                            .get(cut.saturating_add(1)..)
-                            .unwrap_or("")
-                            .to_string(),
-                    ),
-                ),
+                Some(cut) => split_at_slash(written, cut),
                 None => (".", Some(written.clone())),
             },
             _ => (written.as_str(), None),
@@ -2274,6 +2258,20 @@ fn parse_location(text: &str, maps: &HashMap<String, MapId>) -> Result<LocationT
         return Err("not a valid Location header value".into());
     }
     Ok(LocationTemplate(parts))
+}
+
+/// `written` cut after the `/` at byte `cut`: the directory (with its
+/// slash) and the rest, filled in per request.
+fn split_at_slash(written: &str, cut: usize) -> (&str, Option<String>) {
+    (
+        written.get(..=cut).unwrap_or("/"),
+        Some(
+            written
+                .get(cut.saturating_add(1)..)
+                .unwrap_or("")
+                .to_string(),
+        ),
+    )
 }
 
 #[cfg(test)]
