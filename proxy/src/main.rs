@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 // fewer instructions per request under callgrind and more requests per
 // second pinned (docs/BENCHMARKS.md, "Instructions and allocations per
 // request"). The library stays allocator-neutral; only this binary picks.
+// `--features system-alloc` keeps glibc's, for heap profilers that see only
+// malloc (`valgrind --tool=dhat`, bench/alloc-sites.sh).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -162,11 +162,14 @@ fn is_settled(id: &str, config: &Value, verdicts: &Value) -> bool {
         .get("active")
         .and_then(|a| a.get("id"))
         .and_then(Value::as_str);
-    let canary = config
-        .get("rollout")
-        .and_then(|r| r.get("phase"))
-        .and_then(Value::as_str)
-        == Some("canary");
+    // "loading": promoted, the workers not serving it yet.
+    let canary = matches!(
+        config
+            .get("rollout")
+            .and_then(|r| r.get("phase"))
+            .and_then(Value::as_str),
+        Some("canary" | "loading")
+    );
     let newest = verdicts.as_array().and_then(|v| {
         v.iter()
             .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
@@ -763,6 +766,7 @@ fn rollout_line(r: &Value, now_ms: u64) -> String {
             format!("canary: {v}{on}{}", left.unwrap_or_default())
         }
         ("baking", Some(v)) => format!("baking: {v}{}", left.unwrap_or_default()),
+        ("loading", Some(v)) => format!("loading: {v} (the workers are taking it up)"),
         _ => {
             // Steady: say what happened last, the question a person has.
             let last = r
@@ -943,6 +947,20 @@ mod tests {
         let r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n";
         assert_eq!(parse_response(r), Ok(None));
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_version_its_workers_are_still_loading_is_not_settled() {
+        let verdicts = serde_json::json!([
+            {"id": "v1", "verdict": {"accepted": true, "sentence": "replayed 10"}},
+        ]);
+        let config = |phase: &str| {
+            serde_json::json!({"active": {"id": "v1"}, "rollout": {"phase": phase}})
+        };
+        assert!(!is_settled("v1", &config("loading"), &verdicts));
+        assert!(!is_settled("v1", &config("canary"), &verdicts));
+        assert!(is_settled("v1", &config("baking"), &verdicts));
+        assert!(is_settled("v1", &config("steady"), &verdicts));
     }
 
     #[test]

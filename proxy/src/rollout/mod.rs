@@ -138,6 +138,14 @@ impl Policy {
 #[derive(Debug, Clone)]
 enum Phase {
     Steady,
+    /// Accepted and active, its workers still loading it: the rollout has
+    /// begun though no worker has said it serves the version yet. Without it
+    /// `aegis status --wait` saw "active, steady" between the promotion and
+    /// the canary's start and called a canary rollout finished.
+    Loading {
+        version: String,
+        start: Start,
+    },
     Canary {
         version: String,
         slot: usize,
@@ -234,14 +242,24 @@ impl Rollout {
     pub fn current(&self) -> Option<&String> {
         match &self.phase {
             Phase::Steady => None,
-            Phase::Canary { version, .. } | Phase::Baking { version, .. } => Some(version),
+            Phase::Loading { version, .. }
+            | Phase::Canary { version, .. }
+            | Phase::Baking { version, .. } => Some(version),
         }
     }
 
-    /// `aegis_config_canary_state`: 0 steady, 1 canary, 2 baking.
+    /// `aegis_config_canary_state`: 0 steady, 1 canary, 2 baking; a version
+    /// still loading counts as the phase it leads to.
     pub fn state_code(&self) -> u8 {
         match self.phase {
             Phase::Steady => 0,
+            Phase::Loading {
+                start: Start::Canary,
+                ..
+            } => 1,
+            Phase::Loading {
+                start: Start::All, ..
+            } => 2,
             Phase::Canary { .. } => 1,
             Phase::Baking { .. } => 2,
         }
@@ -307,6 +325,12 @@ impl Rollout {
     pub fn plan(&mut self, version: &str, fleet_size: usize, policy: &Policy, at_ms: u64) -> Start {
         match std::mem::replace(&mut self.phase, Phase::Steady) {
             Phase::Steady => {}
+            Phase::Loading { version: v, .. } => self.log(
+                "superseded",
+                &v,
+                format!("load abandoned: {version} was accepted meanwhile"),
+                at_ms,
+            ),
             Phase::Canary { version: v, .. } => self.log(
                 "superseded",
                 &v,
@@ -324,11 +348,16 @@ impl Rollout {
                 );
             }
         }
-        if fleet_size > 1 && !policy.canary.is_zero() && self.stable.is_some() {
+        let start = if fleet_size > 1 && !policy.canary.is_zero() && self.stable.is_some() {
             Start::Canary
         } else {
             Start::All
-        }
+        };
+        self.phase = Phase::Loading {
+            version: version.to_string(),
+            start,
+        };
+        start
     }
 
     /// The canary slot serves `version` now.
@@ -415,7 +444,7 @@ impl Rollout {
     /// Compares the latest reading; says what to do next.
     pub fn observe(&mut self, now: Instant, traffic: &[SlotTraffic], policy: &Policy) -> Step {
         match &mut self.phase {
-            Phase::Steady => Step::Wait,
+            Phase::Steady | Phase::Loading { .. } => Step::Wait,
             Phase::Canary {
                 version,
                 slot,
@@ -539,6 +568,7 @@ impl Rollout {
         };
         let (phase, version, since_ms, ends_in_ms, slot) = match &self.phase {
             Phase::Steady => ("steady", None, None, None, None),
+            Phase::Loading { version, .. } => ("loading", Some(version.clone()), None, None, None),
             Phase::Canary {
                 version,
                 slot,
@@ -638,6 +668,22 @@ mod tests {
         r.baked("v1", String::new(), 0);
         assert_eq!(r.stable(), Some("v1"));
         assert_eq!(r.state_code(), 0);
+    }
+
+    #[test]
+    fn an_accepted_version_is_loading_until_its_workers_serve_it() {
+        let p = policy();
+        let mut r = Rollout::new(Some("v0".into()));
+        assert_eq!(r.plan("v1", 2, &p, 0), Start::Canary);
+        assert_eq!(r.json(Some(&p))["phase"], "loading");
+        assert_eq!(r.current().map(String::as_str), Some("v1"));
+        assert_eq!(r.state_code(), 1);
+        assert_eq!(
+            r.observe(Instant::now(), &reading(&[(0, 0), (0, 0)]), &p),
+            Step::Wait
+        );
+        r.canary_started("v1", Instant::now(), 0, reading(&[(0, 0), (0, 0)]), &p);
+        assert_eq!(r.json(Some(&p))["phase"], "canary");
     }
 
     #[test]
