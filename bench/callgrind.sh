@@ -7,7 +7,8 @@
 # `valgrind --tool=callgrind`, each proxy in one process with one thread of
 # request work: nginx (`master_process off`, `worker_processes 1`), HAProxy
 # (`nbthread 1`, `-db`), Aegis (`workers: 0`, the single-process mode; access
-# log off, then to a file). Each proxy first serves $WARMUP requests (upstream
+# log off, then to a file; and `aegis-steady`, access log off with
+# `sample.capacity: 100`). Each proxy first serves $WARMUP requests (upstream
 # connections opened, lazy state built), then its counters are zeroed
 # (`callgrind_control -z`), then exactly $N requests go over one keep-alive
 # connection (`aegis-loadgen run -n $N -c 1 -t 1`), then the counters are
@@ -17,11 +18,19 @@
 # call; with mimalloc linked in, its mi_malloc family is counted too). The
 # load generator and backend run natively; only the proxy is instrumented.
 #
+# Why `aegis-steady`: the traffic sample (reservoir sampling, capacity 10 000
+# by default) keeps every request until it is full, then request n with
+# probability 10 000/n, so over this run's 20 500 requests about 83 % are
+# sampled (their heads copied and redacted), a share a running proxy only
+# sees in its first minutes. With a capacity of 100, 100/n over these
+# requests is the share a default process sees after about two million
+# requests (10 000/n there): the steady state.
+#
 # Environment:
 #   AEGIS    aegis binary (release)          default: target/release/aegis
 #   LOADGEN  aegis-loadgen binary (release)  default: target/release/aegis-loadgen
 #   N        measured requests (20000)       WARMUP   requests before (500)
-#   PROXIES  which to run ("nginx haproxy aegis aegis-log")
+#   PROXIES  which to run ("nginx haproxy aegis aegis-steady aegis-log")
 #   BASE_PORT first port used (19500)        KEEP=1   keep the callgrind files
 #
 # Build first:
@@ -33,7 +42,7 @@ AEGIS=${AEGIS:-target/release/aegis}
 LOADGEN=${LOADGEN:-target/release/aegis-loadgen}
 N=${N:-20000}
 WARMUP=${WARMUP:-500}
-PROXIES=${PROXIES:-nginx haproxy aegis aegis-log}
+PROXIES=${PROXIES:-nginx haproxy aegis aegis-steady aegis-log}
 BASE_PORT=${BASE_PORT:-19500}
 KEEP=${KEEP:-0}
 
@@ -96,7 +105,7 @@ PIDS+=($!)
 wait_port "$BACKEND_PORT" || exit 1
 
 # --- proxy configurations --------------------------------------------------
-mkdir -p "$WORK/nginx" "$WORK/aegis" "$WORK/aegis-log"
+mkdir -p "$WORK/nginx" "$WORK/aegis" "$WORK/aegis-steady" "$WORK/aegis-log"
 cat >"$WORK/nginx/nginx.conf" <<CONF
 master_process off;
 daemon off;
@@ -138,15 +147,18 @@ backend be
     http-reuse always
     server s1 127.0.0.1:$BACKEND_PORT
 CONF
-for v in aegis aegis-log; do
+for v in aegis aegis-steady aegis-log; do
 	log='"off"'
 	[[ $v == aegis-log ]] && log="\"$WORK/aegis-log/access.log\""
+	sample=""
+	[[ $v == aegis-steady ]] && sample="sample: { capacity: 100 }"
 	cat >"$WORK/$v/aegis.yaml" <<CONF
 listen: ["127.0.0.1:$PROXY_PORT"]
 admin: "off"
 access_log: $log
 workers: 0
 state_dir: "$WORK/$v/state"
+$sample
 CONF
 	cat >"$WORK/$v/routes.yaml" <<CONF
 upstreams:
@@ -201,7 +213,7 @@ measure() {
 	case $name in
 	nginx) valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/$name.vg" & ;;
 	haproxy) valgrind --tool=callgrind --callgrind-out-file="$out" "$HAPROXY" -f "$WORK/haproxy.cfg" -db 2>"$WORK/$name.vg" & ;;
-	aegis | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" 2>"$WORK/$name.vg" & ;;
+	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" 2>"$WORK/$name.vg" & ;;
 	esac
 	pid=$!
 	PIDS+=($pid)

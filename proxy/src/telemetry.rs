@@ -525,7 +525,7 @@ impl VersionMetrics {
         let routes = config
             .routes
             .iter()
-            .map(|r| (r.name.clone(), RouteCounters::new(version, &r.name)))
+            .map(|r| (r.name.to_string(), RouteCounters::new(version, &r.name)))
             .collect();
         Self {
             version: version.to_string(),

@@ -331,10 +331,10 @@ fn compile_dir(dir: &Path) -> Result<(Settings, CompiledConfig, FileSizes), Vec<
 
 /// What a compiled set holds, by name, for [`BlastRadius::between`].
 fn inventory(c: &CompiledConfig, files: FileSizes) -> Inventory {
-    let names = |it: &mut dyn Iterator<Item = &String>| it.cloned().collect::<Vec<_>>();
+    let names = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_string).collect::<Vec<_>>();
     Inventory {
-        routes: names(&mut c.routes.iter().map(|r| &r.name)),
-        upstreams: names(&mut c.upstreams.iter().map(|u| &u.name)),
+        routes: names(&mut c.routes.iter().map(|r| &*r.name)),
+        upstreams: names(&mut c.upstreams.iter().map(|u| &*u.name)),
         // A `tls` entry has no name of its own: it is the names it serves.
         tls: c
             .certificates
@@ -349,7 +349,7 @@ fn inventory(c: &CompiledConfig, files: FileSizes) -> Inventory {
             .filter_map(|i| c.features.get(i))
             .map(|f| f.name.clone())
             .collect(),
-        rate_limits: names(&mut c.rate_limits.iter().map(|r| &r.name)),
+        rate_limits: names(&mut c.rate_limits.iter().map(|r| r.name.as_str())),
         files,
     }
 }
@@ -380,7 +380,7 @@ fn ask_probe(
         }
         let eps: Vec<String> = pool.endpoints.iter().map(|e| e.address.clone()).collect();
         if !eps.is_empty() {
-            probe.insert(pool.name.clone(), eps);
+            probe.insert(pool.name.to_string(), eps);
         }
     }
     if probe.is_empty() {

@@ -106,7 +106,7 @@ impl CompiledConfig {
 
 #[derive(Debug)]
 pub struct CompiledRoute {
-    pub name: String,
+    pub name: Arc<str>,
     /// Where the route was defined (`routes.yaml:12:5`), for logs.
     pub origin: String,
     pub methods: Option<Vec<http::Method>>,
@@ -604,7 +604,7 @@ impl LocationPart {
 
 #[derive(Debug)]
 pub struct UpstreamPool {
-    pub name: String,
+    pub name: Arc<str>,
     pub endpoints: Vec<EndpointSpec>,
     pub balance: Balance,
     pub hash_header: Option<HeaderName>,

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -151,7 +152,7 @@ impl<'c> Decision<'c, '_> {
             }
             None if path.is_empty() => Cow::Borrowed("/"),
             None if !path.starts_with('/') => Cow::Owned(format!("/{path}")),
-            None => Cow::Owned(path.to_string()),
+            None => Cow::Borrowed(path),
         }
     }
 
@@ -176,7 +177,7 @@ impl<'c> Decision<'c, '_> {
         let upstream_path = upstream.as_ref().map(|_| self.upstream_path().into_owned());
         DecisionSummary {
             route: self.route.map(|r| r.name.clone()),
-            action: action.to_string(),
+            action: Cow::Borrowed(action),
             upstream,
             upstream_path,
             location,
@@ -189,13 +190,18 @@ impl<'c> Decision<'c, '_> {
 }
 
 /// A decision with owned fields: what the sandbox compares between configs.
+/// Built on every request, so its names are the compiled config's own
+/// (`Arc<str>`, a reference count) and its action a constant: only the
+/// upstream path and a redirect's location are new strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionSummary {
-    pub route: Option<String>,
+    #[serde(with = "crate::serde_arc")]
+    pub route: Option<Arc<str>>,
     /// `forward`, `redirect`, `respond`, `static`, `block`, `deny`,
     /// `no_route`, `bad_path`, `bad_upstream` or `rewrite_loop`.
-    pub action: String,
-    pub upstream: Option<String>,
+    pub action: Cow<'static, str>,
+    #[serde(with = "crate::serde_arc")]
+    pub upstream: Option<Arc<str>>,
     pub upstream_path: Option<String>,
     pub location: Option<String>,
     /// The status the proxy itself answers with (none when forwarded).

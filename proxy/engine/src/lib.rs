@@ -21,6 +21,7 @@ pub mod map;
 pub mod rewrite;
 pub mod route_table;
 pub mod sample;
+mod serde_arc;
 pub mod tls;
 pub mod tls_check;
 

@@ -355,7 +355,7 @@ routes:
     #[test]
     fn maps_in_header_values_and_redirects() {
         let c = compiled(MAPS).unwrap();
-        let app = c.routes.iter().find(|r| r.name == "app").unwrap();
+        let app = c.routes.iter().find(|r| &*r.name == "app").unwrap();
         assert!(app.request_edits.has_vars() && app.request_edits.uses_request_id);
         assert!(app.response_edits.has_vars() && !app.response_edits.uses_request_id);
         let mut headers = HeaderMap::new();

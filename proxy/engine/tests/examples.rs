@@ -120,7 +120,7 @@ fn default_set_is_valid() {
     let (settings, config) = aegis_engine::load_dir(&repo().join("configs")).unwrap();
     assert_eq!(settings.listen, vec!["127.0.0.1:8080"]);
     assert_eq!(settings.admin, "127.0.0.1:9901");
-    assert!(config.routes.iter().any(|r| r.name == "welcome"));
+    assert!(config.routes.iter().any(|r| &*r.name == "welcome"));
 }
 
 #[test]
@@ -187,11 +187,7 @@ fn synthetic_examples_hit_their_own_route() {
                 port: 0,
             };
             let d = aegis_engine::decide(&c, &head, aegis_engine::DecideOptions::default());
-            assert_eq!(
-                d.route.map(|r| r.name.as_str()),
-                Some(route.name.as_str()),
-                "{ex:?}"
-            );
+            assert_eq!(d.route.map(|r| &*r.name), Some(&*route.name), "{ex:?}");
             checked += 1;
         }
     }

@@ -51,7 +51,7 @@ fn route(c: &CompiledConfig, r: &Req<'_>) -> Option<String> {
     };
     decide(c, &head, DecideOptions::default())
         .route
-        .map(|r| r.name.clone())
+        .map(|r| r.name.to_string())
 }
 
 const NGINX_ORDER: &str = r#"
@@ -587,7 +587,7 @@ fn route_on(c: &CompiledConfig, port: u16, scheme: &str, host: &str, path: &str)
     };
     decide(c, &head, DecideOptions::default())
         .route
-        .map(|r| r.name.clone())
+        .map(|r| r.name.to_string())
 }
 
 #[test]
@@ -623,7 +623,7 @@ fn routes_are_chosen_per_listen_port_as_nginx_picks_servers() {
         Some("to-https")
     );
     // Examples carry the route's port, so the gate replays them there.
-    let site = c.routes.iter().find(|r| r.name == "site").unwrap();
+    let site = c.routes.iter().find(|r| &*r.name == "site").unwrap();
     assert_eq!(site.examples[0].port, Some(443));
 }
 

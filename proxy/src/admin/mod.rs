@@ -103,8 +103,8 @@ impl AdminState {
                     "version": c.version,
                     "summary": c.summary(),
                     "files": c.files,
-                    "routes": c.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
-                    "upstreams": c.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>(),
+                    "routes": c.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+                    "upstreams": c.upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>(),
                 })
             }),
         );

@@ -954,9 +954,8 @@ mod tests {
         let verdicts = serde_json::json!([
             {"id": "v1", "verdict": {"accepted": true, "sentence": "replayed 10"}},
         ]);
-        let config = |phase: &str| {
-            serde_json::json!({"active": {"id": "v1"}, "rollout": {"phase": phase}})
-        };
+        let config =
+            |phase: &str| serde_json::json!({"active": {"id": "v1"}, "rollout": {"phase": phase}});
         assert!(!is_settled("v1", &config("loading"), &verdicts));
         assert!(!is_settled("v1", &config("canary"), &verdicts));
         assert!(is_settled("v1", &config("baking"), &verdicts));

@@ -100,7 +100,7 @@ impl Connector for SampleConnector {
             .first()
             .map(|e| e.address.clone())
             .unwrap_or_default();
-        if self.unreachable.contains(&pool.name) {
+        if self.unreachable.contains(&*pool.name) {
             return Err(UpstreamError::Connect {
                 endpoint,
                 source: Box::new(Unreachable) as BoxError,
@@ -164,7 +164,7 @@ pub fn synthesize(config: &CompiledConfig, max: usize) -> Vec<SampledRequest> {
                 client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
                 body_len: 0,
                 status: None,
-                route: Some(route.name.clone()),
+                route: Some(route.name.to_string()),
                 synthetic: true,
                 ..SampledRequest::default()
             });
@@ -331,10 +331,10 @@ async fn one(
     let micros = start.elapsed().as_secs_f64() * 1e6;
     let side = match outcome {
         Some(o) => Side {
-            route: o.route,
-            action: o.summary.action,
+            route: o.route.as_deref().map(str::to_string),
+            action: o.summary.action.into_owned(),
             status,
-            upstream: o.summary.upstream,
+            upstream: o.summary.upstream.as_deref().map(str::to_string),
             blocked: o.summary.blocked,
             score: o.summary.score,
         },
@@ -654,7 +654,11 @@ pub async fn replay(
     opts: ReplayOptions,
 ) -> ReplayReport {
     let cand_site = Site::of(&candidate, opts.tls_listener);
-    let cand_routes: HashSet<String> = candidate.routes.iter().map(|r| r.name.clone()).collect();
+    let cand_routes: HashSet<String> = candidate
+        .routes
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
     let base_site = baseline
         .as_ref()
         .map(|b| Site::of(b, opts.baseline_tls_listener))

@@ -214,11 +214,11 @@ pub fn register_admin(admin: &crate::admin::AdminState, gate: &Arc<Gate>, config
                 o.insert("files".into(), serde_json::json!(c.files));
                 o.insert(
                     "routes".into(),
-                    serde_json::json!(c.routes.iter().map(|r| &r.name).collect::<Vec<_>>()),
+                    serde_json::json!(c.routes.iter().map(|r| &*r.name).collect::<Vec<_>>()),
                 );
                 o.insert(
                     "upstreams".into(),
-                    serde_json::json!(c.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>()),
+                    serde_json::json!(c.upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>()),
                 );
             }
             v

@@ -110,7 +110,7 @@ impl Connector for CaptureConnector {
             .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
         let captured = UpstreamRequest {
-            pool: pool.name.clone(),
+            pool: pool.name.to_string(),
             endpoint: endpoint.clone(),
             method: req.method().as_str().to_string(),
             target,
@@ -186,7 +186,7 @@ fn to_request(s: &SampledRequest) -> Request<Empty<Bytes>> {
 async fn capture(
     p: &Pipeline<CaptureConnector>,
     s: &SampledRequest,
-) -> Option<(UpstreamRequest, Option<String>)> {
+) -> Option<(UpstreamRequest, Option<std::sync::Arc<str>>)> {
     let _ = p.connector().take();
     let resp = match p.clone().oneshot(to_request(s)).await {
         Ok(r) => r,
@@ -320,8 +320,8 @@ pub async fn plan(
     let both: HashSet<String> = candidate
         .upstreams
         .iter()
-        .map(|u| u.name.clone())
-        .filter(|n| baseline.upstreams.iter().any(|b| &b.name == n))
+        .map(|u| u.name.to_string())
+        .filter(|n| baseline.upstreams.iter().any(|b| *b.name == **n))
         .collect();
     let known: HashSet<String> = baseline
         .upstreams
@@ -374,7 +374,7 @@ pub async fn plan(
         if !seen.insert((b.clone(), c.clone())) {
             continue;
         }
-        let route = route.unwrap_or_else(|| "-".to_string());
+        let route = route.as_deref().unwrap_or("-").to_string();
         let request = format!(
             "{} {}{}",
             s.method,

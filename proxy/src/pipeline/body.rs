@@ -51,48 +51,46 @@ pub struct BodyTooLarge {
 #[error("client sent no request body bytes for {0:?}")]
 pub struct BodyReadTimeout(pub std::time::Duration);
 
+/// What a [`LimitedBody`] tells the pipeline, in one allocation: the bytes
+/// that went through (the access log's `bytes_in`), and why it failed, so
+/// the resulting upstream failure becomes a 413 (`exceeded`) or a 408
+/// (`timed_out`).
+#[derive(Debug, Default)]
+pub struct BodyState {
+    pub bytes_in: AtomicU64,
+    pub exceeded: AtomicBool,
+    pub timed_out: AtomicBool,
+}
+
 /// A request body that fails once more than `limit` bytes went through, and
-/// counts bytes into `counter`. `exceeded` lets the pipeline turn the
-/// resulting upstream failure into a 413. With an idle timeout
+/// counts bytes into its [`BodyState`]. With an idle timeout
 /// ([`LimitedBody::idle_timeout`]) it also fails when the client sends
 /// nothing for that long while it is waited on (nginx's
-/// `client_body_timeout`; time the upstream takes to read does not count),
-/// and sets `timed_out` (a 408).
+/// `client_body_timeout`; time the upstream takes to read does not count).
 pub struct LimitedBody {
     inner: ProxyBody,
     limit: u64,
     seen: u64,
-    counter: Arc<AtomicU64>,
-    exceeded: Arc<AtomicBool>,
-    idle: Option<(std::time::Duration, Arc<AtomicBool>)>,
+    state: Arc<BodyState>,
+    idle: Option<std::time::Duration>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LimitedBody {
-    pub fn new(
-        inner: ProxyBody,
-        limit: u64,
-        counter: Arc<AtomicU64>,
-        exceeded: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(inner: ProxyBody, limit: u64, state: Arc<BodyState>) -> Self {
         Self {
             inner,
             limit,
             seen: 0,
-            counter,
-            exceeded,
+            state,
             idle: None,
             timer: None,
         }
     }
 
-    /// Fails the body after `timeout` without a frame, setting `timed_out`.
-    pub fn idle_timeout(
-        mut self,
-        timeout: std::time::Duration,
-        timed_out: Arc<AtomicBool>,
-    ) -> Self {
-        self.idle = Some((timeout, timed_out));
+    /// Fails the body after `timeout` without a frame (`timed_out`).
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle = Some(timeout);
         self
     }
 }
@@ -109,13 +107,12 @@ impl Body for LimitedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_ready() {
             this.timer = None;
-        } else if let Some((limit, flag)) = &this.idle {
-            let limit = *limit;
+        } else if let Some(limit) = this.idle {
             let timer = this
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             if timer.as_mut().poll(cx).is_ready() {
-                flag.store(true, Ordering::Relaxed);
+                this.state.timed_out.store(true, Ordering::Relaxed);
                 metrics::counter!("aegis_client_body_timeouts_total").increment(1);
                 return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(limit)))));
             }
@@ -125,9 +122,9 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
                     this.seen = this.seen.saturating_add(n);
-                    this.counter.fetch_add(n, Ordering::Relaxed);
+                    this.state.bytes_in.fetch_add(n, Ordering::Relaxed);
                     if this.seen > this.limit {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.state.exceeded.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
                         }))));
@@ -148,21 +145,19 @@ impl Body for LimitedBody {
     }
 }
 
-/// Called once when a response body is finished or dropped, with the number
-/// of body bytes sent and whether the body ended cleanly.
-pub type Completion = Box<dyn FnOnce(u64, bool) + Send>;
-
 /// A response body that counts bytes and calls its completion hook once, when
-/// the body ends, fails, or is dropped (client gone).
-pub struct CountingBody {
+/// the body ends, fails, or is dropped (client gone), with the number of body
+/// bytes sent and whether the body ended cleanly. The hook is held inline
+/// (not boxed on its own): the body's one box holds both.
+pub struct CountingBody<F: FnOnce(u64, bool)> {
     inner: ProxyBody,
     bytes: u64,
     ok: bool,
-    on_done: Option<Completion>,
+    on_done: Option<F>,
 }
 
-impl CountingBody {
-    pub fn new(inner: ProxyBody, on_done: Completion) -> Self {
+impl<F: FnOnce(u64, bool)> CountingBody<F> {
+    pub fn new(inner: ProxyBody, on_done: F) -> Self {
         Self {
             inner,
             bytes: 0,
@@ -178,7 +173,10 @@ impl CountingBody {
     }
 }
 
-impl Body for CountingBody {
+// The hook is never pinned: it is taken out and called by value.
+impl<F: FnOnce(u64, bool)> Unpin for CountingBody<F> {}
+
+impl<F: FnOnce(u64, bool)> Body for CountingBody<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -214,7 +212,7 @@ impl Body for CountingBody {
     }
 }
 
-impl Drop for CountingBody {
+impl<F: FnOnce(u64, bool)> Drop for CountingBody<F> {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
             self.ok = true;

@@ -102,7 +102,12 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -131,9 +136,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: O
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    match host {
         Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -270,11 +275,15 @@ pub fn valid_host(v: &[u8]) -> bool {
 /// single `Host` header: none on HTTP/1.1, two, or an invalid value is a
 /// 400. HTTP/1.0 may omit it (`Ok(None)`), and so may HTTP/2 without
 /// `:authority`.
+///
+/// The value is the `Host` header's own (a reference count on the request's
+/// bytes, no copy) unless the authority came in the target; either way it is
+/// a valid host, so visible ASCII.
 pub fn request_authority(
     version: http::Version,
     uri: &http::Uri,
     headers: &HeaderMap,
-) -> Result<Option<String>, HostError> {
+) -> Result<Option<HeaderValue>, HostError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -288,10 +297,12 @@ pub fn request_authority(
         if !valid_host(a.as_bytes()) {
             return Err(HostError::Invalid);
         }
-        return Ok(Some(a.to_string()));
+        return HeaderValue::from_str(a)
+            .map(Some)
+            .map_err(|_| HostError::Invalid);
     }
     match first {
-        Some(v) if valid_host(v.as_bytes()) => Ok(v.to_str().ok().map(str::to_string)),
+        Some(v) if valid_host(v.as_bytes()) => Ok(Some(v.clone())),
         Some(_) => Err(HostError::Invalid),
         None if version == http::Version::HTTP_11 => Err(HostError::Missing),
         None => Ok(None),
@@ -607,7 +618,12 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, Some("a.example"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            true,
+            Some(&HeaderValue::from_static("a.example")),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");

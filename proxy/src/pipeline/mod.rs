@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,12 +126,13 @@ pub struct AmbiguousFraming;
 /// sandbox and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestOutcome {
-    pub route: Option<String>,
+    /// The route's name (the compiled config's own, shared).
+    pub route: Option<Arc<str>>,
     pub summary: DecisionSummary,
     /// The status the client got.
     pub status: u16,
     /// Which endpoint served it, when forwarded.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Arc<str>>,
     /// Set when the pipeline answered before `decide` (framing, header size).
     pub rejected: Option<&'static str>,
 }
@@ -407,9 +408,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        let req = req.map(boxed);
+        // A body already at its end (GET, HEAD, most requests) becomes the
+        // empty body, which boxes nothing.
+        let req = req.map(|b| if b.is_end_stream() { empty() } else { boxed(b) });
         // The sampling decision is one counter and one random number; only a
-        // chosen request has its head copied.
+        // chosen request has its head recorded, straight from the request
+        // (the route and status are filled in once answered).
         let sampled = this.shared.reservoir.as_ref().and_then(|r| {
             r.choose().map(|slot| {
                 let client = req
@@ -417,22 +421,25 @@ where
                     .get::<ClientInfo>()
                     .copied()
                     .unwrap_or_default();
-                let mut parts = Request::new(()).into_parts().0;
-                parts.method = req.method().clone();
-                parts.uri = req.uri().clone();
-                parts.headers = req.headers().clone();
-                (r.clone(), slot, parts, client)
-            })
-        });
-        Box::pin(async move {
-            let resp = this.handle(req).await;
-            if let Some((r, slot, parts, client)) = sampled {
-                let outcome = resp.extensions().get::<RequestOutcome>();
-                let mut head = r.head(&parts, client.addr.ip(), outcome, resp.status().as_u16());
+                let mut head = r.head(
+                    reservoir::HeadRef::of_request(&req),
+                    client.addr.ip(),
+                    None,
+                    0,
+                );
                 if client.tls {
                     head.scheme = "https".to_string();
                 }
                 head.port = (client.local_port != 0).then_some(client.local_port);
+                (r.clone(), slot, head)
+            })
+        });
+        Box::pin(async move {
+            let resp = this.handle(req).await;
+            if let Some((r, slot, mut head)) = sampled {
+                let outcome = resp.extensions().get::<RequestOutcome>();
+                head.status = Some(resp.status().as_u16());
+                head.route = outcome.and_then(|o| o.route.as_deref().map(str::to_string));
                 r.fill(slot, head);
             }
             Ok(resp)
@@ -498,7 +505,8 @@ struct LogCtx {
     line: Option<LogLine>,
     endpoint: Option<Arc<str>>,
     score: Option<f64>,
-    bytes_in: Arc<AtomicU64>,
+    /// The request body's counters, when it has one.
+    body: Option<Arc<body::BodyState>>,
     /// What the request said about compression (`Accept-Encoding`, …).
     encoding: compress::ClientEncoding,
 }
@@ -506,7 +514,7 @@ struct LogCtx {
 /// The request side of an access log line.
 struct LogLine {
     method: Method,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     path: String,
 }
 
@@ -546,10 +554,10 @@ fn status_text(status: StatusCode) -> String {
     )
 }
 
-fn reject_summary(status: StatusCode, action: &str) -> DecisionSummary {
+fn reject_summary(status: StatusCode, action: &'static str) -> DecisionSummary {
     DecisionSummary {
         route: None,
-        action: action.to_string(),
+        action: action.into(),
         upstream: None,
         upstream_path: None,
         location: None,
@@ -664,7 +672,7 @@ impl<C: Connector> Pipeline<C> {
             return None;
         }
         let name = route?;
-        let route = config.routes.iter().find(|r| r.name == name)?;
+        let route = config.routes.iter().find(|r| &*r.name == name)?;
         if from_upstream && !route.intercept_errors {
             return None;
         }
@@ -728,7 +736,9 @@ impl<C: Connector> Pipeline<C> {
         // access rules, rate limits, forwarding headers and the log see.
         let client_ip = config.client_ip(client.addr.ip(), req.headers());
         let authority = headers::request_authority(req.version(), req.uri(), req.headers());
-        let host: Option<String> = authority.clone().unwrap_or(None);
+        // The Host header's own value (shared, not copied), and as text.
+        let host_value: Option<HeaderValue> = authority.clone().unwrap_or(None);
+        let host: Option<&str> = host_value.as_ref().and_then(|v| v.to_str().ok());
         let mut log = LogCtx {
             start,
             wall,
@@ -736,12 +746,12 @@ impl<C: Connector> Pipeline<C> {
             config: config.clone(),
             line: self.shared.access_log.is_enabled().then(|| LogLine {
                 method: req.method().clone(),
-                host: host.clone(),
+                host: host_value.clone(),
                 path: req.uri().path().to_string(),
             }),
             endpoint: None,
             score: None,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            body: None,
             encoding: compress::ClientEncoding::of(&req),
         };
 
@@ -791,21 +801,22 @@ impl<C: Connector> Pipeline<C> {
             fail_closed: settings.fail_closed,
         };
         let scheme = if client.tls { "https" } else { "http" };
-        let path_owned = req.uri().path().to_string();
-        let query_owned = req.uri().query().map(str::to_string);
+        // The request's own target, borrowed: the request is only taken
+        // apart after the last look at `head`.
+        let uri = req.uri().clone();
         // What `decide` sees, and what header values with variables are
         // rendered from later: the request as it came.
         let head = RequestHead {
             method: req.method(),
             scheme,
-            host: host.as_deref(),
-            path: &path_owned,
-            query: query_owned.as_deref(),
+            host,
+            path: uri.path(),
+            query: uri.query(),
             headers: req.headers(),
             client_ip,
             port: client.local_port,
         };
-        let (summary, route_id, score, redirect, mut upstream_path, early, static_path, chosen) = {
+        let (summary, route_id, score, redirect, early, static_path, chosen) = {
             let d = aegis_engine::decide(&config, &head, opts);
             if let Scored::Failed(e) = &d.scored {
                 metrics::counter!("aegis_feature_errors_total").increment(1);
@@ -813,10 +824,6 @@ impl<C: Connector> Pipeline<C> {
             }
             let redirect = match &d.outcome {
                 Outcome::Redirect { status, location } => Some((*status, location.clone())),
-                _ => None,
-            };
-            let up_path = match &d.outcome {
-                Outcome::Forward { .. } => Some(d.upstream_path().into_owned()),
                 _ => None,
             };
             // The upstream `decide` chose (a route's map picks it per
@@ -841,7 +848,6 @@ impl<C: Connector> Pipeline<C> {
                 d.route_id,
                 d.score(),
                 redirect,
-                up_path,
                 early,
                 static_path,
                 chosen,
@@ -915,7 +921,7 @@ impl<C: Connector> Pipeline<C> {
                 method: req.method(),
                 headers: req.headers(),
                 path,
-                query: query_owned.as_deref(),
+                query: uri.query(),
             };
             match static_files::serve(st, &sreq).await {
                 static_files::Served::Response(mut resp) => {
@@ -932,16 +938,15 @@ impl<C: Connector> Pipeline<C> {
                     summary.route = Some(target.name.clone());
                     match &target.action {
                         RouteAction::Forward(f) => {
-                            summary.action = "forward".to_string();
+                            summary.action = "forward".into();
                             summary.upstream =
                                 config.upstreams.get(f.upstream).map(|u| u.name.clone());
                             // As nginx passes a named location the URI
                             // unchanged.
-                            upstream_path = Some(path.clone());
-                            summary.upstream_path = upstream_path.clone();
+                            summary.upstream_path = Some(path.clone());
                         }
                         RouteAction::Respond { status, .. } => {
-                            summary.action = "respond".to_string();
+                            summary.action = "respond".into();
                             summary.status = Some(status.as_u16());
                         }
                         _ => {}
@@ -995,8 +1000,10 @@ impl<C: Connector> Pipeline<C> {
         // When normalization and prefix edits left the path as the client
         // sent it (most requests), its path and query are reused as they
         // are: a reference count, not a new string parsed again.
+        // The summary's upstream path is the one forwarded: `decide`'s, or
+        // a named location's.
+        let upstream_path = summary.upstream_path.as_deref();
         let unchanged = upstream_path
-            .as_deref()
             .is_some_and(|p| p == parts.uri.path())
             .then(|| parts.uri.path_and_query().cloned())
             .flatten()
@@ -1008,9 +1015,10 @@ impl<C: Connector> Pipeline<C> {
         parts.uri = match unchanged {
             Some(u) => u,
             None => {
-                let path_and_query = match &query_owned {
-                    Some(q) => format!("{}?{q}", upstream_path.as_deref().unwrap_or("/")),
-                    None => upstream_path.clone().unwrap_or_else(|| "/".to_string()),
+                let path = upstream_path.unwrap_or("/");
+                let path_and_query = match uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
                 };
                 match Uri::builder().path_and_query(path_and_query).build() {
                     Ok(u) => u,
@@ -1045,39 +1053,50 @@ impl<C: Connector> Pipeline<C> {
         if version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
-        headers::set_forwarded(h, client_ip, client.tls, host.as_deref());
+        headers::set_forwarded(h, client_ip, client.tls, host_value.as_ref());
         headers::append_via(h, version);
-        match (&fwd.host_rewrite, &host) {
+        match (&fwd.host_rewrite, &host_value) {
             (Some(v), _) => {
                 h.insert(header::HOST, v.clone());
             }
             (None, Some(orig)) => {
-                if let Ok(v) = HeaderValue::from_str(orig) {
-                    h.insert(header::HOST, v);
-                }
+                h.insert(header::HOST, orig.clone());
             }
             (None, None) => {}
         }
-        if let Some(s) = score
-            && let Ok(v) = HeaderValue::from_str(&format!("{s}"))
-        {
+        // A score of 0 (no feature matched, or none configured: most
+        // requests) is a constant, not a formatted string.
+        let score_value = score.and_then(|s| {
+            if s == 0.0 {
+                Some(HeaderValue::from_static("0"))
+            } else {
+                HeaderValue::from_str(&format!("{s}")).ok()
+            }
+        });
+        if let Some(v) = score_value {
             h.insert(config.scoring.header.clone(), v);
         }
         route.request_edits.apply(h);
         aegis_engine::compiled::apply_rendered(h, &rendered.request);
         parts.extensions = http::Extensions::new();
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body_timed_out = Arc::new(AtomicBool::new(false));
-        let body = boxed(
-            body::LimitedBody::new(body, limit, log.bytes_in.clone(), exceeded.clone())
-                .idle_timeout(settings.client_body_timeout, body_timed_out.clone()),
-        );
+        // A request with no body (most: GET, HEAD) forwards the empty body
+        // as it is, with nothing to limit, time or count.
+        let body = if body.is_end_stream() {
+            body
+        } else {
+            let state = Arc::new(body::BodyState::default());
+            log.body = Some(state.clone());
+            boxed(
+                body::LimitedBody::new(body, limit, state)
+                    .idle_timeout(settings.client_body_timeout),
+            )
+        };
         let upstream_req = Request::from_parts(parts, body);
 
         let ctx = ForwardCtx {
             config: config.clone(),
             upstream: chosen.unwrap_or(fwd.upstream),
-            route: Arc::from(route.name.as_str()),
+            route: route.name.clone(),
             timeout: fwd.timeout,
             // Non-idempotent methods are retried only when the request never
             // left (connect failures); the connector knows which is which.
@@ -1088,14 +1107,15 @@ impl<C: Connector> Pipeline<C> {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
-                if exceeded.load(Ordering::Relaxed) {
+                let body = log.body.as_deref();
+                if body.is_some_and(|b| b.exceeded.load(Ordering::Relaxed)) {
                     let status = StatusCode::PAYLOAD_TOO_LARGE;
                     let mut resp = plain(status, &status_text(status));
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return Answered::new(resp, log, summary, Some("body_limit"));
                 }
-                if body_timed_out.load(Ordering::Relaxed) {
+                if body.is_some_and(|b| b.timed_out.load(Ordering::Relaxed)) {
                     // The rest of the body may never come: answer and close.
                     let status = StatusCode::REQUEST_TIMEOUT;
                     let mut resp = plain(status, &status_text(status));
@@ -1140,7 +1160,7 @@ impl<C: Connector> Pipeline<C> {
         if !fwd.location_rewrite.is_empty() {
             let origin = headers::ClientOrigin {
                 scheme,
-                host: host.as_deref(),
+                host,
                 port: client.local_port,
             };
             headers::rewrite_location(resp.headers_mut(), &fwd.location_rewrite, &origin);
@@ -1213,38 +1233,38 @@ impl<C: Connector> Pipeline<C> {
             route: summary.route.clone(),
             summary,
             status,
-            endpoint: log.endpoint.as_deref().map(str::to_string),
+            endpoint: log.endpoint.clone(),
             rejected,
         };
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(outcome);
-        let body = body::CountingBody::new(
-            body,
-            Box::new(move |bytes_out, ok| {
-                let elapsed = log.start.elapsed();
-                duration.record(elapsed.as_secs_f64());
-                if let (Some(line), Some((route, upstream))) = (log.line, names) {
-                    let time = rfc3339(log.wall);
-                    access_log.log(&AccessRecord {
-                        time: &time,
-                        client: log.client,
-                        method: line.method.as_str(),
-                        host: line.host.as_deref(),
-                        path: &line.path,
-                        status,
-                        bytes_in: log.bytes_in.load(Ordering::Relaxed),
-                        bytes_out,
-                        duration_ms: elapsed.as_secs_f64() * 1000.0,
-                        route: route.as_deref(),
-                        upstream: upstream.as_deref(),
-                        endpoint: log.endpoint.as_deref(),
-                        config_version: &log.config.version,
-                        score: log.score,
-                        aborted: !ok,
-                    });
-                }
-            }),
-        );
+        let body = body::CountingBody::new(body, move |bytes_out, ok| {
+            let elapsed = log.start.elapsed();
+            duration.record(elapsed.as_secs_f64());
+            if let (Some(line), Some((route, upstream))) = (log.line, names) {
+                let time = rfc3339(log.wall);
+                access_log.log(&AccessRecord {
+                    time: &time,
+                    client: log.client,
+                    method: line.method.as_str(),
+                    host: line.host.as_ref().and_then(|h| h.to_str().ok()),
+                    path: &line.path,
+                    status,
+                    bytes_in: log
+                        .body
+                        .as_ref()
+                        .map_or(0, |b| b.bytes_in.load(Ordering::Relaxed)),
+                    bytes_out,
+                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                    route: route.as_deref(),
+                    upstream: upstream.as_deref(),
+                    endpoint: log.endpoint.as_deref(),
+                    config_version: &log.config.version,
+                    score: log.score,
+                    aborted: !ok,
+                });
+            }
+        });
         Response::from_parts(parts, boxed(body))
     }
 }

@@ -280,7 +280,7 @@ impl Reservoir {
     /// `omitted_*`), so a 60 KB head costs no 60 KB copy.
     pub fn head(
         &self,
-        parts: &http::request::Parts,
+        parts: HeadRef<'_>,
         client: std::net::IpAddr,
         outcome: Option<&RequestOutcome>,
         status: u16,
@@ -293,7 +293,7 @@ impl Reservoir {
             .saturating_add(req.path.len())
             .saturating_add(req.query.as_ref().map_or(0, String::len));
         let mut budget = self.max_head_bytes.saturating_sub(base);
-        for (n, v) in &parts.headers {
+        for (n, v) in parts.headers {
             if n == http::header::HOST {
                 continue;
             }
@@ -326,7 +326,7 @@ impl Reservoir {
         status: u16,
     ) {
         if let Some(slot) = self.choose() {
-            self.fill(slot, self.head(parts, client, outcome, status));
+            self.fill(slot, self.head(HeadRef::of(parts), client, outcome, status));
         }
     }
 
@@ -465,12 +465,39 @@ pub fn head(
     outcome: Option<&RequestOutcome>,
     status: u16,
 ) -> SampledRequest {
-    head_with(parts, client, outcome, status, true)
+    head_with(HeadRef::of(parts), client, outcome, status, true)
+}
+
+/// A request head as it is borrowed from a request or its parts: what the
+/// sample copies, and only once the request is chosen.
+#[derive(Clone, Copy)]
+pub struct HeadRef<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl<'a> HeadRef<'a> {
+    pub fn of(parts: &'a http::request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        }
+    }
+
+    pub fn of_request<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
 }
 
 /// [`head`], with or without its header lines.
 fn head_with(
-    parts: &http::request::Parts,
+    parts: HeadRef<'_>,
     client: std::net::IpAddr,
     outcome: Option<&RequestOutcome>,
     status: u16,
@@ -522,8 +549,15 @@ fn head_with(
         body_len,
         chunked,
         status: Some(status),
-        route: outcome.and_then(|o| o.route.clone()),
-        ..SampledRequest::default()
+        route: outcome.and_then(|o| o.route.as_deref().map(str::to_string)),
+        // Spelled out rather than `..Default::default()`, whose strings would
+        // be made only to be dropped.
+        port: None,
+        at_ms: 0,
+        omitted_headers: 0,
+        omitted_header_bytes: 0,
+        redacted: Vec::new(),
+        synthetic: false,
     }
 }
 

@@ -25,7 +25,7 @@ impl Connector for Stub {
             .lock()
             .unwrap()
             .push((req.uri().to_string(), req.headers().clone()));
-        let name = ctx.config.upstreams[ctx.upstream].name.clone();
+        let name = ctx.config.upstreams[ctx.upstream].name.to_string();
         match self.fail {
             Some(503) => Err(UpstreamError::NoHealthyEndpoint { upstream: name }),
             Some(504) => Err(UpstreamError::Timeout {

@@ -74,6 +74,14 @@ pub fn pick(
     tried: &[usize],
     hash_key: Option<String>,
 ) -> Option<usize> {
+    // One endpoint (the most common pool): every policy picks it when it
+    // can be tried, so no candidate list is built.
+    if let [only] = pool.members.as_slice()
+        && !tried.contains(&0)
+        && only.endpoint.is_available(spec)
+    {
+        return Some(0);
+    }
     let usable = |backup: bool| -> Vec<usize> {
         pool.members
             .iter()

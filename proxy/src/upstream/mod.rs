@@ -276,7 +276,7 @@ pub struct Member {
 /// One pool of one version: its endpoints in config order (balance indexes
 /// them), each with the state shared across versions.
 pub struct PoolRuntime {
-    pub name: String,
+    pub name: Arc<str>,
     pub members: Vec<Member>,
     pub(crate) rr: AtomicUsize,
 }
@@ -326,6 +326,22 @@ impl PooledConnector {
         self.pools_for(config, false)
     }
 
+    /// The pool `id` of `config`: on a request's path, so the built version's
+    /// pool is taken without copying the list.
+    fn pool(
+        &self,
+        config: &CompiledConfig,
+        id: aegis_engine::compiled::UpstreamId,
+    ) -> Option<Arc<PoolRuntime>> {
+        {
+            let cur = self.inner.current.load();
+            if cur.version == config.version && cur.pools.len() == config.upstreams.len() {
+                return cur.pools.get(id).cloned();
+            }
+        }
+        self.pools(config).get(id).cloned()
+    }
+
     /// As [`PooledConnector::pools`]; with `prune`, endpoint state that
     /// `config` no longer names is dropped. Only the health loop prunes, with
     /// the active config: a request still holding an older snapshot must not
@@ -346,7 +362,7 @@ impl PooledConnector {
         for up in &config.upstreams {
             let mut members = Vec::with_capacity(up.endpoints.len());
             for spec in &up.endpoints {
-                let key = (up.name.clone(), spec.address.clone());
+                let key = (up.name.to_string(), spec.address.clone());
                 let endpoint = reg
                     .entry(key.clone())
                     .or_insert_with(|| {
@@ -652,8 +668,7 @@ impl Connector for PooledConnector {
         let Some(spec) = ctx.config.upstreams.get(ctx.upstream) else {
             return Err(UpstreamError::UnknownUpstream(ctx.upstream));
         };
-        let pools = self.pools(&ctx.config);
-        let Some(pool) = pools.get(ctx.upstream).cloned() else {
+        let Some(pool) = self.pool(&ctx.config, ctx.upstream) else {
             return Err(UpstreamError::UnknownUpstream(ctx.upstream));
         };
         let response_timeout = ctx.timeout.unwrap_or(spec.response_timeout);
@@ -679,17 +694,17 @@ impl Connector for PooledConnector {
             let hash_key = balance::hash_key(spec, ctx.client_ip, req.as_ref());
             let Some(idx) = balance::pick(spec, &pool, &tried, hash_key) else {
                 return Err(last_err.unwrap_or(UpstreamError::NoHealthyEndpoint {
-                    upstream: spec.name.clone(),
+                    upstream: spec.name.to_string(),
                 }));
             };
             let Some(ep) = pool.members.get(idx).map(|m| m.endpoint.clone()) else {
                 return Err(UpstreamError::NoHealthyEndpoint {
-                    upstream: spec.name.clone(),
+                    upstream: spec.name.to_string(),
                 });
             };
             let Some(r) = req.take() else {
                 return Err(last_err.unwrap_or(UpstreamError::NoHealthyEndpoint {
-                    upstream: spec.name.clone(),
+                    upstream: spec.name.to_string(),
                 }));
             };
             ep.started();

@@ -116,7 +116,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
             upstream_origin.insert(u.value.name.clone(), origin(file, u.referenced));
             endpoint_count = endpoint_count.saturating_add(u.value.endpoints.len());
             if let Some(pool) = cx.upstream(file, &path, u) {
-                upstream_index.insert(pool.name.clone(), upstreams.len());
+                upstream_index.insert(pool.name.to_string(), upstreams.len());
                 upstreams.push(pool);
             }
         }
@@ -262,7 +262,7 @@ pub fn compile(source: &ConfigSource, limits: &Limits) -> Result<CompiledConfig,
     let route_ids: HashMap<String, usize> = routes
         .iter()
         .enumerate()
-        .map(|(i, r): (usize, &CompiledRoute)| (r.name.clone(), i))
+        .map(|(i, r): (usize, &CompiledRoute)| (r.name.to_string(), i))
         .collect();
     let fallbacks = std::mem::take(&mut cx.fallbacks);
     for (from, to, diag) in fallbacks {
@@ -729,7 +729,7 @@ impl Cx<'_> {
             return None;
         }
         Some(UpstreamPool {
-            name: raw.name.clone(),
+            name: Arc::from(raw.name.as_str()),
             endpoints,
             balance: raw.balance.clone(),
             hash_header,
@@ -1127,7 +1127,7 @@ impl Cx<'_> {
             example_requests(&hosts, &key, methods.as_deref(), &headers, &ports)
         };
         let route = CompiledRoute {
-            name: raw.name.clone(),
+            name: Arc::from(raw.name.as_str()),
             origin: origin(file, at),
             methods,
             headers,

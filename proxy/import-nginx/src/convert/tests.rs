@@ -77,8 +77,8 @@ fn get_on(cfg: &CompiledConfig, port: u16, scheme: &str, host: &str, path: &str)
     };
     let s = decide(cfg, &head, DecideOptions::default()).summary();
     Got {
-        route: s.route,
-        upstream: s.upstream,
+        route: s.route.as_deref().map(str::to_string),
+        upstream: s.upstream.as_deref().map(str::to_string),
         upstream_path: s.upstream_path,
         location: s.location,
         status: s.status,
@@ -889,7 +889,7 @@ fn client_max_body_size() {
         let name = &route(&c, part).name;
         cfg.routes
             .iter()
-            .find(|r| &r.name == name)
+            .find(|r| *r.name == **name)
             .unwrap()
             .max_request_body
     };
