@@ -100,11 +100,11 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
+/// Appends the client (its address as a value, [`ip_value`]) to
+/// `X-Forwarded-For`, sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
@@ -121,12 +121,12 @@ pub fn set_forwarded(
         }
     }
     let value = if xff.is_empty() {
-        // The common case, no proxy in front: the address written straight
-        // into the value, without the formatting machinery or a String.
-        Some(ip_value(client))
+        // The common case, no proxy in front: the client's entry as it is.
+        Some(client)
     } else {
         xff.push_str(", ");
-        xff.push_str(&client.to_string());
+        // An address is ASCII digits, dots and colons.
+        xff.push_str(client.to_str().unwrap_or(""));
         HeaderValue::from_str(&xff).ok()
     };
     if let Some(v) = value {
@@ -620,7 +620,7 @@ mod tests {
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         set_forwarded(
             &mut h,
-            "10.0.0.1".parse().unwrap(),
+            ip_value("10.0.0.1".parse().unwrap()),
             true,
             Some(&HeaderValue::from_static("a.example")),
         );

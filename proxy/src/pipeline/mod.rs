@@ -95,7 +95,10 @@ impl ConfigHandle {
     }
 }
 
-/// Who sent the request: inserted as a request extension by the listener.
+/// Who sent the request: given once per connection by the listener
+/// ([`Pipeline::for_connection`]), or as a request extension (the gate's
+/// replay, whose requests each come from their recorded client; an
+/// extension wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
@@ -287,10 +290,22 @@ struct Shared {
     traffic: Arc<traffic::TrafficCounters>,
 }
 
-/// The request pipeline. Cheap to clone (one `Arc` and the connector).
+/// The request pipeline. Cheap to clone (one `Arc`, the connector, and the
+/// connection's client).
 pub struct Pipeline<C> {
     shared: Arc<Shared>,
     connector: C,
+    /// The connection's client, when this copy serves one connection.
+    conn: Option<ConnClient>,
+}
+
+/// A connection's client, with what is made from it once per connection
+/// instead of per request.
+#[derive(Clone)]
+struct ConnClient {
+    info: ClientInfo,
+    /// The peer address as an `X-Forwarded-For` entry.
+    forwarded_for: HeaderValue,
 }
 
 impl<C: Clone> Clone for Pipeline<C> {
@@ -298,6 +313,7 @@ impl<C: Clone> Clone for Pipeline<C> {
         Self {
             shared: self.shared.clone(),
             connector: self.connector.clone(),
+            conn: self.conn.clone(),
         }
     }
 }
@@ -349,11 +365,35 @@ impl<C: Connector> PipelineBuilder<C> {
                 traffic: Arc::default(),
             }),
             connector: self.connector,
+            conn: None,
         }
     }
 }
 
 impl<C: Connector> Pipeline<C> {
+    /// This pipeline for the requests of one connection from `client`: the
+    /// client's details travel with the service rather than as an extension
+    /// of every request (three allocations each).
+    pub fn for_connection(&self, client: ClientInfo) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            connector: self.connector.clone(),
+            conn: Some(ConnClient {
+                info: client,
+                forwarded_for: headers::ip_value(client.addr.ip()),
+            }),
+        }
+    }
+
+    /// Who sent `req`: its extension, else the connection's client.
+    fn client_of<B>(&self, req: &Request<B>) -> ClientInfo {
+        req.extensions()
+            .get::<ClientInfo>()
+            .copied()
+            .or(self.conn.as_ref().map(|c| c.info))
+            .unwrap_or_default()
+    }
+
     /// Starts a builder with default settings, no access log and the features
     /// module on.
     pub fn builder(config: ConfigHandle, connector: C) -> PipelineBuilder<C> {
@@ -416,11 +456,7 @@ where
         // (the route and status are filled in once answered).
         let sampled = this.shared.reservoir.as_ref().and_then(|r| {
             r.choose().map(|slot| {
-                let client = req
-                    .extensions()
-                    .get::<ClientInfo>()
-                    .copied()
-                    .unwrap_or_default();
+                let client = this.client_of(&req);
                 let mut head = r.head(
                     reservoir::HeadRef::of_request(&req),
                     client.addr.ip(),
@@ -481,13 +517,13 @@ struct KeptHead {
 }
 
 impl KeptHead {
-    fn of(req: &Request<ProxyBody>) -> Self {
+    fn of(req: &Request<ProxyBody>, client: ClientInfo) -> Self {
         Self {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
-            client: req.extensions().get::<ClientInfo>().copied(),
+            client: Some(client),
         }
     }
 }
@@ -639,7 +675,7 @@ impl<C: Connector> Pipeline<C> {
             let a = self.answer(config, req).await;
             return self.finish(a.resp, a.log, a.summary, a.rejected);
         }
-        let kept = KeptHead::of(&req);
+        let kept = KeptHead::of(&req, self.client_of(&req));
         let mut a = self.answer(config.clone(), req).await;
         if a.rejected.is_none() {
             let status = a.resp.status();
@@ -725,11 +761,7 @@ impl<C: Connector> Pipeline<C> {
     async fn answer(&self, config: Arc<CompiledConfig>, mut req: Request<ProxyBody>) -> Answered {
         let start = Instant::now();
         let wall = SystemTime::now();
-        let client = req
-            .extensions()
-            .get::<ClientInfo>()
-            .copied()
-            .unwrap_or_default();
+        let client = self.client_of(&req);
         // The request target's authority wins over Host (absolute form,
         // `:authority`); a bad or missing one is answered 400 below.
         // The client behind trusted proxies (`real_ip`), or the peer: what
@@ -1053,7 +1085,15 @@ impl<C: Connector> Pipeline<C> {
         if version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
-        headers::set_forwarded(h, client_ip, client.tls, host_value.as_ref());
+        // The connection's peer as an entry, made once per connection; a
+        // client behind trusted proxies (`real_ip`) is written here.
+        let client_entry = self
+            .conn
+            .as_ref()
+            .filter(|c| c.info.addr.ip() == client_ip)
+            .map(|c| c.forwarded_for.clone())
+            .unwrap_or_else(|| headers::ip_value(client_ip));
+        headers::set_forwarded(h, client_entry, client.tls, host_value.as_ref());
         headers::append_via(h, version);
         match (&fwd.host_rewrite, &host_value) {
             (Some(v), _) => {

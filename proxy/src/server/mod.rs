@@ -269,8 +269,10 @@ async fn serve_conn<C, I>(
     let (io, verdicts, head) =
         framing::FramingProbe::with_timeouts(io, opts.header_read_timeout, opts.send_timeout);
     let closing = closing.clone();
+    // The client travels with the connection's copy of the pipeline, not
+    // as an extension of each request.
+    let pipeline = pipeline.for_connection(info);
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        req.extensions_mut().insert(info);
         let http1 = req.version() < http::Version::HTTP_2;
         if http1 && verdicts.next_is_ambiguous() {
             req.extensions_mut().insert(AmbiguousFraming);
