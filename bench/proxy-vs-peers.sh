@@ -107,7 +107,8 @@ taskset -c "$LOAD_CPU" "$NGINX" -c "$WORK/backend/nginx.conf" -g 'daemon off;' -
 PIDS+=($!)
 
 # --- certificate for the TLS runs -----------------------------------------
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench.test" \
+# 30 days: the gate refuses a certificate within gate.policy.tls_expiry_window (7 days).
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=bench.test" \
 	-addext "subjectAltName=DNS:bench.test" \
 	-keyout "$WORK/cfg/bench.key" -out "$WORK/cfg/bench.pem" 2>/dev/null
 cat "$WORK/cfg/bench.pem" "$WORK/cfg/bench.key" >"$WORK/bench.pem.all"

@@ -27,7 +27,7 @@ mkdir -p "$WORK/www" "$WORK/cfg"
 echo ok >"$WORK/www/index.html"
 (cd "$WORK/www" && exec python3 -m http.server "$ORIGIN" --bind 127.0.0.1 >/dev/null 2>&1) &
 PIDS+=($!)
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=scan.test" \
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=scan.test" \
 	-addext "subjectAltName=DNS:scan.test" \
 	-keyout "$WORK/cfg/scan.key" -out "$WORK/cfg/scan.pem" 2>/dev/null
 cat >"$WORK/cfg/aegis.yaml" <<YAML

@@ -833,8 +833,9 @@ impl<C: Connector> Pipeline<C> {
             fail_closed: settings.fail_closed,
         };
         let scheme = if client.tls { "https" } else { "http" };
-        // The request's own target, borrowed: the request is only taken
-        // apart after the last look at `head`.
+        // The request's target, copied by reference count (its bytes are
+        // the request's), so `head` can borrow it while the request is
+        // changed and taken apart below.
         let uri = req.uri().clone();
         // What `decide` sees, and what header values with variables are
         // rendered from later: the request as it came.
