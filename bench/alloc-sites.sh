@@ -90,7 +90,7 @@ d = json.load(open(sys.argv[1]))
 n = float(sys.argv[2])
 ft = d["ftbl"]
 skip = re.compile(r"library/alloc|library/core|UnknownInlinedFun|\?\?\?|hashbrown|rt\.rs|"
-                  r"alloc::|raw_vec|bytes_mut\.rs|bytes\.rs:|spec_|vg_replace")
+                  r"alloc::|raw_vec|bytes_mut\.rs|bytes\.rs:|spec_|vg_replace|vgpreload")
 pps = sorted(d["pps"], key=lambda p: -p["tbk"])
 print(f"{n:.0f} requests; all blocks / requests = {sum(p['tbk'] for p in pps) / n:.1f}")
 shown = 0.0
