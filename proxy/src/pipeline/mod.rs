@@ -513,7 +513,8 @@ struct KeptHead {
     uri: Uri,
     version: Version,
     headers: http::HeaderMap,
-    client: Option<ClientInfo>,
+    /// Who sent it, given to the page's request as its extension.
+    client: ClientInfo,
 }
 
 impl KeptHead {
@@ -523,7 +524,7 @@ impl KeptHead {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
-            client: Some(client),
+            client,
         }
     }
 }
@@ -743,9 +744,7 @@ impl<C: Connector> Pipeline<C> {
         ] {
             req.headers_mut().remove(h);
         }
-        if let Some(c) = kept.client {
-            req.extensions_mut().insert(c);
-        }
+        req.extensions_mut().insert(kept.client);
         let inner = Box::pin(self.answer(config.clone(), req)).await;
         let mut resp = inner.resp;
         match page.answer {

@@ -286,6 +286,13 @@ struct PoolSet {
     pools: Vec<Arc<PoolRuntime>>,
 }
 
+impl PoolSet {
+    /// Built for `config` (its version, every upstream of it).
+    fn is_for(&self, config: &CompiledConfig) -> bool {
+        self.version == config.version && self.pools.len() == config.upstreams.len()
+    }
+}
+
 struct Inner {
     /// Endpoint state by (pool, address): kept across config swaps.
     registry: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
@@ -335,7 +342,7 @@ impl PooledConnector {
     ) -> Option<Arc<PoolRuntime>> {
         {
             let cur = self.inner.current.load();
-            if cur.version == config.version && cur.pools.len() == config.upstreams.len() {
+            if cur.is_for(config) {
                 return cur.pools.get(id).cloned();
             }
         }
@@ -348,7 +355,7 @@ impl PooledConnector {
     /// wipe the state of endpoints the new one added.
     pub(crate) fn pools_for(&self, config: &CompiledConfig, prune: bool) -> Vec<Arc<PoolRuntime>> {
         let cur = self.inner.current.load();
-        if !prune && cur.version == config.version && cur.pools.len() == config.upstreams.len() {
+        if !prune && cur.is_for(config) {
             return cur.pools.clone();
         }
         drop(cur);
