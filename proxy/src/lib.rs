@@ -24,6 +24,7 @@ macro_rules! say {
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod codec;
 pub mod gate;
 pub mod kill_switch;
 pub mod pipeline;

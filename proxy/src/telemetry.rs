@@ -129,6 +129,11 @@ pub const FAMILIES: &[Family] = &[
         "Failed accepts of client connections (EMFILE and the like back off)",
     ),
     family(
+        "aegis_http1_handoffs_total",
+        Kind::Counter,
+        "Client connections Aegis's own HTTP/1.1 server handed to hyper's (HTTP/1.0, an h2c preface, chunked or still-arriving bodies, upgrades, unusual heads)",
+    ),
+    family(
         "aegis_request_header_timeouts_total",
         Kind::Counter,
         "Request heads incomplete at limits.client_header_timeout, answered 408",
@@ -382,6 +387,7 @@ pub fn register_data_plane() {
     zero_gauge("aegis_connections_active");
     zero_counter("aegis_accept_paused_total");
     zero_counter("aegis_accept_errors_total");
+    zero_counter("aegis_http1_handoffs_total");
     zero_counter("aegis_request_header_timeouts_total");
     zero_counter("aegis_client_body_timeouts_total");
     zero_counter("aegis_client_send_timeouts_total");

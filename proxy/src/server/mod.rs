@@ -1,8 +1,10 @@
 //! Listeners: plain HTTP/1.1 with h2c prior knowledge, and TLS (rustls, ALPN
 //! h2 and http/1.1) with certificates chosen by SNI from the active config,
-//! so they swap with it. Each connection gets a [`ClientInfo`] extension on
-//! its requests and is served by the pipeline; nothing about a request is
-//! decided here. Graceful drain: when the shutdown token fires, listeners stop
+//! so they swap with it. Each connection's copy of the pipeline knows its
+//! [`ClientInfo`]; nothing about a request is decided here. HTTP/1.1 is
+//! served by Aegis's own loop ([`h1`]) until a connection sends something
+//! only hyper serves (HTTP/1.0, chunked or still-arriving bodies, upgrades,
+//! malformed heads); HTTP/2 and the rest of such a connection are hyper's. Graceful drain: when the shutdown token fires, listeners stop
 //! accepting and connections finish their requests in flight.
 //!
 //! Connection-level limits live here too: the per-process connection cap
@@ -13,6 +15,7 @@
 //! protocol is the protocol spoken.
 
 pub mod framing;
+mod h1;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -249,18 +252,67 @@ impl Closing {
     }
 }
 
-// The connection's context is passed as is; a struct for it would only be
-// unpacked again here.
-#[allow(clippy::too_many_arguments)]
-async fn serve_conn<C, I>(
+/// A connection's listener-side context.
+struct Listening<'a> {
+    opts: &'a ConnOptions,
+    graceful: &'a GracefulShutdown,
+    closing: &'a Closing,
+    stop: &'a CancellationToken,
+}
+
+/// Serves one connection in its own task: HTTP/1.1 by Aegis's own loop
+/// ([`h1`]) until it meets something only hyper serves, HTTP/2 and the
+/// rest by hyper.
+fn serve_conn<C, I>(
     io: I,
     info: ClientInfo,
     pipeline: Pipeline<C>,
-    opts: &ConnOptions,
-    graceful: &GracefulShutdown,
-    closing: &Closing,
+    at: &Listening<'_>,
     alpn: Alpn,
     slot: ConnSlot,
+) where
+    C: Connector,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The client travels with the connection's copy of the pipeline, not
+    // as an extension of each request.
+    let mut pipeline = pipeline.for_connection(info);
+    // Counted by the drain from now on, whichever server serves it.
+    let watcher = at.graceful.watcher();
+    let opts = at.opts.clone();
+    let closing = at.closing.clone();
+    let stop = at.stop.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let served = match alpn {
+            Alpn::H2 => h1::Served::HandOff(io, bytes::Bytes::new()),
+            Alpn::Http1 | Alpn::Detect => {
+                let ctx = h1::ConnCtx {
+                    header_read_timeout: opts.header_read_timeout,
+                    send_timeout: opts.send_timeout,
+                    detect_h2: alpn == Alpn::Detect,
+                    closing: &closing,
+                    stop: &stop,
+                };
+                h1::serve(io, &mut pipeline, &ctx).await
+            }
+        };
+        if let h1::Served::HandOff(io, read) = served {
+            let io = h1::Rewind::new(io, read);
+            serve_hyper(io, pipeline, &opts, watcher, &closing, alpn).await;
+        }
+    });
+}
+
+/// hyper serves the rest of a connection: HTTP/2, and HTTP/1 from the
+/// first request Aegis's own loop does not serve.
+async fn serve_hyper<C, I>(
+    io: I,
+    pipeline: Pipeline<C>,
+    opts: &ConnOptions,
+    watcher: hyper_util::server::graceful::Watcher,
+    closing: &Closing,
+    alpn: Alpn,
 ) where
     C: Connector,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -269,9 +321,6 @@ async fn serve_conn<C, I>(
     let (io, verdicts, head) =
         framing::FramingProbe::with_timeouts(io, opts.header_read_timeout, opts.send_timeout);
     let closing = closing.clone();
-    // The client travels with the connection's copy of the pipeline, not
-    // as an extension of each request.
-    let pipeline = pipeline.for_connection(info);
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let http1 = req.version() < http::Version::HTTP_2;
         if http1 && verdicts.next_is_ambiguous() {
@@ -303,10 +352,10 @@ async fn serve_conn<C, I>(
     let io = TokioIo::new(io);
     let conn: ConnFuture = match alpn {
         Alpn::H2 => {
-            Box::pin(graceful.watch(builder.http2_only().serve_connection(io, svc).into_owned()))
+            Box::pin(watcher.watch(builder.http2_only().serve_connection(io, svc).into_owned()))
         }
         Alpn::Http1 => Box::pin(
-            graceful.watch(
+            watcher.watch(
                 builder
                     .http1_only()
                     .serve_connection_with_upgrades(io, svc)
@@ -314,27 +363,24 @@ async fn serve_conn<C, I>(
             ),
         ),
         Alpn::Detect => {
-            Box::pin(graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()))
+            Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()))
         }
     };
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection ended with an error");
-            let taken = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if is_header_timeout(e.as_ref())
-                && head.pending()
-                && let Some(mut s) = taken
-            {
-                metrics::counter!("aegis_request_header_timeouts_total").increment(1);
-                let answer = async {
-                    s.write_all(REQUEST_TIMEOUT).await?;
-                    s.shutdown().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
-            }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+        let taken = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if is_header_timeout(e.as_ref())
+            && head.pending()
+            && let Some(mut s) = taken
+        {
+            metrics::counter!("aegis_request_header_timeouts_total").increment(1);
+            let answer = async {
+                s.write_all(REQUEST_TIMEOUT).await?;
+                s.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
         }
-    });
+    }
 }
 
 type ConnFuture = std::pin::Pin<
@@ -356,6 +402,7 @@ pub fn serve_plain<C: Connector>(
     let handle = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let closing = Closing::default();
+        let stop = CancellationToken::new();
         let mut stopping = false;
         while let Some((stream, peer, slot)) =
             next_conn(&listener, &shutdown, &mut stopping, &opts).await
@@ -366,20 +413,16 @@ pub fn serve_plain<C: Connector>(
                 tls: false,
                 local_port: local_addr.port(),
             };
-            serve_conn(
-                stream,
-                info,
-                pipeline.clone(),
-                &opts,
-                &graceful,
-                &closing,
-                Alpn::Detect,
-                slot,
-            )
-            .await;
+            let at = Listening {
+                opts: &opts,
+                graceful: &graceful,
+                closing: &closing,
+                stop: &stop,
+            };
+            serve_conn(stream, info, pipeline.clone(), &at, Alpn::Detect, slot);
         }
         drop(listener);
-        drain(graceful, &closing, drain_timeout).await;
+        drain(graceful, &closing, &stop, drain_timeout).await;
     });
     Ok(ListenerTask { local_addr, handle })
 }
@@ -397,6 +440,7 @@ pub fn serve_tls<C: Connector>(
     let handle = tokio::spawn(async move {
         let graceful = Arc::new(GracefulShutdown::new());
         let closing = Closing::default();
+        let stop = CancellationToken::new();
         let mut stopping = false;
         while let Some((stream, peer, slot)) =
             next_conn(&listener, &shutdown, &mut stopping, &opts).await
@@ -407,6 +451,7 @@ pub fn serve_tls<C: Connector>(
             let opts = opts.clone();
             let graceful = graceful.clone();
             let closing = closing.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let tls =
                     match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream))
@@ -430,13 +475,19 @@ pub fn serve_tls<C: Connector>(
                     Some(_) => Alpn::Http1,
                     None => Alpn::Detect,
                 };
-                serve_conn(tls, info, pipeline, &opts, &graceful, &closing, alpn, slot).await;
+                let at = Listening {
+                    opts: &opts,
+                    graceful: &graceful,
+                    closing: &closing,
+                    stop: &stop,
+                };
+                serve_conn(tls, info, pipeline, &at, alpn, slot);
             });
         }
         drop(listener);
         closing.start();
         match Arc::try_unwrap(graceful) {
-            Ok(g) => drain(g, &closing, drain_timeout).await,
+            Ok(g) => drain(g, &closing, &stop, drain_timeout).await,
             Err(g) => {
                 // Handshakes still running hold a reference; give them the
                 // same drain time.
@@ -447,7 +498,7 @@ pub fn serve_tls<C: Connector>(
                         Ok(inner) => {
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
-                            drain(inner, &closing, left).await;
+                            drain(inner, &closing, &stop, left).await;
                             break;
                         }
                         Err(again) => {
@@ -554,7 +605,12 @@ async fn next_conn(
 /// the graceful close and finish their streams.
 const LAME_DUCK: Duration = Duration::from_secs(1);
 
-async fn drain(graceful: GracefulShutdown, closing: &Closing, timeout: Duration) {
+async fn drain(
+    graceful: GracefulShutdown,
+    closing: &Closing,
+    stop: &CancellationToken,
+    timeout: Duration,
+) {
     closing.start();
     // The lame-duck window ends early once every connection is gone (a
     // process with no clients stops at once).
@@ -562,6 +618,9 @@ async fn drain(graceful: GracefulShutdown, closing: &Closing, timeout: Duration)
     while graceful.count() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Aegis's own HTTP/1 loop closes idle connections and ends the others
+    // after their response; hyper's get its graceful close.
+    stop.cancel();
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()

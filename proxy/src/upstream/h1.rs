@@ -33,6 +33,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use crate::codec::{
+    content_length, content_length_value, has_token, is_chunked, last_coding_is_chunked,
+    push_decimal, push_header, push_hex,
+};
 use crate::pipeline::{BoxError, ProxyBody};
 
 /// Largest response head accepted (status line and headers). nginx's
@@ -499,7 +503,9 @@ impl Exchange {
             // dropped them too); the final head follows.
             return Ok(None);
         }
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the pipeline adds (Via, the configured response
+        // headers) without growing the map.
+        let mut headers = HeaderMap::with_capacity(count.saturating_add(4));
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         // Framing, seen on the way (no lookups afterwards): whether a
@@ -886,114 +892,6 @@ fn encode_head(
     (framing, send_body, trailer_names)
 }
 
-fn push_header(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    dst.extend_from_slice(name.as_str().as_bytes());
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value.as_bytes());
-    dst.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(dst: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i = i.saturating_sub(1);
-        if let Some(d) = digits.get_mut(i) {
-            *d = b"0123456789"
-                .get((n % 10) as usize)
-                .copied()
-                .unwrap_or(b'0');
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(digits.get(i..).unwrap_or_default());
-}
-
-fn push_hex(dst: &mut Vec<u8>, mut n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i = i.saturating_sub(1);
-        if let (Some(d), Some(h)) = (digits.get_mut(i), HEX.get((n & 0xf) as usize)) {
-            *d = *h;
-        }
-        n >>= 4;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(digits.get(i..).unwrap_or_default());
-}
-
-/// Whether a comma-separated header value lists `token`.
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// Whether the last transfer coding of the last Transfer-Encoding line is
-/// `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .is_some_and(last_coding_is_chunked)
-}
-
-fn last_coding_is_chunked(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .rsplit(|b| *b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The Content-Length, when every value (and every list element) is the
-/// same valid number; `None` when absent, differing or invalid.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut found: Option<u64> = None;
-    let mut any = false;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        any = true;
-        found = Some(content_length_value(value, found)?);
-    }
-    found.filter(|_| any)
-}
-
-/// One Content-Length line (maybe a list) checked against the value seen
-/// so far: the length when all agree and are numbers.
-fn content_length_value(value: &HeaderValue, seen: Option<u64>) -> Option<u64> {
-    let mut found = seen;
-    for part in value.as_bytes().split(|b| *b == b',') {
-        let n = digits(part.trim_ascii())?;
-        if found.is_some_and(|f| f != n) {
-            return None;
-        }
-        found = Some(n);
-    }
-    found
-}
-
-fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |acc, b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
-}
-
 /// The size of a chunk from its size line (without the LF): hex digits,
 /// optional whitespace and extensions, then CR.
 fn chunk_size(line: &[u8]) -> Option<u64> {
@@ -1067,30 +965,5 @@ mod tests {
         assert_eq!(chunk_size(b"1g\r"), None);
         assert_eq!(chunk_size(b"1a"), None, "no CR");
         assert_eq!(chunk_size(b"fffffffffffffffff\r"), None, "overflow");
-    }
-
-    #[test]
-    fn numbers() {
-        let mut v = Vec::new();
-        push_decimal(&mut v, 0);
-        v.push(b' ');
-        push_decimal(&mut v, 18_446_744_073_709_551_615);
-        v.push(b' ');
-        push_hex(&mut v, 0x1a2b);
-        assert_eq!(v, b"0 18446744073709551615 1a2b");
-    }
-
-    #[test]
-    fn content_lengths() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(content_length(&h), None);
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
-        assert_eq!(content_length(&h), None);
     }
 }
