@@ -6,10 +6,11 @@
 # One backend (`aegis-loadgen backend`, natively) and, one at a time under
 # `valgrind --tool=callgrind`, each proxy in one process with one thread of
 # request work: nginx (`master_process off`, `worker_processes 1`), HAProxy
-# (`nbthread 1`, `-db`), Aegis (`workers: 0`, the single-process mode; access
-# log off, then to a file; and `aegis-steady`, access log off with
-# `sample.capacity: 100`). Each proxy first serves $WARMUP requests (upstream
-# connections opened, lazy state built), then its counters are zeroed
+# (`nbthread 1`, `-db`), Aegis (`workers: 0 --threads 1`, the single-process
+# mode on a current-thread runtime like a worker's; access log off, then to
+# a file; and `aegis-steady`, access log off with `sample.capacity: 100`).
+# Each proxy first serves $WARMUP requests (upstream connections opened,
+# lazy state built), then its counters are zeroed
 # (`callgrind_control -z`), then exactly $N requests go over one keep-alive
 # connection (`aegis-loadgen run -n $N -c 1 -t 1`), then the counters are
 # dumped (`callgrind_control -d`). Instructions per request = Ir of that dump /
@@ -32,6 +33,10 @@
 #   N        measured requests (20000)       WARMUP   requests before (500)
 #   PROXIES  which to run ("nginx haproxy aegis aegis-steady aegis-log")
 #   BASE_PORT first port used (19500)        KEEP=1   keep the callgrind files
+#   AEGIS_THREADS  Aegis's runtime threads (1: a current-thread runtime, the
+#            shape of a production worker, `workers: N` with `threads: 1`;
+#            before session 11 this script left it at the core count, a
+#            multi-thread runtime)
 #
 # Build first:
 #   cargo build --release -p aegis-proxy -p aegis-sandbox -p aegis-loadgen
@@ -45,6 +50,7 @@ WARMUP=${WARMUP:-500}
 PROXIES=${PROXIES:-nginx haproxy aegis aegis-steady aegis-log}
 BASE_PORT=${BASE_PORT:-19500}
 KEEP=${KEEP:-0}
+AEGIS_THREADS=${AEGIS_THREADS:-1}
 
 for b in "$AEGIS" "$LOADGEN"; do
 	[[ -x $b ]] || { echo "$b not found (cargo build --release -p aegis-proxy -p aegis-sandbox -p aegis-loadgen)" >&2; exit 1; }
@@ -213,7 +219,7 @@ measure() {
 	case $name in
 	nginx) valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/$name.vg" & ;;
 	haproxy) valgrind --tool=callgrind --callgrind-out-file="$out" "$HAPROXY" -f "$WORK/haproxy.cfg" -db 2>"$WORK/$name.vg" & ;;
-	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" 2>"$WORK/$name.vg" & ;;
+	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" --threads "$AEGIS_THREADS" 2>"$WORK/$name.vg" & ;;
 	esac
 	pid=$!
 	PIDS+=($pid)

@@ -3,7 +3,49 @@
 //! ([`crate::server::h1`]): header lines, numbers, and the framing headers'
 //! values.
 
+use std::cell::RefCell;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Header maps kept for reuse, per thread. A request's map is built by the
+/// server and dropped once its head is written upstream; a response's is
+/// built by the upstream client and dropped once its head is written to the
+/// client: each is two allocations a request could do without.
+const POOLED_MAPS: usize = 64;
+/// Capacity of a pooled map (24 entries), and the most a map may have to be
+/// kept: a map that grew for an unusually large head is not.
+const POOLED_CAPACITY: usize = 16;
+const KEPT_CAPACITY: usize = 48;
+
+thread_local! {
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty map for at least `capacity` fields, from the pool when one
+/// there is large enough.
+pub(crate) fn header_map(capacity: usize) -> HeaderMap {
+    if capacity <= POOLED_CAPACITY
+        && let Some(map) = MAPS.with_borrow_mut(Vec::pop)
+    {
+        return map;
+    }
+    HeaderMap::with_capacity(capacity.max(POOLED_CAPACITY))
+}
+
+/// Gives `map` back to this thread's pool (cleared; its values, which may
+/// hold a connection's read buffer, are dropped now).
+pub(crate) fn recycle(mut map: HeaderMap) {
+    let cap = map.capacity();
+    if !(POOLED_CAPACITY..=KEPT_CAPACITY).contains(&cap) {
+        return;
+    }
+    map.clear();
+    MAPS.with_borrow_mut(|maps| {
+        if maps.len() < POOLED_MAPS {
+            maps.push(map);
+        }
+    });
+}
 
 pub(crate) fn push_header(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
@@ -120,6 +162,22 @@ pub(crate) fn digits(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_are_reused_empty() {
+        let mut m = header_map(4);
+        m.insert(header::HOST, HeaderValue::from_static("a"));
+        let cap = m.capacity();
+        recycle(m);
+        let again = header_map(4);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), cap);
+        // Too large a head gets a map of its own, and is not kept.
+        let big = header_map(200);
+        assert!(big.capacity() >= 200);
+        recycle(big);
+        assert!(header_map(4).capacity() < 200);
+    }
 
     #[test]
     fn numbers() {

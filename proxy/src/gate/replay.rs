@@ -42,8 +42,8 @@ use super::report::{
 };
 use crate::pipeline::ratelimit::ArrivedAt;
 use crate::pipeline::{
-    BoxError, ClientInfo, ConfigHandle, Connector, ForwardCtx, Pipeline, PipelineSettings,
-    ProxyBody, RequestOutcome, UpstreamEndpoint, UpstreamError, empty,
+    BoxError, ClientInfo, ConfigHandle, Connector, ForwardCtx, Forwarded, Pipeline,
+    PipelineSettings, ProxyBody, RequestOutcome, UpstreamError, empty,
 };
 
 /// What the stub should answer for the request being replayed.
@@ -89,7 +89,7 @@ impl Connector for SampleConnector {
         &self,
         ctx: ForwardCtx,
         _req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Forwarded, UpstreamError> {
         let pool = ctx
             .config
             .upstreams
@@ -115,9 +115,10 @@ impl Connector for SampleConnector {
         };
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        resp.extensions_mut()
-            .insert(UpstreamEndpoint(Arc::from(endpoint.as_str())));
-        Ok(resp)
+        Ok(Forwarded {
+            response: resp,
+            endpoint: Arc::from(endpoint.as_str()),
+        })
     }
 }
 

@@ -44,8 +44,8 @@ use tower::ServiceExt;
 
 use super::report::{UpstreamCheck, UpstreamPair, UpstreamPlan, UpstreamRequest};
 use crate::pipeline::{
-    ClientInfo, ConfigHandle, Connector, ForwardCtx, Pipeline, PipelineSettings, ProxyBody,
-    UpstreamEndpoint, UpstreamError, empty,
+    ClientInfo, ConfigHandle, Connector, ForwardCtx, Forwarded, Pipeline, PipelineSettings,
+    ProxyBody, UpstreamError, empty,
 };
 
 /// Header the gate adds to every check request, so an upstream's operators
@@ -85,7 +85,7 @@ impl Connector for CaptureConnector {
         &self,
         ctx: ForwardCtx,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Forwarded, UpstreamError> {
         let pool = ctx
             .config
             .upstreams
@@ -119,10 +119,11 @@ impl Connector for CaptureConnector {
             response_timeout_ms: ms(ctx.timeout.unwrap_or(pool.response_timeout)),
         };
         *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(captured);
-        let mut resp = Response::new(empty());
-        resp.extensions_mut()
-            .insert(UpstreamEndpoint(Arc::from(endpoint.as_str())));
-        Ok(resp)
+        let resp = Response::new(empty());
+        Ok(Forwarded {
+            response: resp,
+            endpoint: Arc::from(endpoint.as_str()),
+        })
     }
 }
 

@@ -20,7 +20,7 @@ impl Connector for Stub {
         &self,
         ctx: ForwardCtx,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Forwarded, UpstreamError> {
         self.seen
             .lock()
             .unwrap()
@@ -41,7 +41,10 @@ impl Connector for Stub {
                 r.headers_mut()
                     .insert("connection", "x-internal".parse().unwrap());
                 r.headers_mut().insert("x-internal", "1".parse().unwrap());
-                Ok(r)
+                Ok(Forwarded {
+                    response: r,
+                    endpoint: Arc::from("stub"),
+                })
             }
         }
     }

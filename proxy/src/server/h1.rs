@@ -40,7 +40,6 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
 use super::{Closing, REQUEST_TIMEOUT};
 use crate::codec::{
@@ -111,10 +110,7 @@ where
             };
         first = false;
         let is_head = req.method() == Method::HEAD;
-        let resp = match pipeline.call(req).await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
-        };
+        let resp = pipeline.serve(req).await;
         // `respond: {status: 444}`: closed unanswered.
         if resp.extensions().get::<CloseWithoutAnswer>().is_some() {
             return Served::Done;
@@ -245,6 +241,9 @@ struct Meta {
 /// The fields' (name, value) offsets, filled in place by [`head_of`].
 type Fields = [(Span, Span); MAX_FIELDS];
 
+// Returned once per request and matched at once: boxing the request to
+// even the variants out would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Taken {
     /// The request (taken out of the buffer), and whether it asked for a
     /// close.
@@ -355,7 +354,7 @@ fn build(meta: &Meta, spans: &Fields, all: &Bytes, end: usize) -> Option<Request
     let uri = Uri::from_maybe_shared(meta.target.slice(all)?).ok()?;
     // Room for what the pipeline adds before forwarding (X-Forwarded-*,
     // X-Real-IP, Via) without growing the map.
-    let mut headers = HeaderMap::with_capacity(meta.count.saturating_add(6));
+    let mut headers = crate::codec::header_map(meta.count.saturating_add(6));
     for (name, value) in spans.get(..meta.count)? {
         let name = HeaderName::from_bytes(all.get(name.range())?).ok()?;
         let value = HeaderValue::from_maybe_shared(value.slice(all)?).ok()?;
@@ -400,7 +399,7 @@ async fn respond<I>(
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let Out { wbuf, send_timeout } = out;
     wbuf.clear();
     let Some((framing, close, trailers)) = encode_head(wbuf, &parts, &body, is_head, close) else {
@@ -409,6 +408,7 @@ where
         tracing::debug!(status = %parts.status, "response not sendable over HTTP/1.1");
         return false;
     };
+    crate::codec::recycle(std::mem::take(&mut parts.headers));
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => 0,

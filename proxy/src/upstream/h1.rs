@@ -360,7 +360,10 @@ impl Exchange {
             };
             if !self.wrote {
                 self.wrote = true;
-                self.parts = None;
+                // Sent: the head is not needed again (no retry after this).
+                if let Some(parts) = self.parts.take() {
+                    crate::codec::recycle(parts.headers);
+                }
             }
             let from_small = n.min(small.len());
             self.wpos = self.wpos.saturating_add(from_small);
@@ -505,7 +508,7 @@ impl Exchange {
         }
         // Room for what the pipeline adds (Via, the configured response
         // headers) without growing the map.
-        let mut headers = HeaderMap::with_capacity(count.saturating_add(4));
+        let mut headers = crate::codec::header_map(count.saturating_add(4));
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         // Framing, seen on the way (no lookups afterwards): whether a

@@ -36,8 +36,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use crate::pipeline::{
-    BoxError, Connector, ForwardCtx, ProxyBody, UpstreamEndpoint, UpstreamError, boxed,
-    is_idempotent,
+    BoxError, Connector, ForwardCtx, Forwarded, ProxyBody, UpstreamError, boxed, is_idempotent,
 };
 
 /// Idle connections kept per endpoint at most. Below it the pool keeps as
@@ -508,10 +507,7 @@ fn respond<B: PoolBody>(
         timer: None,
         waiting: false,
     };
-    let mut resp = Response::from_parts(parts, boxed(body));
-    resp.extensions_mut()
-        .insert(UpstreamEndpoint(ep.address.clone()));
-    resp
+    Response::from_parts(parts, boxed(body))
 }
 
 async fn lean_attempt(
@@ -671,7 +667,7 @@ impl Connector for PooledConnector {
         &self,
         ctx: ForwardCtx,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Forwarded, UpstreamError> {
         let Some(spec) = ctx.config.upstreams.get(ctx.upstream) else {
             return Err(UpstreamError::UnknownUpstream(ctx.upstream));
         };
@@ -719,9 +715,12 @@ impl Connector for PooledConnector {
             // The response body carries the in-flight guard itself (one body
             // layer, not two); a failed attempt drops it inside.
             match self.send_once(spec, &ep, r, response_timeout, active).await {
-                Ok(resp) => {
+                Ok(response) => {
                     ep.record_success();
-                    return Ok(resp);
+                    return Ok(Forwarded {
+                        response,
+                        endpoint: ep.address.clone(),
+                    });
                 }
                 Err(f) if matches!(f.error, UpstreamError::ClientBody { .. }) => {
                     return Err(f.error);
