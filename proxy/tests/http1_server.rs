@@ -137,3 +137,26 @@ async fn answers_carry_date_length_and_close() {
     assert!(head.contains("\r\ncontent-length: "), "{got}");
     assert!(start.elapsed() < Duration::from_secs(2), "not closed");
 }
+
+// An HTTP/2 preface after an HTTP/1 request does not turn the connection
+// into HTTP/2 (only a connection's first bytes may): hyper, serving the
+// rest as HTTP/1, closes it without an HTTP/2 frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_preface_after_a_request_stays_http1() {
+    let a = Backend::start("a").await;
+    let p = Proxy::start("", &one_route(a.addr, ""));
+    let got = raw(
+        p.http,
+        b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert_eq!(count(&got, "HTTP/1.1 200 OK\r\n"), 1, "{got:?}");
+    assert!(!got.contains('\0'), "an HTTP/2 frame came back: {got:?}");
+    // As a connection's first bytes, the preface is HTTP/2 (h2c).
+    let got = raw(
+        p.http,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(1),
+    );
+    assert!(got.contains('\0'), "no HTTP/2 SETTINGS frame: {got:?}");
+}

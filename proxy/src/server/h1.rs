@@ -76,15 +76,16 @@ pub struct ConnCtx<'a> {
 pub enum Served<I> {
     /// Closed (by either side, or on a timeout).
     Done,
-    /// For hyper: the stream and the bytes read but not served, starting
-    /// at a request head (or the HTTP/2 preface).
-    HandOff(I, Bytes),
+    /// For hyper: the stream, the bytes read but not served (starting at a
+    /// request head, or the HTTP/2 preface), and whether no request was
+    /// served before it (only then may the connection still turn HTTP/2).
+    HandOff(I, Bytes, bool),
 }
 
 impl<I> Served<I> {
-    fn hand_off(io: I, read: Bytes) -> Self {
+    fn hand_off(io: I, read: Bytes, first: bool) -> Self {
         metrics::counter!("aegis_http1_handoffs_total").increment(1);
-        Served::HandOff(io, read)
+        Served::HandOff(io, read, first)
     }
 }
 
@@ -105,7 +106,7 @@ where
                 Ok(taken) => taken,
                 Err(Leave::Done) => return Served::Done,
                 Err(Leave::HandOff(read)) => {
-                    return Served::hand_off(io, read.unwrap_or_else(|| rbuf.freeze()));
+                    return Served::hand_off(io, read.unwrap_or_else(|| rbuf.freeze()), first);
                 }
             };
         first = false;

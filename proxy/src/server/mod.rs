@@ -4,8 +4,9 @@
 //! [`ClientInfo`]; nothing about a request is decided here. HTTP/1.1 is
 //! served by Aegis's own loop ([`h1`]) until a connection sends something
 //! only hyper serves (HTTP/1.0, chunked or still-arriving bodies, upgrades,
-//! malformed heads); HTTP/2 and the rest of such a connection are hyper's. Graceful drain: when the shutdown token fires, listeners stop
-//! accepting and connections finish their requests in flight.
+//! malformed heads); HTTP/2 and the rest of such a connection are hyper's.
+//! Graceful drain: when the shutdown token fires, listeners stop accepting
+//! and connections finish their requests in flight.
 //!
 //! Connection-level limits live here too: the per-process connection cap
 //! (accepting pauses at it, and backs off when the process runs out of
@@ -89,11 +90,29 @@ pub fn max_header_fields(max_header_bytes: usize) -> usize {
     (max_header_bytes / 32).clamp(100, 8192)
 }
 
+/// hyper's HTTP/1 read buffer, which bounds the head: room above the
+/// pipeline's own limit, so the pipeline answers the near misses with its
+/// 431.
+fn head_buf(opts: &ConnOptions) -> usize {
+    opts.max_header_bytes.saturating_add(16 << 10).max(8192)
+}
+
+/// hyper's HTTP/1-only server, for connections that may not turn HTTP/2
+/// (ALPN `http/1.1`, or after an HTTP/1 request): the auto builder's
+/// `serve_connection_with_upgrades` looks for the HTTP/2 preface even when
+/// told `http1_only`.
+fn http1_builder(opts: &ConnOptions) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_headers(max_header_fields(opts.max_header_bytes))
+        .max_buf_size(head_buf(opts));
+    b
+}
+
 fn builder(opts: &ConnOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // The read buffer bounds the head; leave room above the pipeline's own
-    // limit so the pipeline answers the near misses with its 431.
-    let buf = opts.max_header_bytes.saturating_add(16 << 10).max(8192);
+    let buf = head_buf(opts);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
@@ -285,7 +304,7 @@ fn serve_conn<C, I>(
     tokio::spawn(async move {
         let _slot = slot;
         let served = match alpn {
-            Alpn::H2 => h1::Served::HandOff(io, bytes::Bytes::new()),
+            Alpn::H2 => h1::Served::HandOff(io, bytes::Bytes::new(), true),
             Alpn::Http1 | Alpn::Detect => {
                 let ctx = h1::ConnCtx {
                     header_read_timeout: opts.header_read_timeout,
@@ -297,9 +316,12 @@ fn serve_conn<C, I>(
                 h1::serve(io, &mut pipeline, &ctx).await
             }
         };
-        if let h1::Served::HandOff(io, read) = served {
+        if let h1::Served::HandOff(io, read, first) = served {
+            // After an HTTP/1 request, the connection stays HTTP/1: an
+            // HTTP/2 preface there is a malformed request, not a switch.
+            let alpn = if first { alpn } else { Alpn::Http1 };
             let io = h1::Rewind::new(io, read);
-            serve_hyper(io, pipeline, &opts, watcher, &closing, alpn).await;
+            serve_hyper(io, pipeline, &opts, watcher, &closing, &stop, alpn).await;
         }
     });
 }
@@ -312,6 +334,7 @@ async fn serve_hyper<C, I>(
     opts: &ConnOptions,
     watcher: hyper_util::server::graceful::Watcher,
     closing: &Closing,
+    stop: &CancellationToken,
     alpn: Alpn,
 ) where
     C: Connector,
@@ -354,14 +377,25 @@ async fn serve_hyper<C, I>(
         Alpn::H2 => {
             Box::pin(watcher.watch(builder.http2_only().serve_connection(io, svc).into_owned()))
         }
-        Alpn::Http1 => Box::pin(
-            watcher.watch(
-                builder
-                    .http1_only()
-                    .serve_connection_with_upgrades(io, svc)
-                    .into_owned(),
-            ),
-        ),
+        Alpn::Http1 => {
+            // hyper-util's watcher cannot watch this connection type: the
+            // listener's stop token starts its graceful close instead, and
+            // the watcher is held so the drain waits for it all the same.
+            let conn = http1_builder(opts)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            let stop = stop.clone();
+            Box::pin(async move {
+                let _counted = watcher;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => return r.map_err(Into::into),
+                    () = stop.cancelled() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(Into::into)
+            })
+        }
         Alpn::Detect => {
             Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()))
         }
