@@ -31,7 +31,8 @@
 #   AEGIS    aegis binary (release)          default: target/release/aegis
 #   LOADGEN  aegis-loadgen binary (release)  default: target/release/aegis-loadgen
 #   N        measured requests (20000)       WARMUP   requests before (500)
-#   PROXIES  which to run ("nginx haproxy aegis aegis-steady aegis-log")
+#   PROXIES  which to run ("nginx haproxy aegis aegis-steady aegis-log";
+#            add nginx-log for nginx with its access log buffered to a file)
 #   BASE_PORT first port used (19500)        KEEP=1   keep the callgrind files
 #   AEGIS_THREADS  Aegis's runtime threads (1: a current-thread runtime, the
 #            shape of a production worker, `workers: N` with `threads: 1`;
@@ -111,7 +112,7 @@ PIDS+=($!)
 wait_port "$BACKEND_PORT" || exit 1
 
 # --- proxy configurations --------------------------------------------------
-mkdir -p "$WORK/nginx" "$WORK/aegis" "$WORK/aegis-steady" "$WORK/aegis-log"
+mkdir -p "$WORK/nginx" "$WORK/nginx-log" "$WORK/aegis" "$WORK/aegis-steady" "$WORK/aegis-log"
 cat >"$WORK/nginx/nginx.conf" <<CONF
 master_process off;
 daemon off;
@@ -135,6 +136,11 @@ http {
     }
 }
 CONF
+# nginx-log: the same, with the access log on as a production nginx keeps it
+# (the default `combined` format, buffered like Aegis's: 64k, flushed each
+# second), to compare what logging costs each.
+sed -e "s|access_log off;|access_log $WORK/nginx-log/access.log combined buffer=64k flush=1s;|" \
+	-e "s|$WORK/nginx/|$WORK/nginx-log/|g" "$WORK/nginx/nginx.conf" >"$WORK/nginx-log/nginx.conf"
 cat >"$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -217,7 +223,7 @@ measure() {
 	local name=$1 pid out dump
 	out="$WORK/callgrind.$name.out"
 	case $name in
-	nginx) valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/$name.vg" & ;;
+	nginx | nginx-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -c "$WORK/$name/nginx.conf" -p "$WORK/$name" 2>"$WORK/$name.vg" & ;;
 	haproxy) valgrind --tool=callgrind --callgrind-out-file="$out" "$HAPROXY" -f "$WORK/haproxy.cfg" -db 2>"$WORK/$name.vg" & ;;
 	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" --threads "$AEGIS_THREADS" 2>"$WORK/$name.vg" & ;;
 	esac

@@ -96,8 +96,12 @@ pub(crate) fn push_hex(dst: &mut Vec<u8>, mut n: u64) {
 
 /// Whether a comma-separated header value lists `token`.
 pub(crate) fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    has_token_bytes(value.as_bytes(), token)
+}
+
+/// [`has_token`] over a field value still in the read buffer.
+pub(crate) fn has_token_bytes(value: &[u8], token: &[u8]) -> bool {
     value
-        .as_bytes()
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }

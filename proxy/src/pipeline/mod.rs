@@ -41,7 +41,7 @@ use http_body::Body;
 
 pub use body::{BoxError, ProxyBody, boxed, empty, full};
 
-use crate::access_log::{AccessLog, AccessRecord, rfc3339};
+use crate::access_log::{AccessLog, AccessRecord};
 
 /// The active compiled config. A request loads the snapshot once and keeps it
 /// to the end; [`ConfigHandle::store`] never disturbs requests in flight.
@@ -125,8 +125,9 @@ impl Default for ClientInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmbiguousFraming;
 
-/// Response extension: what the pipeline decided for the request, for the
-/// sandbox and tests.
+/// What the pipeline decided for the request, for the sandbox and tests: a
+/// response extension of [`Pipeline::serve`] (the `tower::Service`), given
+/// by value by [`Pipeline::serve_outcome`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestOutcome {
     /// The route's name (the compiled config's own, shared).
@@ -467,6 +468,19 @@ impl<C: Connector> Pipeline<C> {
         B: Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let (mut resp, outcome) = self.serve_outcome(req).await;
+        resp.extensions_mut().insert(outcome);
+        resp
+    }
+
+    /// [`Self::serve`] with the outcome returned beside the response rather
+    /// than attached to it: a server with no use for it (Aegis's HTTP/1
+    /// loop) saves the extension map's three allocations per request.
+    pub async fn serve_outcome<B>(&self, req: Request<B>) -> (Response<ProxyBody>, RequestOutcome)
+    where
+        B: Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         // A body already at its end (GET, HEAD, most requests) becomes the
         // empty body, which boxes nothing.
         let req = req.map(|b| if b.is_end_stream() { empty() } else { boxed(b) });
@@ -489,14 +503,13 @@ impl<C: Connector> Pipeline<C> {
                 (r.clone(), slot, head)
             })
         });
-        let resp = self.handle(req).await;
+        let (resp, outcome) = self.handle(req).await;
         if let Some((r, slot, mut head)) = sampled {
-            let outcome = resp.extensions().get::<RequestOutcome>();
             head.status = Some(resp.status().as_u16());
-            head.route = outcome.and_then(|o| o.route.as_deref().map(str::to_string));
+            head.route = outcome.route.as_deref().map(str::to_string);
             r.fill(slot, head);
         }
-        resp
+        (resp, outcome)
     }
 }
 
@@ -572,7 +585,8 @@ struct LogCtx {
 struct LogLine {
     method: Method,
     host: Option<HeaderValue>,
-    path: String,
+    /// The request target, shared with the request (its path is logged).
+    uri: Uri,
 }
 
 /// A redirect the pipeline answers itself (no `Location` when the target
@@ -690,7 +704,7 @@ pub fn is_idempotent(m: &Method) -> bool {
 
 impl<C: Connector> Pipeline<C> {
     /// Serves one request. Never fails: every error is a response.
-    pub async fn handle(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<ProxyBody>) -> (Response<ProxyBody>, RequestOutcome) {
         let config = self.shared.config.load();
         if !config.has_error_pages {
             let a = self.answer(config, req).await;
@@ -798,7 +812,7 @@ impl<C: Connector> Pipeline<C> {
             line: self.shared.access_log.is_enabled().then(|| LogLine {
                 method: req.method().clone(),
                 host: host_value.clone(),
-                path: req.uri().path().to_string(),
+                uri: req.uri().clone(),
             }),
             endpoint: None,
             score: None,
@@ -1257,15 +1271,15 @@ impl<C: Connector> Pipeline<C> {
         a
     }
 
-    /// Attaches the outcome extension, counts the request, and wraps the body
-    /// so the access log line is written when it ends.
+    /// Counts the request, wraps the body so the access log line is written
+    /// when it ends, and gives the outcome beside the response.
     fn finish(
         &self,
         resp: Response<ProxyBody>,
         log: LogCtx,
         summary: DecisionSummary,
         rejected: Option<&'static str>,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, RequestOutcome) {
         // Before the counting body: the bytes logged are the bytes sent.
         let resp = compress::compress(self.shared.settings.load().compression, &log.encoding, resp);
         let status = resp.status().as_u16();
@@ -1296,26 +1310,24 @@ impl<C: Connector> Pipeline<C> {
             endpoint: log.endpoint.clone(),
             rejected,
         };
-        let (mut parts, body) = resp.into_parts();
-        parts.extensions.insert(outcome);
+        let (parts, body) = resp.into_parts();
         let body = body::CountingBody::new(body, move |bytes_out, ok| {
             let elapsed = log.start.elapsed();
             duration.record(elapsed.as_secs_f64());
             if let (Some(line), Some((route, upstream))) = (log.line, names) {
-                let time = rfc3339(log.wall);
                 access_log.log(&AccessRecord {
-                    time: &time,
+                    time: log.wall,
                     client: log.client,
                     method: line.method.as_str(),
                     host: line.host.as_ref().and_then(|h| h.to_str().ok()),
-                    path: &line.path,
+                    path: line.uri.path(),
                     status,
                     bytes_in: log
                         .body
                         .as_ref()
                         .map_or(0, |b| b.bytes_in.load(Ordering::Relaxed)),
                     bytes_out,
-                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                    duration: elapsed,
                     route: route.as_deref(),
                     upstream: upstream.as_deref(),
                     endpoint: log.endpoint.as_deref(),
@@ -1325,7 +1337,7 @@ impl<C: Connector> Pipeline<C> {
                 });
             }
         });
-        Response::from_parts(parts, boxed(body))
+        (Response::from_parts(parts, boxed(body)), outcome)
     }
 }
 

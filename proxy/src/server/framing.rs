@@ -287,7 +287,7 @@ impl Scanner {
 
 /// The HTTP/2 connection preface: what hyper's protocol detection waits
 /// for, with no timer of its own.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Shared with the listener: whether the connection stopped in the middle
 /// of a request head (for the 408 after hyper's header timeout).

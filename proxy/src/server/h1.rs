@@ -41,7 +41,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::{Closing, REQUEST_TIMEOUT};
+use super::framing::H2_PREFACE;
+use super::{Closing, answer_request_timeout};
 use crate::codec::{
     content_length, digits, has_token, last_coding_is_chunked, push_decimal, push_header, push_hex,
 };
@@ -58,8 +59,6 @@ const MAX_HEAD: usize = 16 << 10;
 const MAX_TARGET: usize = 8 << 10;
 /// Response bytes gathered in the write buffer before a write.
 const WRITE_BATCH: usize = 16 << 10;
-/// The HTTP/2 connection preface (prior knowledge, h2c).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection's own loop needs besides the stream and the pipeline.
 pub struct ConnCtx<'a> {
@@ -111,12 +110,15 @@ where
             };
         first = false;
         let is_head = req.method() == Method::HEAD;
-        let resp = pipeline.serve(req).await;
+        // The outcome is the sandbox's; this loop does not attach it.
+        let (resp, _) = pipeline.serve_outcome(req).await;
         // `respond: {status: 444}`: closed unanswered.
         if resp.extensions().get::<CloseWithoutAnswer>().is_some() {
             return Served::Done;
         }
-        let close = asked_close || ctx.closing.is_set() || ctx.stop.is_cancelled();
+        // `closing` is set before `stop` is cancelled (`drain`), and is one
+        // atomic load where the token's check takes a lock.
+        let close = asked_close || ctx.closing.is_set();
         let out = Out {
             wbuf: &mut wbuf,
             send_timeout: ctx.send_timeout,
@@ -180,12 +182,7 @@ where
                 }
                 if !idle {
                     // A head was coming: 408, as on hyper's path.
-                    metrics::counter!("aegis_request_header_timeouts_total").increment(1);
-                    let answer = async {
-                        io.write_all(REQUEST_TIMEOUT).await?;
-                        io.shutdown().await
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+                    answer_request_timeout(io).await;
                 }
                 return Err(Leave::Done);
             }
@@ -339,10 +336,7 @@ fn head_of(
             length_seen = true;
             meta.body_len = usize::try_from(digits(h.value)?).ok()?;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            meta.close |= h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            meta.close |= crate::codec::has_token_bytes(h.value, b"close");
         }
         *slot = (Span::of(name, buf)?, Span::of(h.value, buf)?);
     }

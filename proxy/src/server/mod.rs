@@ -223,6 +223,18 @@ impl Drop for ConnSlot {
 /// nginx does: a 408 there races the client's next request).
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\n\r\n408 Request Timeout\n";
 
+/// Counts a header timeout and answers it with [`REQUEST_TIMEOUT`], within a
+/// second, then closes: both HTTP/1 paths end a head that stopped coming
+/// this way.
+async fn answer_request_timeout<S: tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    metrics::counter!("aegis_request_header_timeouts_total").increment(1);
+    let answer = async {
+        s.write_all(REQUEST_TIMEOUT).await?;
+        s.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
 /// True when `e` (from a connection future) is hyper's header timeout.
 fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -407,12 +419,7 @@ async fn serve_hyper<C, I>(
             && head.pending()
             && let Some(mut s) = taken
         {
-            metrics::counter!("aegis_request_header_timeouts_total").increment(1);
-            let answer = async {
-                s.write_all(REQUEST_TIMEOUT).await?;
-                s.shutdown().await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+            answer_request_timeout(&mut s).await;
         }
     }
 }
