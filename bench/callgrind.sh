@@ -251,13 +251,13 @@ for p in $PROXIES; do
 	read -r ir al < <(measure "$p")
 	IR[$p]=$ir
 	AL[$p]=$al
-	printf '  %-10s %8s instructions/request  %6s allocations/request\n' "$p" "$ir" "$al" >&2
+	printf '  %-12s %8s instructions/request  %6s allocations/request\n' "$p" "$ir" "$al" >&2
 done
 echo
-printf '| %-10s | %12s | %12s | %10s | %12s |\n' proxy instr/req allocs/req "vs nginx" "vs HAProxy"
+printf '| %-12s | %12s | %12s | %10s | %12s |\n' proxy instr/req allocs/req "vs nginx" "vs HAProxy"
 echo '|------------|-------------:|-------------:|-----------:|-------------:|'
 for p in $PROXIES; do
 	rn=$(awk -v a="${IR[$p]}" -v b="${IR[nginx]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
 	rh=$(awk -v a="${IR[$p]}" -v b="${IR[haproxy]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-	printf '| %-10s | %12s | %12s | %10s | %12s |\n' "$p" "${IR[$p]}" "${AL[$p]}" "$rn" "$rh"
+	printf '| %-12s | %12s | %12s | %10s | %12s |\n' "$p" "${IR[$p]}" "${AL[$p]}" "$rn" "$rh"
 done

@@ -19,6 +19,11 @@
 #   THREADS    wrk threads (1)          SECS     seconds per run (5)
 #   ROUNDS     rounds (3)               PROXY_CPU (0)   LOAD_CPU (1)
 #   BASE_PORT  first port used (19400)
+#   ACCESS_LOG 1 adds `nginx-log` and `aegis-log` to the alternation: the
+#              same proxies, second instances, logging every request to a
+#              file (nginx `combined buffer=64k flush=1s`, Aegis its JSON line,
+#              buffered the same way: docs/CONFIG.md). HAProxy has no file
+#              log (syslog only) and is not doubled. Default 0.
 #
 # Build first:
 #   cargo build --release -p aegis-proxy
@@ -35,6 +40,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-19400}
 SKIP_H2=${SKIP_H2:-0}
+ACCESS_LOG=${ACCESS_LOG:-0}
 
 BACKEND_PORT=$BASE_PORT
 NGINX_PORT=$((BASE_PORT + 1))
@@ -43,6 +49,12 @@ AEGIS_PORT=$((BASE_PORT + 3))
 NGINX_TLS_PORT=$((BASE_PORT + 4))
 HAPROXY_TLS_PORT=$((BASE_PORT + 5))
 AEGIS_TLS_PORT=$((BASE_PORT + 6))
+NGINX_LOG_PORT=$((BASE_PORT + 7))
+NGINX_LOG_TLS_PORT=$((BASE_PORT + 8))
+AEGIS_LOG_PORT=$((BASE_PORT + 9))
+AEGIS_LOG_TLS_PORT=$((BASE_PORT + 10))
+PROXIES=(nginx haproxy aegis)
+[[ $ACCESS_LOG == 1 ]] && PROXIES=(nginx nginx-log haproxy aegis aegis-log)
 
 if [[ ! -x "$AEGIS" ]]; then
 	echo "aegis not found at $AEGIS (build with cargo build --release -p aegis-proxy)" >&2
@@ -114,18 +126,21 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=bench.test" \
 cat "$WORK/cfg/bench.pem" "$WORK/cfg/bench.key" >"$WORK/bench.pem.all"
 
 # --- nginx as a proxy ------------------------------------------------------
-cat >"$WORK/nginx/nginx.conf" <<CONF
+# start_nginx DIR PORT TLS_PORT ACCESS_LOG_DIRECTIVE
+start_nginx() {
+	mkdir -p "$1"
+	cat >"$1/nginx.conf" <<CONF
 worker_processes $WORKERS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
+pid $1/nginx.pid;
+error_log $1/error.log;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    $4
     keepalive_requests 1000000;
     upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
-        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        listen 127.0.0.1:$2;
+        listen 127.0.0.1:$3 ssl http2;
         ssl_certificate $WORK/cfg/bench.pem;
         ssl_certificate_key $WORK/cfg/bench.key;
         location / {
@@ -139,8 +154,14 @@ http {
     }
 }
 CONF
-taskset -c "$PROXY_CPU" "$NGINX" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' -p "$WORK/nginx" &
-PIDS+=($!)
+	taskset -c "$PROXY_CPU" "$NGINX" -c "$1/nginx.conf" -g 'daemon off;' -p "$1" &
+	PIDS+=($!)
+}
+start_nginx "$WORK/nginx" "$NGINX_PORT" "$NGINX_TLS_PORT" "access_log off;"
+if [[ $ACCESS_LOG == 1 ]]; then
+	start_nginx "$WORK/nginx-log" "$NGINX_LOG_PORT" "$NGINX_LOG_TLS_PORT" \
+		"access_log $WORK/nginx-log/access.log combined buffer=64k flush=1s;"
+fi
 
 # --- HAProxy ---------------------------------------------------------------
 cat >"$WORK/haproxy.cfg" <<CONF
@@ -166,15 +187,20 @@ taskset -c "$PROXY_CPU" "$HAPROXY" -f "$WORK/haproxy.cfg" -db &
 PIDS+=($!)
 
 # --- Aegis -----------------------------------------------------------------
-cat >"$WORK/cfg/aegis.yaml" <<CONF
-listen: ["127.0.0.1:$AEGIS_PORT"]
-listen_tls: ["127.0.0.1:$AEGIS_TLS_PORT"]
+# start_aegis CONFIG_DIR PORT TLS_PORT ACCESS_LOG
+start_aegis() {
+	mkdir -p "$1"
+	cp "$WORK/cfg/bench.pem" "$WORK/cfg/bench.key" "$1/" 2>/dev/null || true
+	cat >"$1/aegis.yaml" <<CONF
+listen: ["127.0.0.1:$2"]
+listen_tls: ["127.0.0.1:$3"]
 tls_unknown_sni: default_certificate
 admin: "off"
-access_log: "off"
+access_log: "$4"
+state_dir: "$1-state"
 workers: $WORKERS
 CONF
-cat >"$WORK/cfg/routes.yaml" <<CONF
+	cat >"$1/routes.yaml" <<CONF
 tls:
   - { server_names: [bench.test], certificate: bench.pem, key: bench.key, default: true }
 upstreams:
@@ -185,11 +211,18 @@ routes:
     match: { path_prefix: "/" }
     upstream: backend
 CONF
-taskset -c "$PROXY_CPU" "$AEGIS" run --config-dir "$WORK/cfg" 2>"$WORK/aegis.log" &
-PIDS+=($!)
+	taskset -c "$PROXY_CPU" "$AEGIS" run --config-dir "$1" 2>"$1.log" &
+	PIDS+=($!)
+}
+start_aegis "$WORK/cfg" "$AEGIS_PORT" "$AEGIS_TLS_PORT" off
+if [[ $ACCESS_LOG == 1 ]]; then
+	start_aegis "$WORK/cfg-log" "$AEGIS_LOG_PORT" "$AEGIS_LOG_TLS_PORT" "$WORK/aegis-access.log"
+fi
 
-for p in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $AEGIS_PORT; do wait_port "$p"; done
-for port in $NGINX_PORT $HAPROXY_PORT $AEGIS_PORT; do
+ports=($NGINX_PORT $HAPROXY_PORT $AEGIS_PORT)
+[[ $ACCESS_LOG == 1 ]] && ports+=($NGINX_LOG_PORT $AEGIS_LOG_PORT)
+for p in $BACKEND_PORT "${ports[@]}"; do wait_port "$p"; done
+for port in "${ports[@]}"; do
 	for path in /small /64k; do
 		code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path")
 		[[ $code == 200 ]] || { echo "port $port $path: HTTP $code" >&2; exit 1; }
@@ -222,23 +255,25 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]
 
 declare -A R
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ *//'), $(uname -r)"
-echo "workers=$WORKERS conns=$CONNS wrk_threads=$THREADS secs=$SECS rounds=$ROUNDS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+echo "access_log=$ACCESS_LOG workers=$WORKERS conns=$CONNS wrk_threads=$THREADS secs=$SECS rounds=$ROUNDS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
 scenarios=(small 64k)
 [[ $SKIP_H2 == 1 ]] || scenarios+=(h2-small)
 for scen in "${scenarios[@]}"; do
 	for round in $(seq 1 "$ROUNDS"); do
-		for proxy in nginx haproxy aegis; do
+		for proxy in "${PROXIES[@]}"; do
 			case $proxy in
 			nginx) port=$NGINX_PORT tport=$NGINX_TLS_PORT ;;
+			nginx-log) port=$NGINX_LOG_PORT tport=$NGINX_LOG_TLS_PORT ;;
 			haproxy) port=$HAPROXY_PORT tport=$HAPROXY_TLS_PORT ;;
 			aegis) port=$AEGIS_PORT tport=$AEGIS_TLS_PORT ;;
+			aegis-log) port=$AEGIS_LOG_PORT tport=$AEGIS_LOG_TLS_PORT ;;
 			esac
 			case $scen in
 			small) res=$(run_wrk "http://127.0.0.1:$port/small") ;;
 			64k) res=$(run_wrk "http://127.0.0.1:$port/64k") ;;
 			h2-small) res=$(run_h2load "https://127.0.0.1:$tport/small") ;;
 			esac
-			printf '%-9s round %d %-8s req/s %10s  p50 %7s ms  p99 %7s ms\n' "$scen" "$round" "$proxy" $res
+			printf '%-9s round %d %-9s req/s %10s  p50 %7s ms  p99 %7s ms\n' "$scen" "$round" "$proxy" $res
 			R[$scen,$proxy]+="$res"$'\n'
 		done
 	done
@@ -246,15 +281,28 @@ done
 
 echo
 echo "medians (h2-small: p50 column is h2load's mean request time, no p99)"
-printf '%-9s %-8s %10s %9s %9s %8s\n' scenario proxy req/s p50_ms p99_ms vs_nginx
+printf '%-9s %-9s %10s %9s %9s %8s\n' scenario proxy req/s p50_ms p99_ms vs_nginx
 for scen in "${scenarios[@]}"; do
 	base=$(awk 'NF { print $1 }' <<<"${R[$scen,nginx]}" | median)
-	for proxy in nginx haproxy aegis; do
+	for proxy in "${PROXIES[@]}"; do
 		rps=$(awk 'NF { print $1 }' <<<"${R[$scen,$proxy]}" | median)
 		p50=$(awk 'NF { print $2 }' <<<"${R[$scen,$proxy]}" | median)
 		p99=-
 		[[ $scen == h2-* ]] || p99=$(awk 'NF { print $3 }' <<<"${R[$scen,$proxy]}" | median)
 		ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-		printf '%-9s %-8s %10.0f %9s %9s %8s\n' "$scen" "$proxy" "$rps" "$p50" "$p99" "$ratio"
+		printf '%-9s %-9s %10.0f %9s %9s %8s\n' "$scen" "$proxy" "$rps" "$p50" "$p99" "$ratio"
 	done
 done
+
+if [[ $ACCESS_LOG == 1 ]]; then
+	echo
+	echo "throughput with the access log on, as a share of the same proxy's without (medians)"
+	for scen in "${scenarios[@]}"; do
+		for proxy in nginx aegis; do
+			off=$(awk 'NF { print $1 }' <<<"${R[$scen,$proxy]}" | median)
+			on=$(awk 'NF { print $1 }' <<<"${R[$scen,$proxy-log]}" | median)
+			awk -v s="$scen" -v p="$proxy" -v a="$on" -v b="$off" \
+				'BEGIN { if (b > 0) printf "%-9s %-9s %.3f (%+.1f %%)\n", s, p, a / b, (a / b - 1) * 100 }'
+		done
+	done
+fi
