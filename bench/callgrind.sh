@@ -38,6 +38,9 @@
 #            shape of a production worker, `workers: N` with `threads: 1`;
 #            before session 11 this script left it at the core count, a
 #            multi-thread runtime)
+#   VG_OPTS  extra callgrind options, e.g. "--dump-instr=yes" to see which
+#            source lines the instructions are on (`callgrind_annotate
+#            --auto=yes`; with KEEP=1); the counts do not change
 #
 # Build first:
 #   cargo build --release -p aegis-proxy -p aegis-sandbox -p aegis-loadgen
@@ -223,9 +226,9 @@ measure() {
 	local name=$1 pid out dump
 	out="$WORK/callgrind.$name.out"
 	case $name in
-	nginx | nginx-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -c "$WORK/$name/nginx.conf" -p "$WORK/$name" 2>"$WORK/$name.vg" & ;;
-	haproxy) valgrind --tool=callgrind --callgrind-out-file="$out" "$HAPROXY" -f "$WORK/haproxy.cfg" -db 2>"$WORK/$name.vg" & ;;
-	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" --threads "$AEGIS_THREADS" 2>"$WORK/$name.vg" & ;;
+	nginx | nginx-log) valgrind --tool=callgrind ${VG_OPTS:-} --callgrind-out-file="$out" "$NGINX" -c "$WORK/$name/nginx.conf" -p "$WORK/$name" 2>"$WORK/$name.vg" & ;;
+	haproxy) valgrind --tool=callgrind ${VG_OPTS:-} --callgrind-out-file="$out" "$HAPROXY" -f "$WORK/haproxy.cfg" -db 2>"$WORK/$name.vg" & ;;
+	aegis | aegis-steady | aegis-log) valgrind --tool=callgrind ${VG_OPTS:-} --callgrind-out-file="$out" "$AEGIS" run --config-dir "$WORK/$name" --threads "$AEGIS_THREADS" 2>"$WORK/$name.vg" & ;;
 	esac
 	pid=$!
 	PIDS+=($pid)
@@ -255,7 +258,7 @@ for p in $PROXIES; do
 done
 echo
 printf '| %-12s | %12s | %12s | %10s | %12s |\n' proxy instr/req allocs/req "vs nginx" "vs HAProxy"
-echo '|------------|-------------:|-------------:|-----------:|-------------:|'
+echo '|--------------|-------------:|-------------:|-----------:|-------------:|'
 for p in $PROXIES; do
 	rn=$(awk -v a="${IR[$p]}" -v b="${IR[nginx]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
 	rh=$(awk -v a="${IR[$p]}" -v b="${IR[haproxy]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')

@@ -523,9 +523,8 @@ async fn write<I>(io: &mut I, send_timeout: Duration, a: &[u8], b: &[u8]) -> io:
 where
     I: AsyncWrite + Unpin,
 {
-    let mut bufs = Buf::chain(a, b);
     let sent = async {
-        io.write_all_buf(&mut bufs).await?;
+        write_both(io, a, b).await?;
         io.flush().await
     };
     match tokio::time::timeout(send_timeout, sent).await {
@@ -538,6 +537,33 @@ where
             ))
         }
     }
+}
+
+/// Writes `a` then `b`, both in one vectored write when the socket takes
+/// them. Not `write_all_buf` over a chain: that sets up 64 I/O slices on
+/// every call for the two there are.
+async fn write_both<I>(io: &mut I, mut a: &[u8], mut b: &[u8]) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    while !a.is_empty() || !b.is_empty() {
+        let n = if b.is_empty() {
+            io.write(a).await?
+        } else if a.is_empty() {
+            io.write(b).await?
+        } else {
+            io.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = a.get(from_a..).unwrap_or_default();
+        let from_b = n.saturating_sub(from_a).min(b.len());
+        b = b.get(from_b..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// Writes the status line and headers as hyper's server does. Returns the

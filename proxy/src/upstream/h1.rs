@@ -64,7 +64,16 @@ pub struct Conn {
     /// Where each header's name and value lie in a parsed head (kept to
     /// save zeroing an array on every response).
     spans: Vec<[usize; 4]>,
+    /// The header names of the last response, by position, as the upstream
+    /// spelled them: a server sends the same names in the same order on
+    /// every response, so a name is one comparison and a clone (a
+    /// reference count for a non-standard name) instead of a parse, and a
+    /// non-standard name is not copied again.
+    names: Vec<(Box<[u8]>, HeaderName)>,
 }
+
+/// How many header positions `Conn::names` remembers.
+const NAME_MEMO: usize = 16;
 
 impl Conn {
     pub fn new(io: TcpStream) -> Self {
@@ -73,7 +82,28 @@ impl Conn {
             buf: BytesMut::new(),
             wbuf: Vec::new(),
             spans: Vec::new(),
+            names: Vec::new(),
         }
+    }
+
+    /// The header name at position `i` of a response head, from the memo
+    /// when the upstream sent the same bytes there last time.
+    fn header_name(&mut self, i: usize, raw: &[u8]) -> Option<HeaderName> {
+        if let Some((seen, name)) = self.names.get(i)
+            && **seen == *raw
+        {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if i < NAME_MEMO {
+            let entry = (Box::from(raw), name.clone());
+            if let Some(slot) = self.names.get_mut(i) {
+                *slot = entry;
+            } else if self.names.len() == i {
+                self.names.push(entry);
+            }
+        }
+        Some(name)
     }
 
     /// Whether an idle connection can carry a request: nothing unread,
@@ -517,10 +547,10 @@ impl Exchange {
         // not numbers).
         let mut te: Option<bool> = None;
         let mut cl: Option<Option<u64>> = None;
-        for &[n0, n1, v0, v1] in spans.iter().take(count) {
+        for (i, &[n0, n1, v0, v1]) in spans.iter().take(count).enumerate() {
             let name = head
                 .get(n0..n1)
-                .and_then(|n| HeaderName::from_bytes(n).ok())
+                .and_then(|n| self.conn.header_name(i, n))
                 .ok_or(ProtocolError::Header)?;
             if v0 > v1 || v1 > head.len() {
                 return Err(ProtocolError::Header);
@@ -968,5 +998,80 @@ mod tests {
         assert_eq!(chunk_size(b"1g\r"), None);
         assert_eq!(chunk_size(b"1a"), None, "no CR");
         assert_eq!(chunk_size(b"fffffffffffffffff\r"), None, "overflow");
+    }
+
+    /// The name memo follows a server whose names change between responses
+    /// on one connection: a name moved, a new one, another spelling, more
+    /// headers than the memo holds, then fewer.
+    #[tokio::test]
+    async fn header_names_follow_each_response_on_a_kept_connection() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let heads: Vec<Vec<(String, &str)>> = vec![
+            vec![("X-Backend".into(), "a"), ("Content-Length".into(), "2")],
+            vec![("Content-Length".into(), "2"), ("X-Backend".into(), "b")],
+            vec![("x-other".into(), "c"), ("CONTENT-length".into(), "2")],
+            (0..20)
+                .map(|i| (format!("x-h{i}"), "v"))
+                .chain([("Content-Length".to_string(), "2")])
+                .collect(),
+            vec![("X-Backend".into(), "e"), ("Content-Length".into(), "2")],
+        ];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let wire: Vec<Vec<u8>> = heads
+            .iter()
+            .map(|h| {
+                let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+                for (n, v) in h {
+                    r.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+                }
+                r.extend_from_slice(b"\r\nok");
+                r
+            })
+            .collect();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            for resp in wire {
+                // One request head per response (no bodies are sent).
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "client closed early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(&resp).await.unwrap();
+            }
+        });
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        for want in &heads {
+            let req = Request::builder()
+                .uri("/")
+                .header(header::HOST, "x")
+                .body(crate::pipeline::body::empty())
+                .unwrap();
+            let Ok((head, mut body)) = send(conn, req).await else {
+                panic!("the exchange failed");
+            };
+            let got: Vec<(String, String)> = head
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            let mut expected: Vec<(String, String)> = want
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect();
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            expected.sort();
+            assert_eq!(got_sorted, expected);
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&data[..], b"ok");
+            assert!(body.frame().await.is_none());
+            conn = body.take_conn().expect("the connection is kept");
+        }
+        server.await.unwrap();
     }
 }
