@@ -68,9 +68,9 @@ fn serialize_duration_ms<S: serde::Serializer>(
     d: &std::time::Duration,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    // Whole microseconds, as the hand-written line has them.
-    let micros = u32::try_from(d.as_micros()).map_or(f64::MAX, f64::from);
-    s.serialize_f64(micros / 1000.0)
+    // Whole microseconds, as the hand-written line has them (a u128 of
+    // microseconds is exact in an f64 for 285 years).
+    s.serialize_f64(d.as_micros() as f64 / 1000.0)
 }
 
 /// The second a line's time was last formatted in, and its text up to the
@@ -122,9 +122,11 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
-    while let Some(slot) = i.checked_sub(1).and_then(|j| digits.get_mut(j)) {
+    while let Some(j) = i.checked_sub(1)
+        && let Some(slot) = digits.get_mut(j)
+    {
         *slot = b'0' + (n % 10) as u8;
-        i -= 1;
+        i = j;
         n /= 10;
         if n == 0 && digits.len() - i >= width {
             break;
@@ -196,31 +198,37 @@ impl AccessRecord<'_> {
                 let _ = write!(out, "{v6}");
             }
         }
-        out.extend_from_slice(b"\",\"method\":");
-        push_json_str(out, self.method);
-        out.extend_from_slice(b",\"host\":");
-        push_opt_str(out, self.host);
-        out.extend_from_slice(b",\"path\":");
-        push_json_str(out, self.path);
-        out.extend_from_slice(b",\"status\":");
-        push_padded(out, u64::from(self.status), 1);
-        out.extend_from_slice(b",\"bytes_in\":");
-        push_padded(out, self.bytes_in, 1);
-        out.extend_from_slice(b",\"bytes_out\":");
-        push_padded(out, self.bytes_out, 1);
+        out.push(b'"');
+        for (key, value) in [
+            (&b",\"method\":"[..], Some(self.method)),
+            (b",\"host\":", self.host),
+            (b",\"path\":", Some(self.path)),
+        ] {
+            out.extend_from_slice(key);
+            push_opt_str(out, value);
+        }
+        for (key, n) in [
+            (&b",\"status\":"[..], u64::from(self.status)),
+            (b",\"bytes_in\":", self.bytes_in),
+            (b",\"bytes_out\":", self.bytes_out),
+        ] {
+            out.extend_from_slice(key);
+            push_padded(out, n, 1);
+        }
         out.extend_from_slice(b",\"duration_ms\":");
         let micros = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
         push_padded(out, micros / 1000, 1);
         out.push(b'.');
         push_padded(out, micros % 1000, 3);
-        out.extend_from_slice(b",\"route\":");
-        push_opt_str(out, self.route);
-        out.extend_from_slice(b",\"upstream\":");
-        push_opt_str(out, self.upstream);
-        out.extend_from_slice(b",\"endpoint\":");
-        push_opt_str(out, self.endpoint);
-        out.extend_from_slice(b",\"config_version\":");
-        push_json_str(out, self.config_version);
+        for (key, value) in [
+            (&b",\"route\":"[..], self.route),
+            (b",\"upstream\":", self.upstream),
+            (b",\"endpoint\":", self.endpoint),
+            (b",\"config_version\":", Some(self.config_version)),
+        ] {
+            out.extend_from_slice(key);
+            push_opt_str(out, value);
+        }
         out.extend_from_slice(b",\"score\":");
         match self.score {
             // JSON has no NaN or infinity: serde_json writes those as null.
@@ -547,6 +555,9 @@ mod tests {
         full.client = "203.0.113.255".parse().unwrap();
         full.score = Some(f64::NAN);
         full.duration = Duration::from_micros(7);
+        records.push(full.clone());
+        // Past u32 microseconds (71 minutes): a long-lived stream.
+        full.duration = Duration::from_secs(5 * 3600) + Duration::from_micros(1);
         records.push(full);
         for rec in &records {
             let mut line = Vec::new();
