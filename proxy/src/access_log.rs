@@ -198,37 +198,34 @@ impl AccessRecord<'_> {
                 let _ = write!(out, "{v6}");
             }
         }
-        out.push(b'"');
-        for (key, value) in [
-            (&b",\"method\":"[..], Some(self.method)),
-            (b",\"host\":", self.host),
-            (b",\"path\":", Some(self.path)),
-        ] {
-            out.extend_from_slice(key);
-            push_opt_str(out, value);
-        }
-        for (key, n) in [
-            (&b",\"status\":"[..], u64::from(self.status)),
-            (b",\"bytes_in\":", self.bytes_in),
-            (b",\"bytes_out\":", self.bytes_out),
-        ] {
-            out.extend_from_slice(key);
-            push_padded(out, n, 1);
-        }
+        // Field by field rather than in loops over (key, value): the loops
+        // cost about 150 instructions per line (bench/callgrind.sh `aegis-log`),
+        // a twentieth of what the log may cost.
+        out.extend_from_slice(b"\",\"method\":");
+        push_json_str(out, self.method);
+        out.extend_from_slice(b",\"host\":");
+        push_opt_str(out, self.host);
+        out.extend_from_slice(b",\"path\":");
+        push_json_str(out, self.path);
+        out.extend_from_slice(b",\"status\":");
+        push_padded(out, u64::from(self.status), 1);
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_padded(out, self.bytes_in, 1);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_padded(out, self.bytes_out, 1);
         out.extend_from_slice(b",\"duration_ms\":");
         let micros = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
         push_padded(out, micros / 1000, 1);
         out.push(b'.');
         push_padded(out, micros % 1000, 3);
-        for (key, value) in [
-            (&b",\"route\":"[..], self.route),
-            (b",\"upstream\":", self.upstream),
-            (b",\"endpoint\":", self.endpoint),
-            (b",\"config_version\":", Some(self.config_version)),
-        ] {
-            out.extend_from_slice(key);
-            push_opt_str(out, value);
-        }
+        out.extend_from_slice(b",\"route\":");
+        push_opt_str(out, self.route);
+        out.extend_from_slice(b",\"upstream\":");
+        push_opt_str(out, self.upstream);
+        out.extend_from_slice(b",\"endpoint\":");
+        push_opt_str(out, self.endpoint);
+        out.extend_from_slice(b",\"config_version\":");
+        push_json_str(out, self.config_version);
         out.extend_from_slice(b",\"score\":");
         match self.score {
             // JSON has no NaN or infinity: serde_json writes those as null.
